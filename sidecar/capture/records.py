@@ -1,0 +1,40 @@
+"""The capture record: one proxied exchange, as bytes, handed from the request path to the analysis."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+PROTOCOL_REST = "rest"
+PROTOCOL_GRPC = "grpc"
+API_TFSERVING = "tfserving"
+API_V2 = "v2"
+
+
+class CaptureRecord(NamedTuple):
+    """Everything the analysis needs about one exchange; built in O(1) on the request path, never decoded there.
+
+    `status` is the HTTP status for REST and the numeric gRPC status code for gRPC (0 = OK).
+    `request_encoding` is the request's Content-Encoding (e.g. "gzip") or "" when the body is plain.
+    """
+
+    prediction_id: str
+    time: float
+    model: str
+    version: str
+    label: str
+    protocol: str
+    api: str
+    method: str
+    request: bytes
+    response: bytes
+    status: int
+    latency: float
+    request_encoding: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.request) + len(self.response)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 if self.protocol == PROTOCOL_REST else self.status == 0

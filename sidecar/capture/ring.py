@@ -1,0 +1,144 @@
+"""Bounded capture ring: O(1) append that never awaits, drop-oldest with counts, drained in batches.
+
+Shaped like OpenTelemetry's batch processor: a deque bounded by record count and payload bytes; appending past
+either bound evicts the oldest records and counts them per model; a drainer task is woken when a batch is ready
+or a flush interval passes, and hands batches to a consumer only as fast as the consumer has room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from sidecar.capture.records import CaptureRecord
+
+log = logging.getLogger(__name__)
+
+
+class CaptureRing:
+    def __init__(self, max_records: int, max_bytes: int, batch_size: int = 256) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.batch_size = batch_size
+        self._records: deque[CaptureRecord] = deque()
+        self.bytes = 0
+        self.appended = 0
+        self.dropped: dict[str, int] = {}
+        self._wake: asyncio.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def append(self, record: CaptureRecord) -> None:
+        """Add a record, evicting the oldest while over a bound. Never blocks; safe from the event loop only."""
+        size = len(record.request) + len(record.response)
+        records = self._records
+        records.append(record)
+        self.bytes += size
+        self.appended += 1
+        while len(records) > self.max_records or (self.bytes > self.max_bytes and records):
+            old = records.popleft()
+            self.bytes -= len(old.request) + len(old.response)
+            self.dropped[old.model] = self.dropped.get(old.model, 0) + 1
+        if self._wake is not None and len(records) >= self.batch_size:
+            self._wake.set()
+
+    def drain(self, limit: int) -> list[CaptureRecord]:
+        """Take up to `limit` of the oldest records."""
+        records = self._records
+        count = min(limit, len(records))
+        batch = [records.popleft() for _ in range(count)]
+        self.bytes -= sum(len(r.request) + len(r.response) for r in batch)
+        return batch
+
+    def attach_waker(self, event: asyncio.Event) -> None:
+        self._wake = event
+
+
+class Consumer(Protocol):
+    """Where drained batches go. `free_slots` is how many records it can take now (backpressure)."""
+
+    def free_slots(self) -> int: ...
+
+    def submit(self, batch: list[CaptureRecord]) -> None: ...
+
+
+class CountingConsumer:
+    """Counts drained records; the consumer when analysis is off."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    def free_slots(self) -> int:
+        return 1 << 30
+
+    def submit(self, batch: list[CaptureRecord]) -> None:
+        self.records += len(batch)
+
+
+class Drainer:
+    """Background task moving batches from a ring to a consumer; records wait in the ring while it is full."""
+
+    def __init__(self, ring: CaptureRing, consumer: Consumer, flush_interval: float,
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
+        self.ring = ring
+        self.consumer = consumer
+        self.flush_interval = flush_interval
+        self.drained = 0
+        self._on_error = on_error
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        ring.attach_waker(self._wake)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="capture-drainer")
+
+    async def _run(self) -> None:
+        while True:
+            if len(self.ring) < self.ring.batch_size:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            self.drain_once()
+            if len(self.ring) and self.consumer.free_slots() <= 0:
+                await asyncio.sleep(self.flush_interval)
+
+    def drain_once(self) -> int:
+        room = self.consumer.free_slots()
+        batch = self.ring.drain(min(room, self.ring.batch_size)) if room > 0 else []
+        if batch:
+            try:
+                self.consumer.submit(batch)
+            except Exception as exc:  # a consumer failure must never stop the drain
+                log.exception("capture consumer failed")
+                if self._on_error is not None:
+                    self._on_error(exc)
+            self.drained += len(batch)
+        return len(batch)
+
+    async def stop(self, flush: bool = True) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while flush and len(self.ring) and self.drain_once():
+            pass
+
+
+class Tee:
+    """Fans one append out to several independent rings (analysis, payload log, ...), each with its own bounds."""
+
+    def __init__(self, *rings: CaptureRing) -> None:
+        self.rings: list[CaptureRing] = list(rings)
+
+    def add(self, ring: CaptureRing) -> None:
+        self.rings.append(ring)
+
+    def append(self, record: CaptureRecord) -> None:
+        for ring in self.rings:
+            ring.append(record)

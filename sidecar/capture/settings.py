@@ -1,0 +1,19 @@
+"""Settings of the capture ring between the proxies and the analysis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sidecar.options import option, parse_bool, parse_duration, parse_int, parse_size
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    capture_enabled: bool = option(True, "capture predict/classify/regress exchanges for analysis", parse_bool)
+    capture_max_records: int = option(10_000, "records the capture ring holds before dropping the oldest",
+                                      parse_int(1))
+    capture_max_bytes: int = option(256 * 1024**2, "payload bytes the capture ring holds before dropping the oldest",
+                                    parse_size())
+    capture_batch_size: int = option(256, "records handed to the analysis per batch", parse_int(1, 100_000))
+    capture_flush_interval: float = option(0.05, "longest a captured record waits for a batch to fill",
+                                           parse_duration(0.001))

@@ -1,0 +1,187 @@
+"""Settings from defaults, an optional YAML file, `SIDECAR_*` environment variables and CLI flags (in that order).
+
+Every field of every section dataclass is one setting. Validation happens once, at start-up; a bad value raises
+`ConfigError` whose message is one line naming the setting and the problem. Nothing here reads the environment
+at import time: callers pass `environ` in.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar.capture.settings import CaptureSettings
+from sidecar.detect.settings import AnalysisSettings
+from sidecar.export.settings import ExportSettings
+from sidecar.feedback.settings import FeedbackSettings
+from sidecar.options import option, parse_choice, parse_str
+from sidecar.proxy.settings import ProxySettings
+from sidecar.telemetry.settings import TelemetrySettings
+
+ENV_PREFIX = "SIDECAR_"
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the setting and the problem in one line."""
+
+
+@dataclass(frozen=True)
+class GeneralSettings:
+    state_dir: str = option("./sidecar-state", "directory for state that survives restarts (references, "
+                            "prediction store)", parse_str)
+    log_level: str = option("info", "log level", parse_choice("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    general: GeneralSettings = GeneralSettings()
+    proxy: ProxySettings = ProxySettings()
+    capture: CaptureSettings = CaptureSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    analysis: AnalysisSettings = AnalysisSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    export: ExportSettings = ExportSettings()
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.general.state_dir)
+
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _all_options() -> dict[str, tuple[str, Any]]:
+    """Setting name -> (section name, dataclass field)."""
+    table: dict[str, tuple[str, Any]] = {}
+    defaults = Settings()
+    for section in SECTIONS:
+        for item in fields(getattr(defaults, section)):
+            if item.name in table:
+                raise RuntimeError(f"setting {item.name} is declared twice")
+            table[item.name] = (section, item)
+    return table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting (all default to None so unset flags do not override other sources)."""
+    parser.add_argument("--config", metavar="FILE", help="YAML file with settings (keys as the flags, without --)")
+    for name, (_, item) in sorted(_all_options().items()):
+        default = item.default
+        parser.add_argument(_flag(name), dest=name, default=None, metavar="VALUE",
+                            help=f"{item.metadata['help']} (default: {_describe(default)}; env "
+                                 f"{ENV_PREFIX}{name.upper()})")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
+        return f"{value[0]}:{value[1]}"
+    if value is None:
+        return "off"
+    return str(value)
+
+
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build validated settings; raises ConfigError with a one-line message on the first bad value."""
+    environ = environ or {}
+    raw: dict[str, tuple[str, Any]] = {}
+    config_file = getattr(args, "config", None) if args is not None else None
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    options = _all_options()
+    if config_file:
+        for key, value in _read_yaml(config_file).items():
+            name = str(key).replace("-", "_")
+            if name not in options:
+                raise ConfigError(f"{key}: unknown setting in {config_file}")
+            raw[name] = (f"{key} (in {config_file})", value)
+    for name in options:
+        env_key = ENV_PREFIX + name.upper()
+        if env_key in environ:
+            raw[name] = (env_key, environ[env_key])
+    if args is not None:
+        for name in options:
+            value = getattr(args, name, None)
+            if value is not None:
+                raw[name] = (_flag(name), value)
+    return build(raw, options)
+
+
+def build(raw: Mapping[str, tuple[str, Any]], options: Mapping[str, tuple[str, Any]] | None = None) -> Settings:
+    options = options or _all_options()
+    updates: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for name, (source, value) in raw.items():
+        section, item = options[name]
+        try:
+            updates[section][name] = item.metadata["parse"](value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    settings = Settings()
+    for section, values in updates.items():
+        if values:
+            settings = replace(settings, **{section: replace(getattr(settings, section), **values)})
+    _cross_check(settings)
+    return settings
+
+
+def from_mapping(values: Mapping[str, Any]) -> Settings:
+    """Settings from plain `name: value` pairs, validated like a YAML file (used by tests and the demo)."""
+    options = _all_options()
+    for key in values:
+        if key not in options:
+            raise ConfigError(f"{key}: unknown setting")
+    return build({name: (name, value) for name, value in values.items()}, options)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping of settings")
+    return data
+
+
+def _cross_check(settings: Settings) -> None:
+    proxy = settings.proxy
+    if proxy.listen_rest is None and proxy.listen_grpc is None:
+        raise ConfigError("listen_rest/listen_grpc: both are off; nothing would be proxied")
+    if proxy.listen_rest is not None and proxy.upstream_rest is None:
+        raise ConfigError("upstream_rest: off while listen_rest is on; set listen_rest to off too")
+    if proxy.listen_grpc is not None and proxy.upstream_grpc is None:
+        raise ConfigError("upstream_grpc: off while listen_grpc is on; set listen_grpc to off too")
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """Settings as a flat dict for logs, with secrets masked."""
+    out: dict[str, Any] = {}
+    for section in SECTIONS:
+        part = getattr(settings, section)
+        for item in fields(part):
+            value = getattr(part, item.name)
+            out[item.name] = "***" if item.metadata.get("secret") and value else value
+    return out
+
+
+def argv_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
+    parser = argv_parser("sidecar run", "Run the monitoring sidecar.")
+    return load(parser.parse_args(argv), environ)

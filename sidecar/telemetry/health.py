@@ -1,0 +1,71 @@
+"""Upstream readiness: a background probe that answers /readyz and lets the proxies choose 503 over 502."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+Probe = Callable[[], Awaitable[bool]]
+
+
+class UpstreamHealth:
+    """Holds the latest verdict of each probe; `ready` is True only while every probe passed last time."""
+
+    def __init__(self, probes: dict[str, Probe], interval: float) -> None:
+        self.probes = probes
+        self.interval = interval
+        self.state: dict[str, bool] = dict.fromkeys(probes, False)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return all(self.state.values())
+
+    def mark(self, name: str, ok: bool) -> None:
+        """Proxies report what they just saw (e.g. a refused connection) so readiness reacts between probes."""
+        if name in self.state:
+            self.state[name] = ok
+
+    async def check(self) -> bool:
+        for name, probe in self.probes.items():
+            try:
+                self.state[name] = await asyncio.wait_for(probe(), timeout=max(self.interval, 1.0))
+            except Exception:
+                self.state[name] = False
+        return self.ready
+
+    async def start(self) -> None:
+        await self.check()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="upstream-health")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.check()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def tcp_http_probe(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when an HTTP server answers `GET /v1/models/__sidecar_probe__` with any status line.
+
+    Any HTTP answer (TF Serving gives 404 for an unknown model) proves the server is up and serving REST.
+    """
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    try:
+        writer.write(b"GET /v1/models/__sidecar_probe__ HTTP/1.1\r\nHost: " + host.encode()
+                     + b"\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        return line.startswith(b"HTTP/1.")
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()

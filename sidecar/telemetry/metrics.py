@@ -1,0 +1,158 @@
+"""Request-path metrics, aggregated in plain dicts and exported at scrape time by a collector.
+
+Why not prometheus_client's Counter/Histogram on the hot path: `.labels(...).observe(...)` takes a lock and
+resolves labels per call (about 2 us each; five per request is ~10 us, ~15% of a core at 12k req/s). Here a
+request costs one dict lookup and four `bisect` calls (about 1.5 us in all); the collector turns the totals into
+standard metric families when Prometheus scrapes. Everything else (analysis, feedback, exporters) uses ordinary
+prometheus_client metrics registered on the same `CollectorRegistry`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from sidecar.capture.ring import CaptureRing
+
+OTHER_MODELS = "__other__"
+DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                                       5.0, 10.0, 30.0, 60.0)
+SIZE_BUCKETS: tuple[float, ...] = tuple(float(256 * 4**i) for i in range(10))  # 256 B .. 64 MiB
+
+
+class ModelLabels:
+    """Bounds the `model` label: the first `cap` distinct names keep their own value, later ones fold together."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._known: dict[str, str] = {}
+
+    def __call__(self, model: str) -> str:
+        label = self._known.get(model)
+        if label is None:
+            label = model if len(self._known) < self.cap else OTHER_MODELS
+            if label != OTHER_MODELS or len(self._known) < self.cap * 10:
+                self._known[model] = label
+        return label
+
+
+class _Histograms:
+    """Cumulative-at-export histograms keyed by a label tuple."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.series: dict[tuple[str, ...], list[float]] = {}  # counts per bucket (+Inf last), then sum
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        row = self.series.get(key)
+        if row is None:
+            row = self.series[key] = [0.0] * (len(self.bounds) + 2)
+        row[bisect_left(self.bounds, value)] += 1
+        row[-1] += value
+
+    def family(self, name: str, doc: str, labels: Sequence[str]) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(name, doc, labels=labels)
+        for key, row in self.series.items():
+            cumulative = 0.0
+            buckets = []
+            for bound, count in zip((*self.bounds, float("inf")), row[:-1], strict=True):
+                cumulative += count
+                buckets.append((_bound_text(bound), cumulative))
+            family.add_metric(list(key), buckets, row[-1])
+        return family
+
+
+def _bound_text(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+class RequestMetrics(Collector):
+    """Traffic metrics of both proxies. `record` is the only call on the request path."""
+
+    def __init__(self, model_label_cap: int = 100) -> None:
+        self.models = ModelLabels(model_label_cap)
+        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.duration = _Histograms(DURATION_BUCKETS)
+        self.upstream = _Histograms(DURATION_BUCKETS)
+        self.request_size = _Histograms(SIZE_BUCKETS)
+        self.response_size = _Histograms(SIZE_BUCKETS)
+        self.upstream_errors: dict[tuple[str, str], int] = {}
+
+    def record(self, model: str, protocol: str, method: str, code: str, duration: float,
+               upstream: float | None, request_bytes: int, response_bytes: int) -> None:
+        model = self.models(model)
+        key = (model, protocol, method, code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        short = (model, protocol, method)
+        self.duration.observe(short, duration)
+        if upstream is not None:
+            self.upstream.observe(short, upstream)
+        self.request_size.observe(short, request_bytes)
+        self.response_size.observe(short, response_bytes)
+
+    def upstream_error(self, protocol: str, reason: str) -> None:
+        key = (protocol, reason)
+        self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        labels = ["model", "protocol", "method"]
+        requests = CounterMetricFamily("sidecar_requests", "Proxied requests by model, protocol, method and "
+                                       "response code (HTTP status or gRPC status name).",
+                                       labels=[*labels, "code"])
+        for key, value in list(self.requests.items()):
+            requests.add_metric(list(key), value)
+        yield requests
+        yield self.duration.family("sidecar_request_duration_seconds",
+                                   "Time from request received to response sent, as the client sees it.", labels)
+        yield self.upstream.family("sidecar_upstream_duration_seconds",
+                                   "Time the upstream model server took to answer.", labels)
+        yield self.request_size.family("sidecar_request_size_bytes", "Request body size.", labels)
+        yield self.response_size.family("sidecar_response_size_bytes", "Response body size.", labels)
+        errors = CounterMetricFamily("sidecar_upstream_errors", "Upstream failures answered by the sidecar "
+                                     "itself (refused, reset, timeout).", labels=["protocol", "reason"])
+        for key, value in list(self.upstream_errors.items()):
+            errors.add_metric(list(key), value)
+        yield errors
+
+
+class CaptureMetrics(Collector):
+    """Ring occupancy and drops, read from the rings at scrape time."""
+
+    def __init__(self, ring: CaptureRing, drained: Callable[[], int]) -> None:
+        self.ring = ring
+        self.drained = drained
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        records = GaugeMetricFamily("sidecar_capture_ring_records", "Records waiting in the capture ring.")
+        records.add_metric([], len(self.ring))
+        yield records
+        size = GaugeMetricFamily("sidecar_capture_ring_bytes", "Payload bytes waiting in the capture ring.")
+        size.add_metric([], self.ring.bytes)
+        yield size
+        for name, doc, value in (
+            ("sidecar_capture_ring_max_records", "Capture ring bound on records.", self.ring.max_records),
+            ("sidecar_capture_ring_max_bytes", "Capture ring bound on payload bytes.", self.ring.max_bytes),
+        ):
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], value)
+            yield gauge
+        appended = CounterMetricFamily("sidecar_capture_records", "Exchanges captured (appended to the ring).")
+        appended.add_metric([], self.ring.appended)
+        yield appended
+        drained = CounterMetricFamily("sidecar_capture_drained_records", "Records handed to the analysis stage.")
+        drained.add_metric([], self.drained())
+        yield drained
+        dropped = CounterMetricFamily("sidecar_capture_dropped", "Captured records dropped because the ring was "
+                                      "full (oldest first).", labels=["model"])
+        for model, count in list(self.ring.dropped.items()):
+            dropped.add_metric([model], count)
+        yield dropped
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry of our own (not the process-global one), so tests and embedders stay isolated."""
+    return CollectorRegistry(auto_describe=False)

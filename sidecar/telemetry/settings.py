@@ -1,0 +1,17 @@
+"""Settings of the admin listener, metrics and tracing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sidecar.options import option, parse_duration, parse_hostport, parse_int
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    listen_admin: tuple[str, int] | None = option(
+        ("0.0.0.0", 8508), "admin listener (/metrics, /healthz, /readyz, /v1/monitor) HOST:PORT, or off",
+        parse_hostport(allow_off=True))
+    model_label_cap: int = option(100, "distinct model label values before further models fold into '__other__'",
+                                  parse_int(1, 100_000))
+    readiness_interval: float = option(2.0, "seconds between upstream readiness probes", parse_duration(0.05))
