@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,13 @@ class GeneralSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    general: GeneralSettings = GeneralSettings()
-    proxy: ProxySettings = ProxySettings()
-    capture: CaptureSettings = CaptureSettings()
-    telemetry: TelemetrySettings = TelemetrySettings()
-    analysis: AnalysisSettings = AnalysisSettings()
-    feedback: FeedbackSettings = FeedbackSettings()
-    export: ExportSettings = ExportSettings()
+    general: GeneralSettings = field(default_factory=GeneralSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
 
     @property
     def state_path(self) -> Path:

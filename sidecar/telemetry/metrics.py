@@ -95,8 +95,8 @@ class RequestMetrics(Collector):
         self.response_size.observe(short, response_bytes)
 
     def upstream_error(self, protocol: str, reason: str) -> None:
-        key = (protocol, reason)
-        self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+        pair = (protocol, reason)
+        self.upstream_errors[pair] = self.upstream_errors.get(pair, 0) + 1
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         labels = ["model", "protocol", "method"]
@@ -114,17 +114,18 @@ class RequestMetrics(Collector):
         yield self.response_size.family("sidecar_response_size_bytes", "Response body size.", labels)
         errors = CounterMetricFamily("sidecar_upstream_errors", "Upstream failures answered by the sidecar "
                                      "itself (refused, reset, timeout).", labels=["protocol", "reason"])
-        for key, value in list(self.upstream_errors.items()):
-            errors.add_metric(list(key), value)
+        for pair, count in list(self.upstream_errors.items()):
+            errors.add_metric(list(pair), count)
         yield errors
 
 
 class CaptureMetrics(Collector):
     """Ring occupancy and drops, read from the rings at scrape time."""
 
-    def __init__(self, ring: CaptureRing, drained: Callable[[], int]) -> None:
+    def __init__(self, ring: CaptureRing, drained: Callable[[], int], models: ModelLabels) -> None:
         self.ring = ring
         self.drained = drained
+        self.models = models
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         records = GaugeMetricFamily("sidecar_capture_ring_records", "Records waiting in the capture ring.")
@@ -148,8 +149,12 @@ class CaptureMetrics(Collector):
         yield drained
         dropped = CounterMetricFamily("sidecar_capture_dropped", "Captured records dropped because the ring was "
                                       "full (oldest first).", labels=["model"])
+        folded: dict[str, int] = {}
         for model, count in list(self.ring.dropped.items()):
-            dropped.add_metric([model], count)
+            label = self.models(model)
+            folded[label] = folded.get(label, 0) + count
+        for label, count in folded.items():
+            dropped.add_metric([label], count)
         yield dropped
 
 

@@ -82,9 +82,7 @@ def from_environment(environ: Mapping[str, str]) -> Tracing:
         return disabled()
     exporter_name = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     has_endpoint = bool(environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-    if exporter_name in ("", "otlp") and not exporter_name and not has_endpoint:
-        return disabled()
-    if exporter_name == "none":
+    if exporter_name == "none" or (not exporter_name and not has_endpoint):
         return disabled()
     exporter = _exporter(exporter_name or "otlp", environ)
     service = environ.get("OTEL_SERVICE_NAME") or "tfs-sidecar"
@@ -102,7 +100,9 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
                 or "http/protobuf").strip().lower()
     if protocol == "grpc":
         try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
+                OTLPSpanExporter as GrpcExporter,
+            )
         except ImportError:
             raise ValueError("OTEL_EXPORTER_OTLP_PROTOCOL: grpc needs opentelemetry-exporter-otlp-proto-grpc; "
                              "install it or use http/protobuf") from None

@@ -1,0 +1,97 @@
+"""Command line: `sidecar run | testbed | demo | anodot-replay`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+USAGE = """usage: sidecar COMMAND [options]
+
+commands:
+  run            run the monitoring sidecar in front of a model server
+  testbed        run the bundled TF-Serving-compatible model server (REST + gRPC)
+  demo           start the testbed and the sidecar, send traffic and feedback, show what is seen
+  anodot-replay  post stored Anodot bucket files to the Anodot API
+
+`sidecar COMMAND --help` shows the options of a command.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "run":
+        return run_command(rest)
+    if command == "testbed":
+        from sidecar.testbed.cli import main as testbed_main
+
+        return int(testbed_main(rest))
+    if command == "demo":
+        from sidecar.demo import main as demo_main
+
+        return demo_main(rest)
+    if command == "anodot-replay":
+        from sidecar.export.replay import replay_main
+
+        return int(replay_main(rest))
+    print(f"sidecar: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+def run_command(argv: Sequence[str]) -> int:
+    from sidecar import config
+    from sidecar.telemetry import tracing
+
+    try:
+        settings = config.parse_args(argv, os.environ)
+        tracer = tracing.from_environment(os.environ)
+    except (config.ConfigError, ValueError) as exc:
+        print(f"sidecar: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.general.log_level)
+    install_fast_loop()
+    try:
+        asyncio.run(_serve(settings, tracer))
+    except OSError as exc:
+        print(f"sidecar: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(settings: object, tracer: object) -> None:
+    from sidecar.app import Sidecar, run_until_signalled
+    from sidecar.config import Settings, redacted
+    from sidecar.telemetry.tracing import Tracing
+
+    assert isinstance(settings, Settings) and isinstance(tracer, Tracing)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sidecar = Sidecar(settings, tracing=tracer)
+    logging.getLogger("sidecar").info("starting with %s", redacted(settings))
+    await run_until_signalled(sidecar, stop)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def install_fast_loop() -> None:
+    """uvloop when available: the REST proxy's throughput roughly doubles with it."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

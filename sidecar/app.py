@@ -1,0 +1,225 @@
+"""Composition root: builds every part from settings, starts them in dependency order, stops them in reverse.
+
+Data flows one way: proxies -> capture rings (tee) -> drainers -> analysis workers / payload log -> telemetry;
+feedback joins ground truth to the predictions the analysis stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from sidecar.capture.ring import CaptureRing, Consumer, CountingConsumer, Drainer, Tee
+from sidecar.config import Settings
+from sidecar.telemetry.admin import AdminServer, build_admin_app
+from sidecar.telemetry.health import Probe, UpstreamHealth, tcp_http_probe
+from sidecar.telemetry.metrics import CaptureMetrics, RequestMetrics, new_registry
+from sidecar.telemetry.tracing import Tracing, disabled
+
+log = logging.getLogger(__name__)
+Stopper = Callable[[], Awaitable[None]]
+
+
+class Sidecar:
+    """The running sidecar. `start()` then `stop()`; ports actually bound are on `rest_port`, `grpc_port`,
+    `admin_port` (useful when settings ask for port 0)."""
+
+    def __init__(self, settings: Settings, *, tracing: Tracing | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.tracing = tracing or disabled()
+        self.registry = registry or new_registry()
+        self.request_metrics = RequestMetrics(settings.telemetry.model_label_cap)
+        self.registry.register(self.request_metrics)
+        self.tee = Tee()
+        self.analysis_ring: CaptureRing | None = None
+        self.analysis_drainer: Drainer | None = None
+        self.pool: Any = None
+        self.feedback: Any = None
+        self.payload_log: Any = None
+        self.health: UpstreamHealth | None = None
+        self.rest: Any = None
+        self.grpc: Any = None
+        self.admin: AdminServer | None = None
+        self._stoppers: list[tuple[str, Stopper]] = []
+
+    @property
+    def rest_port(self) -> int | None:
+        return self.rest.port if self.rest is not None else None
+
+    @property
+    def grpc_port(self) -> int | None:
+        return self.grpc.port if self.grpc is not None else None
+
+    @property
+    def admin_port(self) -> int | None:
+        return self.admin.port if self.admin is not None else None
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
+        state_dir = settings.state_path
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._stoppers.append(("tracing", self._shutdown_tracing))
+
+        if settings.proxy.listen_rest is not None:
+            await self._start_feedback(state_dir)
+        if settings.capture.capture_enabled:
+            await self._start_analysis(state_dir)
+            await self._start_payload_log()
+        await self._start_anodot(state_dir)
+        await self._start_health()
+        await self._start_proxies()
+        await self._start_admin()
+
+    async def _shutdown_tracing(self) -> None:
+        self.tracing.shutdown()
+
+    async def _start_feedback(self, state_dir: Path) -> None:
+        from sidecar.feedback.api import FeedbackService
+
+        task_overrides = _task_overrides(self.settings.analysis.models)
+        self.feedback = FeedbackService(self.settings.feedback, state_dir, self.registry, task_overrides)
+        await self.feedback.start()
+        self._stoppers.append(("feedback", self.feedback.stop))
+
+    async def _start_analysis(self, state_dir: Path) -> None:
+        capture = self.settings.capture
+        ring = CaptureRing(capture.capture_max_records, capture.capture_max_bytes, capture.capture_batch_size)
+        consumer: Consumer
+        if self.settings.analysis.analysis_enabled:
+            from sidecar.detect.pool import AnalysisPool
+
+            on_predictions = self.feedback.add_predictions if self.feedback is not None else None
+            self.pool = AnalysisPool(self.settings.analysis, state_dir, self.registry, on_predictions=on_predictions)
+            await self.pool.start()
+            self._stoppers.append(("analysis", self.pool.stop))
+            consumer = self.pool
+        else:
+            consumer = CountingConsumer()
+        drainer = Drainer(ring, consumer, capture.capture_flush_interval)
+        drainer.start()
+        self._stoppers.append(("capture drainer", drainer.stop))
+        self.registry.register(CaptureMetrics(ring, lambda: drainer.drained, self.request_metrics.models))
+        self.tee.add(ring)
+        self.analysis_ring, self.analysis_drainer = ring, drainer
+
+    async def _start_payload_log(self) -> None:
+        export = self.settings.export
+        if not (export.payload_log_file or export.payload_log_url):
+            return
+        from sidecar.export.payload_log import PayloadLog
+
+        capture = self.settings.capture
+        self.payload_log = PayloadLog(export, self.registry)
+        await self.payload_log.start()
+        self._stoppers.append(("payload log", lambda: self.payload_log.stop(export.shutdown_flush_timeout)))
+        ring = CaptureRing(export.payload_log_queue, capture.capture_max_bytes, export.payload_log_batch)
+        drainer = Drainer(ring, self.payload_log, export.payload_log_flush_interval)
+        drainer.start()
+        self._stoppers.append(("payload log drainer", drainer.stop))
+        self.tee.add(ring)
+        if self.feedback is not None and hasattr(self.feedback, "set_event_sink"):
+            self.feedback.set_event_sink(self.payload_log.feedback_event)
+
+    async def _start_anodot(self, state_dir: Path) -> None:
+        export = self.settings.export
+        if export.anodot_bucket <= 0:
+            return
+        from sidecar.export.anodot import AnodotExporter
+
+        out_dir = Path(export.anodot_dir) if export.anodot_dir else state_dir / "anodot"
+        exporter = AnodotExporter(export, self.registry, out_dir)
+        await exporter.start()
+        self._stoppers.append(("anodot", exporter.stop))
+
+    async def _start_health(self) -> None:
+        proxy = self.settings.proxy
+        probes: dict[str, Probe] = {}
+        if proxy.listen_rest is not None and proxy.upstream_rest is not None:
+            host, port = proxy.upstream_rest
+            probes["rest"] = lambda: tcp_http_probe(host, port)
+        if proxy.listen_grpc is not None and proxy.upstream_grpc is not None:
+            from sidecar.proxy.grpc import grpc_probe
+
+            target = f"{proxy.upstream_grpc[0]}:{proxy.upstream_grpc[1]}"
+            probes["grpc"] = lambda: grpc_probe(target)
+        self.health = UpstreamHealth(probes, self.settings.telemetry.readiness_interval)
+        await self.health.start()
+        self._stoppers.append(("health", self.health.stop))
+
+    async def _start_proxies(self) -> None:
+        proxy = self.settings.proxy
+        capture = self.tee.append if self.tee.rings else None
+        if proxy.listen_rest is not None:
+            from sidecar.proxy.rest import RestProxy
+
+            local_routes = {"/v1/feedback": self.feedback.handle} if self.feedback is not None else None
+            self.rest = RestProxy(proxy, capture=capture, metrics=self.request_metrics, tracing=self.tracing,
+                                  health=self.health, local_routes=local_routes)
+            await self.rest.start()
+            self._stoppers.append(("rest proxy", self.rest.stop))
+        if proxy.listen_grpc is not None:
+            from sidecar.proxy.grpc import GrpcProxy
+
+            self.grpc = GrpcProxy(proxy, capture=capture, metrics=self.request_metrics, tracing=self.tracing,
+                                  health=self.health)
+            await self.grpc.start()
+            self._stoppers.append(("grpc proxy", self.grpc.stop))
+
+    async def _start_admin(self) -> None:
+        listen = self.settings.telemetry.listen_admin
+        if listen is None:
+            return
+        app = build_admin_app(self.registry, self.health, self.monitor, self.monitored_models)
+        self.admin = AdminServer(app, *listen)
+        await self.admin.start()
+        self._stoppers.append(("admin", self.admin.stop))
+
+    def monitor(self, model: str) -> dict[str, Any] | None:
+        """The drill-down for one model: analysis state merged with feedback quality."""
+        snapshot = self.pool.monitor(model) if self.pool is not None else None
+        quality = self.feedback.quality_snapshot(model) if self.feedback is not None else None
+        if snapshot is None and quality is None:
+            return None
+        merged: dict[str, Any] = dict(snapshot or {"model": model})
+        if quality is not None:
+            merged["quality"] = quality
+        return merged
+
+    def monitored_models(self) -> list[str]:
+        return sorted(self.pool.models()) if self.pool is not None else []
+
+    async def stop(self) -> None:
+        """Stop everything started so far, in reverse order; one part failing does not stop the rest."""
+        while self._stoppers:
+            name, stopper = self._stoppers.pop()
+            try:
+                await stopper()
+            except Exception:
+                log.exception("stopping %s failed", name)
+
+
+def _task_overrides(models: Mapping[str, Any]) -> dict[str, str]:
+    return {name: str(conf["task"]) for name, conf in models.items() if isinstance(conf, dict) and "task" in conf}
+
+
+async def run_until_signalled(sidecar: Sidecar, stop_event: asyncio.Event) -> None:
+    await sidecar.start()
+    try:
+        await stop_event.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await sidecar.stop()

@@ -1,0 +1,87 @@
+"""Admin listener: /metrics (Prometheus text, OpenMetrics on request), /healthz, /readyz and the monitor drill-down."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from sidecar.telemetry.health import UpstreamHealth
+
+MonitorLookup = Callable[[str], dict[str, Any] | None]
+MonitorIndex = Callable[[], list[str]]
+
+
+def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
+                    monitor: MonitorLookup | None = None, monitor_index: MonitorIndex | None = None) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if health is None or health.ready:
+            return web.json_response({"status": "ready", "upstreams": health.state if health else {}})
+        return web.json_response({"status": "not ready", "upstreams": health.state}, status=503)
+
+    async def monitor_list(_: web.Request) -> web.Response:
+        return web.json_response({"models": monitor_index() if monitor_index else []})
+
+    async def monitor_model(request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        snapshot = monitor(model) if monitor else None
+        if snapshot is None:
+            return web.json_response({"error": f"no monitoring data for model {model!r}"}, status=404)
+        return web.Response(text=json.dumps(json_safe(snapshot), allow_nan=False), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/monitor", monitor_list)
+    app.router.add_get("/v1/monitor/{model}", monitor_model)
+    return app
+
+
+def json_safe(value: Any) -> Any:
+    """Recursively make numpy scalars/arrays and non-finite floats JSON-safe (NaN and infinities become null)."""
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "tolist"):
+        return json_safe(value.tolist())
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+class AdminServer:
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.requested_port = port
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.requested_port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
