@@ -1,0 +1,376 @@
+"""The feedback service: `POST /v1/feedback` on the REST listener, the prediction hook, and quality metrics.
+
+Flow of a POST: check the method and the bearer token, parse the body (400 at the first problem), look the ids up
+(recent predictions still on their way to the store are answered from memory, the rest by the store's reader
+thread), match every item with its prediction (400 for a wrong count or type, 404 for an unknown or expired id),
+then claim the (id, instance) pairs in the store (the first claim joins, later ones are duplicates) and update
+the quality metrics. A request is all or nothing: when any item is rejected, none is counted as joined.
+Feedback for an id not seen yet is held (see `arrival.py` for when) and joined when its prediction is analysed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
+
+from sidecar.feedback import arrival
+from sidecar.feedback.board import QualityBoard
+from sidecar.feedback.join import UNUSABLE, Join, match
+from sidecar.feedback.metrics import NO_MODEL, FeedbackCollector, FeedbackCounts
+from sidecar.feedback.monitor import quality_snapshot
+from sidecar.feedback.parse import FeedbackError, FeedbackItem, parse_body
+from sidecar.feedback.pending import PendingFeedback
+from sidecar.feedback.recent import RecentPredictions
+from sidecar.feedback.responses import check_bearer, error_response, inflate, json_response
+from sidecar.feedback.settings import FeedbackSettings
+from sidecar.feedback.store import PredictionRow, PredictionStore, StoredPrediction, StoreError, open_store
+from sidecar.feedback.tasks import choose_task, reduce_prediction
+from sidecar.proxy.local import LocalRequest, LocalResponse
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_PATH = "/v1/feedback"
+SWEEP_INTERVAL = 0.5
+POLL_CHUNK = 1000  # held ids looked up in a shared store per sweep
+EventSink = Callable[[str, str, bytes], object]  # (prediction id, model, feedback body): the payload log
+
+
+class PredictedInstanceLike(Protocol):
+    @property
+    def prediction_id(self) -> str: ...
+
+    @property
+    def instance_index(self) -> int: ...
+
+    @property
+    def predicted(self) -> Any: ...
+
+
+class PredictionsLike(Protocol):
+    """`sidecar.detect.results.Predictions`: one model's analysed predictions from one batch."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def items(self) -> Sequence[PredictedInstanceLike]: ...
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FeedbackService:
+    def __init__(self, settings: FeedbackSettings, state_dir: Path, registry: CollectorRegistry,
+                 task_overrides: Mapping[str, str], *, model_label_cap: int = 100,
+                 store: PredictionStore | None = None) -> None:
+        self.settings = settings
+        self.task_overrides = dict(task_overrides)
+        self.store = store or open_store(settings.store, state_dir, settings.store_retention, settings.store_max_rows,
+                                         settings.store_key_prefix)
+        self.pending = PendingFeedback(settings.pending_max, settings.pending_timeout)
+        self.counts = FeedbackCounts()
+        self.board = QualityBoard(settings.quality_window, settings.max_class_labels, model_label_cap)
+        self.models = self.board.models
+        self.registry = registry
+        self.collector = FeedbackCollector(self.counts, self.board.qualities, self._gauges)
+        registry.register(self.collector)
+        self.recent = RecentPredictions()  # on their way to the store
+        self._sweep_cursor = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._event_sink: EventSink | None = None
+        self._token = (settings.feedback_token or "").encode()
+
+    # lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        try:
+            await self.store.start(self._on_written)
+        except StoreError:
+            self.registry.unregister(self.collector)
+            raise
+        self._sweeper = self._loop.create_task(self._sweep(), name="feedback-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+        if self.pending.instances:
+            log.info("stopping with %d feedback instances still waiting for their predictions (dropped)",
+                     self.pending.instances)
+        await self.store.stop()
+        with contextlib.suppress(KeyError):
+            self.registry.unregister(self.collector)
+
+    async def flush(self) -> None:
+        """Wait until held feedback that can join has joined and every queued prediction is stored."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+        await self.store.flush()
+
+    def set_event_sink(self, sink: EventSink) -> None:
+        """Hand every accepted feedback item to `sink(prediction_id, model, body)` (the payload log)."""
+        self._event_sink = sink
+
+    # predictions from the analysis
+
+    def add_predictions(self, predictions: PredictionsLike) -> None:
+        """Store one model's analysed predictions and join feedback that was waiting for them. Never blocks."""
+        if self._loop is not None and threading.get_ident() != self._loop_thread:
+            self._loop.call_soon_threadsafe(self.add_predictions, predictions)
+            return
+        now = time.time()
+        model = predictions.model
+        task = choose_task(self.task_overrides.get(model), predictions.task)
+        threshold = self.settings.binary_threshold
+        rows: list[PredictionRow] = []
+        records: dict[str, StoredPrediction] = {}
+        for item in predictions.items:
+            reduced = reduce_prediction(item.predicted, task, threshold)
+            row_task, value = reduced if reduced is not None else (UNUSABLE, "")
+            rows.append(PredictionRow(item.prediction_id, item.instance_index, model, row_task, value, now))
+            record = records.get(item.prediction_id)
+            if record is None:
+                record = records[item.prediction_id] = StoredPrediction(model, row_task, now, {})
+            record.instances[item.instance_index] = value
+        if not rows:
+            return
+        if self.recent.queued_rows + len(rows) > self.settings.store_queue_max:
+            self.counts.store_dropped += len(rows)
+        else:
+            self.recent.added(records, len(rows))
+            self.store.put(rows)
+        waiting = self.pending.take([pid for pid in records if pid in self.pending]) if len(self.pending) else []
+        if waiting:
+            self._spawn(self._join_held(waiting, records))
+
+    def _on_written(self, rows: Sequence[PredictionRow], ok: bool) -> None:
+        """Called on the loop once the writer stored (or failed to store) `rows`."""
+        if not ok:
+            self.counts.store_error("write")
+        self.recent.written(len(rows))
+
+    # HTTP
+
+    async def handle(self, request: LocalRequest) -> LocalResponse:
+        """Answer one request to `/v1/feedback` (the REST proxy calls this for that path)."""
+        if request.path.split("?", 1)[0].rstrip("/") != FEEDBACK_PATH:
+            return error_response(404, f"no such endpoint: {request.path.split('?', 1)[0]}")
+        if request.method != "POST":
+            return error_response(405, f"{request.method} is not allowed on {FEEDBACK_PATH}; use POST",
+                                  {"Allow": "POST"})
+        denied = check_bearer(self._token, request.headers.get("authorization", ""))
+        if denied is not None:
+            return denied
+        try:
+            body = inflate(request.body, request.headers.get("content-encoding", ""))
+            items = parse_body(body, self.settings.feedback_max_instances)
+        except FeedbackError as exc:
+            self.counts.outcome(NO_MODEL, "invalid")
+            return error_response(400, str(exc))
+        try:
+            counts = await self.submit(items)
+        except _Rejected as exc:
+            return error_response(exc.status, str(exc))
+        except StoreError as exc:
+            return error_response(503, f"the prediction store is unavailable: {exc}")
+        return json_response(200, counts)
+
+    # joining
+
+    async def submit(self, items: Sequence[FeedbackItem]) -> dict[str, int]:
+        """Join, hold or reject parsed feedback; returns instance counts by outcome. Raises `_Rejected` (400/404)."""
+        found = await self._lookup([item.prediction_id for item in items])
+        now = time.time()
+        settings = self.settings
+        can_hold = settings.pending_timeout > 0 and settings.pending_max > 0
+        latch = dict(self.board.auto_tasks)
+        joins: list[Join] = []
+        held: list[FeedbackItem] = []
+        for position, item in enumerate(items):
+            where = None if len(items) == 1 else position
+            stored = found.get(item.prediction_id)
+            if stored is None:
+                verdict = arrival.judge_unknown(item.prediction_id, now, settings.pending_timeout,
+                                                settings.store_retention, can_hold)
+                if verdict is not None:
+                    self.counts.outcome(NO_MODEL, verdict.outcome, item.size)
+                    raise _Rejected(404, _prefixed(where, verdict.message))
+                held.append(item)
+                continue
+            if now - stored.time > settings.store_retention:
+                self.counts.outcome(self.models(stored.model), arrival.EXPIRED, item.size)
+                raise _Rejected(404, _prefixed(where, f"prediction id {item.prediction_id!r} has expired (older "
+                                                      "than store_retention)"))
+            try:
+                joins.extend(match(item, stored, where, settings.binary_threshold, latch))
+            except FeedbackError as exc:
+                self.counts.outcome(self.models(stored.model), "invalid", item.size)
+                raise _Rejected(400, str(exc)) from None
+        for item in held:  # before any await: a prediction arriving meanwhile must find them
+            self._hold(item)
+        joined, duplicate = await self._apply(joins)
+        self._emit(items, found)
+        return {"joined": joined, "duplicate": duplicate, "pending": sum(item.size for item in held)}
+
+    async def _lookup(self, prediction_ids: Sequence[str]) -> dict[str, StoredPrediction]:
+        """Stored predictions of these ids, from memory (not written yet) or from the store."""
+        ticket = self.recent.begin_lookup()
+        try:
+            found: dict[str, StoredPrediction] = {}
+            missing: list[str] = []
+            for prediction_id in dict.fromkeys(prediction_ids):
+                recent = self.recent.get(prediction_id)
+                if recent is not None:
+                    found[prediction_id] = recent
+                else:
+                    missing.append(prediction_id)
+            if missing:
+                try:
+                    found.update(await self.store.lookup(missing))
+                except StoreError:
+                    self.counts.store_error("read")
+                    raise
+                for prediction_id in missing:  # arrived while the store was read
+                    recent = self.recent.get(prediction_id)
+                    if prediction_id not in found and recent is not None:
+                        found[prediction_id] = recent
+            return found
+        finally:
+            self.recent.end_lookup(ticket)
+
+    async def _apply(self, joins: Sequence[Join]) -> tuple[int, int]:
+        """Claim the joins' keys and count them: (joined, duplicate)."""
+        if not joins:
+            return 0, 0
+        try:
+            claimed = await self.store.claim([join.key for join in joins])
+        except StoreError:
+            self.counts.store_error("claim")
+            raise
+        joined = duplicate = 0
+        for join, first in zip(joins, claimed, strict=True):
+            model = self.models(join.model)
+            if not first:
+                duplicate += 1
+                self.counts.outcome(model, "duplicate")
+                continue
+            joined += 1
+            self.counts.outcome(model, "joined")
+            self.board.record(join)
+        return joined, duplicate
+
+    def _hold(self, item: FeedbackItem) -> None:
+        self.counts.outcome(NO_MODEL, "pending", item.size)
+        for evicted in self.pending.add(item, time.monotonic()):
+            self.counts.outcome(NO_MODEL, arrival.EXPIRED, evicted.size)
+
+    async def _join_held(self, items: Sequence[FeedbackItem], found: Mapping[str, StoredPrediction]) -> None:
+        """Join feedback that waited for these predictions; items that do not fit are counted invalid."""
+        joins: list[Join] = []
+        for item in items:
+            stored = found[item.prediction_id]
+            try:
+                joins.extend(match(item, stored, None, self.settings.binary_threshold, self.board.auto_tasks))
+            except FeedbackError as exc:
+                log.info("held feedback could not join: %s", exc)
+                self.counts.outcome(self.models(stored.model), "invalid", item.size)
+        try:
+            await self._apply(joins)
+        except StoreError as exc:
+            log.warning("held feedback lost: %s", exc)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep(self) -> None:
+        """Expire held feedback; with a shared store, look for predictions other replicas analysed."""
+        interval = min(SWEEP_INTERVAL, max(self.settings.pending_timeout / 4, 0.05))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                for item in self.pending.expire(time.monotonic()):
+                    self.counts.outcome(NO_MODEL, arrival.EXPIRED, item.size)
+                if self.store.shared and len(self.pending):
+                    await self._poll_shared_store()
+            except Exception:  # the sweeper must outlive any one failure
+                log.exception("feedback sweep failed")
+
+    async def _poll_shared_store(self) -> None:
+        """Look for held ids in the shared store (another replica may have analysed them), a slice per sweep."""
+        ids = self.pending.ids()
+        if self._sweep_cursor >= len(ids):
+            self._sweep_cursor = 0
+        chunk = ids[self._sweep_cursor:self._sweep_cursor + POLL_CHUNK]
+        self._sweep_cursor += len(chunk)
+        try:
+            found = await self.store.lookup(chunk)
+        except StoreError:
+            self.counts.store_error("read")
+            return
+        waiting = self.pending.take(list(found))
+        if waiting:
+            await self._join_held(waiting, found)
+
+    def _emit(self, items: Sequence[FeedbackItem], found: Mapping[str, StoredPrediction]) -> None:
+        sink = self._event_sink
+        if sink is None:
+            return
+        for item in items:
+            stored = found.get(item.prediction_id)
+            document: dict[str, Any] = {"prediction_id": item.prediction_id}
+            if item.instance is not None:
+                document["instance"] = item.instance
+                document["truth"] = item.truths[0]
+            else:
+                document["truth"] = list(item.truths)
+            try:
+                sink(item.prediction_id, stored.model if stored else "", json.dumps(document).encode())
+            except Exception:  # the payload log must never break feedback
+                log.debug("feedback event sink failed", exc_info=True)
+
+    # read side
+
+    def quality_snapshot(self, model: str) -> dict[str, Any] | None:
+        """The model's quality for the monitor drill-down, or None before any of its feedback joined."""
+        quality = self.board.get(model)
+        if quality is None:
+            return None
+        outcomes = {outcome: value for (name, outcome), value in self.counts.outcomes.items() if name == model}
+        return quality_snapshot(quality, outcomes)
+
+    def _gauges(self) -> dict[str, float]:
+        return {"sidecar_feedback_pending_instances": self.pending.instances,
+                "sidecar_feedback_store_queue_rows": self.recent.queued_rows}
+
+
+def _prefixed(position: int | None, message: str) -> str:
+    return message if position is None else f"item {position}: {message}"
+
+
+__all__ = ["FeedbackService", "PredictionsLike"]

@@ -1,0 +1,199 @@
+"""The default prediction store: one SQLite file in the state directory, surviving restarts.
+
+A writer thread owns the only writing connection (inserts, feedback claims, retention trimming); a reader thread
+owns a second connection for lookups. WAL journaling lets the reader run while the writer commits.
+Retention: rows older than `retention` seconds are deleted, and beyond `max_rows` instances the oldest go first
+(down to 95% of `max_rows`, so a store at its bound is trimmed once per 5% of new rows, not on every write).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sidecar.feedback.store import Key, PredictionRow, StoredPrediction, WrittenCallback
+from sidecar.feedback.threads import StoreThread
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id TEXT NOT NULL,
+    instance INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    task TEXT NOT NULL,
+    predicted,
+    time REAL NOT NULL,
+    PRIMARY KEY (id, instance)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (time);
+CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT NOT NULL,
+    instance INTEGER NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (id, instance)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS feedback_by_time ON feedback (time);
+"""
+TRIM_INTERVAL = 2.0
+LOW_WATER = 0.95
+LOOKUP_CHUNK = 500  # ids per query (SQLite's default limit on bound parameters is 32766)
+
+
+class _Writer:
+    """State of the writer connection: an approximate row count so trimming rarely needs COUNT(*)."""
+
+    def __init__(self, conn: sqlite3.Connection, retention: float, max_rows: int) -> None:
+        self.conn = conn
+        self.retention = retention
+        self.max_rows = max_rows
+        self.rows = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+        self.last_trim = 0.0
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+class SqliteStore:
+    shared = False
+
+    def __init__(self, path: Path, retention: float, max_rows: int) -> None:
+        self.path = path
+        self.retention = retention
+        self.max_rows = max_rows
+        self._writer: StoreThread[_Writer] = StoreThread(
+            "sqlite-writer", self._open_writer, lambda w: w.conn.close(), write_rows=_insert, idle=_trim,
+            idle_interval=TRIM_INTERVAL)
+        self._reader: StoreThread[sqlite3.Connection] = StoreThread("sqlite-reader", self._open_reader,
+                                                                     sqlite3.Connection.close)
+
+    def _open_writer(self) -> _Writer:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path)
+        conn.executescript(SCHEMA)
+        writer = _Writer(conn, self.retention, self.max_rows)
+        _trim(writer)
+        return writer
+
+    def _open_reader(self) -> sqlite3.Connection:
+        return _connect(self.path)
+
+    async def start(self, on_written: WrittenCallback | None = None) -> None:
+        await self._writer.start(on_written)  # creates the schema before the reader opens
+        try:
+            await self._reader.start()
+        except BaseException:
+            await self._writer.stop()
+            raise
+
+    async def stop(self) -> None:
+        await self._reader.stop()
+        await self._writer.stop()
+
+    def put(self, rows: Sequence[PredictionRow]) -> None:
+        self._writer.put(rows)
+
+    async def flush(self) -> None:
+        await self._writer.flush()
+
+    async def lookup(self, prediction_ids: Sequence[str]) -> dict[str, StoredPrediction]:
+        return await self._reader.call_batched(_select_many, list(prediction_ids))
+
+    async def claim(self, keys: Sequence[Key]) -> list[bool]:
+        return await self._writer.call_batched(_claim_many, list(keys))
+
+
+def _insert(writer: _Writer, rows: list[PredictionRow]) -> None:
+    conn = writer.conn
+    conn.execute("BEGIN")
+    try:
+        conn.executemany("INSERT OR REPLACE INTO predictions (id, instance, model, task, predicted, time) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    writer.rows += len(rows)
+    if writer.rows > writer.max_rows:
+        _trim(writer, force=True)
+
+
+def _claim_many(writer: _Writer, key_lists: list[list[Key]]) -> list[list[bool]]:
+    """Claim every call's keys in one transaction; a key claimed earlier (even in this batch) answers False."""
+    conn = writer.conn
+    now = time.time()
+    answers: list[list[bool]] = []
+    conn.execute("BEGIN")
+    try:
+        for keys in key_lists:
+            answers.append([conn.execute("INSERT OR IGNORE INTO feedback (id, instance, time) VALUES (?, ?, ?)",
+                                         (prediction_id, instance, now)).rowcount == 1
+                            for prediction_id, instance in keys])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return answers
+
+
+def _trim(writer: _Writer, force: bool = False) -> None:
+    """Delete rows past retention, then the oldest beyond `max_rows` (at most every TRIM_INTERVAL seconds)."""
+    now = time.time()
+    if not force and now - writer.last_trim < TRIM_INTERVAL:
+        return
+    writer.last_trim = now
+    conn = writer.conn
+    cutoff = now - writer.retention
+    conn.execute("BEGIN")
+    try:
+        writer.rows -= conn.execute("DELETE FROM predictions WHERE time < ?", (cutoff,)).rowcount
+        conn.execute("DELETE FROM feedback WHERE time < ?", (cutoff,))
+        if writer.rows > writer.max_rows:
+            writer.rows = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+            keep = int(writer.max_rows * LOW_WATER)
+            if writer.rows > writer.max_rows:
+                writer.rows -= _delete_oldest(conn, "predictions", writer.rows - keep)
+            feedback_rows = conn.execute("SELECT count(*) FROM feedback").fetchone()[0]
+            if feedback_rows > writer.max_rows:
+                _delete_oldest(conn, "feedback", feedback_rows - keep)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _delete_oldest(conn: sqlite3.Connection, table: str, excess: int) -> int:
+    """Delete about the `excess` oldest rows (ties in time go together); returns how many went."""
+    if excess <= 0:
+        return 0
+    row = conn.execute(f"SELECT time FROM {table} ORDER BY time LIMIT 1 OFFSET ?", (excess - 1,)).fetchone()
+    if row is None:
+        return 0
+    return int(conn.execute(f"DELETE FROM {table} WHERE time <= ?", (row[0],)).rowcount)
+
+
+def _select_many(conn: sqlite3.Connection, id_lists: list[list[str]]) -> list[dict[str, StoredPrediction]]:
+    """Answer several lookups with one set of queries."""
+    found = _select(conn, [prediction_id for ids in id_lists for prediction_id in ids])
+    return [{prediction_id: found[prediction_id] for prediction_id in ids if prediction_id in found}
+            for ids in id_lists]
+
+
+def _select(conn: sqlite3.Connection, prediction_ids: list[str]) -> dict[str, StoredPrediction]:
+    found: dict[str, StoredPrediction] = {}
+    unique = list(dict.fromkeys(prediction_ids))
+    for start in range(0, len(unique), LOOKUP_CHUNK):
+        chunk = unique[start:start + LOOKUP_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        cursor = conn.execute(f"SELECT id, instance, model, task, predicted, time FROM predictions "
+                              f"WHERE id IN ({marks})", chunk)
+        for prediction_id, instance, model, task, predicted, when in cursor:
+            stored = found.get(prediction_id)
+            if stored is None:
+                stored = found[prediction_id] = StoredPrediction(model, task, when, {})
+            stored.instances[instance] = predicted
+    return found

@@ -1,0 +1,104 @@
+"""The store thread: ordered, coalesced, off the loop; failures reach only the call that failed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from sidecar.feedback.store import PredictionRow, StoreError
+from sidecar.feedback.threads import StoreThread
+
+
+class Log:
+    """A connection that records what it is asked to do, and from which thread."""
+
+    def __init__(self) -> None:
+        self.writes: list[list[str]] = []
+        self.threads: set[str] = set()
+        self.closed = False
+        self.fail_next_write = False
+
+    def write(self, rows: list[PredictionRow]) -> None:
+        self.threads.add(threading.current_thread().name)
+        if self.fail_next_write:
+            self.fail_next_write = False
+            raise OSError("disk full")
+        self.writes.append([row.prediction_id for row in rows])
+
+
+def rows(*ids: str) -> list[PredictionRow]:
+    return [PredictionRow(prediction_id, 0, "m", "binary", 0.5, 0.0) for prediction_id in ids]
+
+
+def make(log: Log) -> StoreThread[Log]:
+    def close(conn: Log) -> None:
+        conn.closed = True
+
+    return StoreThread("test-writer", lambda: log, close, write_rows=Log.write)
+
+
+async def test_a_call_sees_every_row_batch_queued_before_it_in_one_write() -> None:
+    log = Log()
+    thread = make(log)
+    await thread.start()
+    thread.put(rows("a"))
+    thread.put(rows("b", "c"))
+    written = await thread.call(lambda conn: [list(batch) for batch in conn.writes])
+    await thread.stop()
+    assert [ident for batch in written for ident in batch] == ["a", "b", "c"]
+    assert len(written) <= 2
+    assert log.threads == {"test-writer"} and log.closed
+
+
+async def test_the_written_callback_runs_on_the_loop_with_the_outcome() -> None:
+    log = Log()
+    thread = make(log)
+    seen: list[tuple[list[str], bool, str]] = []
+
+    def written(batch: Sequence[PredictionRow], ok: bool) -> None:
+        seen.append(([row.prediction_id for row in batch], ok, threading.current_thread().name))
+
+    await thread.start(written)
+    log.fail_next_write = True
+    thread.put(rows("lost"))
+    await thread.flush()
+    thread.put(rows("kept"))
+    await thread.flush()
+    await thread.stop()
+    loop_thread = threading.current_thread().name
+    assert seen == [(["lost"], False, loop_thread), (["kept"], True, loop_thread)]
+    assert log.writes == [["kept"]]
+
+
+async def test_a_failing_call_raises_store_error_and_the_thread_carries_on() -> None:
+    thread = make(Log())
+    await thread.start()
+
+    def broken(_: Log) -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(StoreError, match="test-writer: boom"):
+        await thread.call(broken)
+    assert await thread.call(lambda conn: 42) == 42
+    await thread.stop()
+
+
+async def test_a_connection_failure_fails_start() -> None:
+    def refuse() -> Log:
+        raise ConnectionError("refused")
+
+    thread: StoreThread[Log] = StoreThread("test-writer", refuse, lambda conn: None)
+    with pytest.raises(StoreError, match="refused"):
+        await thread.start()
+
+
+async def test_stop_writes_what_is_still_queued() -> None:
+    log = Log()
+    thread = make(log)
+    await thread.start()
+    for index in range(100):
+        thread.put(rows(f"id{index}"))
+    await thread.stop()
+    assert sum(len(batch) for batch in log.writes) == 100
