@@ -91,7 +91,8 @@ class Sidecar:
         from sidecar.feedback.api import FeedbackService
 
         task_overrides = _task_overrides(self.settings.analysis.models)
-        self.feedback = FeedbackService(self.settings.feedback, state_dir, self.registry, task_overrides)
+        self.feedback = FeedbackService(self.settings.feedback, state_dir, self.registry, task_overrides,
+                                        model_label_cap=self.settings.telemetry.model_label_cap)
         await self.feedback.start()
         self._stoppers.append(("feedback", self.feedback.stop))
 
