@@ -1,0 +1,152 @@
+"""Servers the REST benchmark runs, each in its own process: `python bench/rest_servers.py KIND [options]`.
+
+KIND is one of
+- `upstream`: an instant-answer model-server stand-in (uvloop + httptools), used when nginx is not installed;
+- `sidecar`: the real RestProxy under uvloop, capturing into a CaptureRing drained by a CountingConsumer;
+- `aiohttp`: the baseline, a plain aiohttp web server forwarding through one aiohttp ClientSession.
+Each prints `PORT <n>` on stdout once it listens, then serves until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ANSWER = b'{"predictions": [[0.12, 0.34, 0.54]]}'
+
+
+def _announce(port: int) -> None:
+    print(f"PORT {port}", flush=True)
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+class _InstantUpstream(asyncio.Protocol):
+    """Answers every request with the same small JSON body (keep-alive), `delay` seconds after it arrived."""
+
+    delay = 0.0
+
+    def __init__(self) -> None:
+        import httptools
+
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.response = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                         + str(len(ANSWER)).encode() + b"\r\n\r\n" + ANSWER)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except Exception:
+            assert self.transport is not None
+            self.transport.close()
+
+    def on_message_complete(self) -> None:
+        if self.delay:
+            asyncio.get_running_loop().call_later(self.delay, self._answer)
+        else:
+            self._answer()
+
+    def _answer(self) -> None:
+        assert self.transport is not None
+        if not self.transport.is_closing():
+            self.transport.write(self.response)
+
+
+async def run_upstream(port: int, delay: float) -> None:
+    _InstantUpstream.delay = delay
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_InstantUpstream, "127.0.0.1", port, backlog=1024)
+    _announce(server.sockets[0].getsockname()[1])
+    await _until_signalled()
+
+
+async def run_sidecar(port: int, upstream: tuple[str, int]) -> None:
+    from sidecar.capture.ring import CaptureRing, CountingConsumer, Drainer
+    from sidecar.proxy.rest import RestProxy
+    from sidecar.proxy.settings import ProxySettings
+    from sidecar.telemetry.metrics import RequestMetrics
+    from sidecar.telemetry.tracing import disabled
+
+    ring = CaptureRing(max_records=10_000, max_bytes=256 * 1024**2)
+    consumer = CountingConsumer()
+    drainer = Drainer(ring, consumer, flush_interval=0.05)
+    drainer.start()
+    proxy = RestProxy(ProxySettings(upstream_rest=upstream, listen_rest=("127.0.0.1", port)),
+                      capture=ring.append, metrics=RequestMetrics(), tracing=disabled())
+    await proxy.start()
+    _announce(proxy.port)
+    await _until_signalled()
+    await proxy.stop()
+    await drainer.stop()
+    print(f"captured {ring.appended} drained {consumer.records}", file=sys.stderr, flush=True)
+
+
+async def run_aiohttp(port: int, upstream: tuple[str, int]) -> None:
+    import aiohttp
+    from aiohttp import web
+
+    base = f"http://{upstream[0]}:{upstream[1]}"
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with session.request(request.method, base + request.path_qs, data=body,
+                                   headers={k: v for k, v in request.headers.items()
+                                            if k.lower() not in ("host", "content-length")}) as upstream_response:
+            payload = await upstream_response.read()
+            return web.Response(status=upstream_response.status, body=payload,
+                                content_type=upstream_response.content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
+    await site.start()
+    _announce(runner.addresses[0][1])
+    await _until_signalled()
+    await runner.cleanup()
+    await session.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=("upstream", "sidecar", "aiohttp"))
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--upstream", default="127.0.0.1:9501", help="HOST:PORT of the model server")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="upstream: answer this much later")
+    args = parser.parse_args()
+    host, _, port_text = args.upstream.rpartition(":")
+    upstream = (host, int(port_text))
+    if args.kind == "upstream":
+        main_coro = run_upstream(args.port, args.delay_ms / 1000)
+    elif args.kind == "sidecar":
+        main_coro = run_sidecar(args.port, upstream)
+    else:
+        main_coro = run_aiohttp(args.port, upstream)
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main_coro)
+    else:
+        asyncio.run(main_coro)
+
+
+if __name__ == "__main__":
+    main()
