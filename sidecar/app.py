@@ -153,9 +153,9 @@ class Sidecar:
             host, port = proxy.upstream_rest
             probes["rest"] = lambda: tcp_http_probe(host, port)
         if proxy.listen_grpc is not None and proxy.upstream_grpc is not None:
-            from sidecar.proxy.grpc import grpc_probe
+            from sidecar.proxy.grpc import grpc_probe, grpc_target
 
-            target = f"{proxy.upstream_grpc[0]}:{proxy.upstream_grpc[1]}"
+            target = grpc_target(proxy.upstream_grpc)
             probes["grpc"] = lambda: grpc_probe(target)
         self.health = UpstreamHealth(probes, self.settings.telemetry.readiness_interval)
         await self.health.start()
