@@ -104,7 +104,9 @@ class Sidecar:
             from sidecar.detect.pool import AnalysisPool
 
             on_predictions = self.feedback.add_predictions if self.feedback is not None else None
-            self.pool = AnalysisPool(self.settings.analysis, state_dir, self.registry, on_predictions=on_predictions)
+            self.pool = AnalysisPool(self.settings.analysis, state_dir, self.registry, on_predictions=on_predictions,
+                                     model_label_cap=self.settings.telemetry.model_label_cap,
+                                     batch_records=capture.capture_batch_size)
             await self.pool.start()
             self._stoppers.append(("analysis", self.pool.stop))
             consumer = self.pool

@@ -156,6 +156,10 @@ def _read_yaml(path: str) -> dict[str, Any]:
 
 
 def _cross_check(settings: Settings) -> None:
+    try:
+        settings.analysis.check()
+    except ValueError as exc:
+        raise ConfigError(f"models/window settings: {exc}") from None
     proxy = settings.proxy
     if proxy.listen_rest is None and proxy.listen_grpc is None:
         raise ConfigError("listen_rest/listen_grpc: both are off; nothing would be proxied")

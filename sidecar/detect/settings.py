@@ -1,7 +1,13 @@
-"""Settings of the analysis stage: worker processes, references, windows and detectors."""
+"""Settings of the analysis stage: worker processes, references, windows and detectors.
+
+Global settings apply to every model; the `models` mapping overrides some of them per model and adds what only
+makes sense per model (a reference file, the task, an autoencoder). `AnalysisSettings.model_config(name)` gives
+the resolved settings of one model. Unknown per-model keys are rejected with the model and key named.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +19,88 @@ from sidecar.options import (
     parse_float,
     parse_int,
     parse_mapping,
+    parse_str,
 )
+
+TASKS = ("auto", "classification", "binary", "multiclass", "regression")
+_ANALYSIS_TASK = {"binary": "classification", "multiclass": "classification"}  # the feedback side keeps the detail
+WINDOW_MODES = ("tumbling", "sliding", "time")
+REFERENCE_SUFFIXES = (".npz", ".npy", ".csv")
+
+
+def _parse_reference_path(value: Any) -> str:
+    path = parse_str(value).strip()
+    if not path.lower().endswith(REFERENCE_SUFFIXES):
+        raise ValueError(f"reference file must end in {', '.join(REFERENCE_SUFFIXES)}, got {path!r}")
+    return path
+
+
+def _parse_nonempty(value: Any) -> str:
+    text = parse_str(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+MODEL_KEYS: dict[str, Callable[[Any], Any]] = {
+    "reference": _parse_reference_path,
+    "reference_size": parse_int(10),
+    "window_size": parse_int(10),
+    "window_mode": parse_choice(*WINDOW_MODES),
+    "window_step": parse_int(0),
+    "window_seconds": parse_duration(0.1),
+    "task": parse_choice(*TASKS),
+    "output": _parse_nonempty,
+    "autoencoder": _parse_nonempty,
+}
+
+
+def parse_models(value: Any) -> dict[str, dict[str, Any]]:
+    """The per-model mapping `{model: {key: value}}`, each value parsed; unknown keys raise naming model and key."""
+    models: dict[str, dict[str, Any]] = {}
+    for name, raw in parse_mapping(value).items():
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"model {name!r}: expected a mapping of settings")
+        parsed: dict[str, Any] = {}
+        for key, item in raw.items():
+            normal = str(key).replace("-", "_")
+            parser = MODEL_KEYS.get(normal)
+            if parser is None:
+                raise ValueError(f"model {name!r}: unknown key {key!r} (known: {', '.join(MODEL_KEYS)})")
+            try:
+                parsed[normal] = parser(item)
+            except ValueError as exc:
+                raise ValueError(f"model {name!r}: {key}: {exc}") from None
+        models[str(name)] = parsed
+    return models
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The resolved analysis settings of one model (global values overridden by its `models` entry)."""
+
+    model: str
+    reference: str | None
+    reference_size: int
+    window_size: int
+    window_mode: str
+    window_step: int
+    window_seconds: float
+    task: str
+    output: str | None
+    autoencoder: str | None
+
+    @property
+    def effective_step(self) -> int:
+        """Instances between evaluations of a sliding window (0 in the settings means a quarter of the window)."""
+        return self.window_step or max(1, self.window_size // 4)
+
+    def check(self) -> None:
+        if self.window_mode == "sliding" and self.effective_step > self.window_size:
+            raise ValueError(f"model {self.model!r}: window_step ({self.window_step}) is larger than window_size "
+                             f"({self.window_size}); sliding windows would skip instances")
 
 
 @dataclass(frozen=True)
@@ -21,14 +108,16 @@ class AnalysisSettings:
     analysis_enabled: bool = option(True, "decode captured traffic and run the detectors in worker processes",
                                     parse_bool)
     workers: int = option(1, "analysis worker processes (models are sharded across them)", parse_int(1, 64))
+    analysis_queue_batches: int = option(4, "batches in flight per worker; beyond, records wait in the capture ring",
+                                         parse_int(1, 1000))
     reference_size: int = option(1000, "instances collected as the reference when no reference file is given",
                                  parse_int(10))
     window_size: int = option(1000, "instances per tumbling window compared with the reference", parse_int(10))
-    window_mode: str = option("tumbling", "window kind: tumbling, sliding or time",
-                              parse_choice("tumbling", "sliding", "time"))
+    window_mode: str = option("tumbling", "window kind: tumbling, sliding or time", parse_choice(*WINDOW_MODES))
     window_step: int = option(0, "sliding windows: instances between evaluations (0 = window_size // 4)",
                               parse_int(0))
     window_seconds: float = option(60.0, "time windows: bucket length in seconds", parse_duration(0.1))
+    window_min_instances: int = option(20, "time windows with fewer instances are not evaluated", parse_int(2))
     drift_test: str = option("ks", "numeric feature drift test: ks or cvm", parse_choice("ks", "cvm"))
     drift_correction: str = option("bh", "multiple-testing correction: bh (Benjamini-Hochberg) or bonferroni",
                                    parse_choice("bh", "bonferroni"))
@@ -38,10 +127,39 @@ class AnalysisSettings:
     mmd_permutations: int = option(100, "MMD permutation count", parse_int(10, 10_000))
     outlier_fpr: float = option(0.01, "outlier threshold: false-positive rate on the reference",
                                 parse_float(1e-6, 0.5))
+    categorical_max_values: int = option(20, "integer features with at most this many distinct reference values "
+                                         "are treated as categorical", parse_int(1, 10_000))
     max_feature_labels: int = option(20, "features exported per model with their own label (the worst first)",
                                      parse_int(0, 1000))
     max_features: int = option(256, "numeric features analysed per model (beyond: ignored, counted)",
                                parse_int(1, 100_000))
-    models: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "per-model settings (YAML mapping model -> {reference, window_size, window_mode, task, ...})",
-        "parse": parse_mapping, "secret": False})
+    models: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
+        "help": "per-model settings (YAML mapping model -> {reference, reference_size, window_size, window_mode, "
+                "window_step, window_seconds, task, output, autoencoder})",
+        "parse": parse_models, "secret": False})
+
+    def model_config(self, model: str) -> ModelConfig:
+        """Resolved settings of `model`; raises ValueError naming the model and key when its entry is invalid."""
+        overrides = parse_models({model: self.models.get(model) or {}})[model]
+        config = ModelConfig(
+            model=model,
+            reference=overrides.get("reference"),
+            reference_size=overrides.get("reference_size", self.reference_size),
+            window_size=overrides.get("window_size", self.window_size),
+            window_mode=overrides.get("window_mode", self.window_mode),
+            window_step=overrides.get("window_step", self.window_step),
+            window_seconds=overrides.get("window_seconds", self.window_seconds),
+            task=_ANALYSIS_TASK.get(overrides.get("task", "auto"), overrides.get("task", "auto")),
+            output=overrides.get("output"),
+            autoencoder=overrides.get("autoencoder"),
+        )
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Cross-field checks (the global window settings and every configured model); ValueError on a problem."""
+        if self.window_mode == "sliding" and self.window_step > self.window_size:
+            raise ValueError(f"window_step ({self.window_step}) is larger than window_size ({self.window_size}); "
+                             "sliding windows would skip instances")
+        for model in self.models:
+            self.model_config(model)

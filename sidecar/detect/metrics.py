@@ -1,0 +1,197 @@
+"""Prometheus metrics of the analysis stage, updated in the main process from the workers' results.
+
+Label cardinality stays bounded: model names go through `ModelLabels` (the first `model_label_cap` models keep
+their name, later ones fold into `__other__`); per-feature drift gauges exist only for the `max_feature_labels`
+worst features of the latest window of each model and detector (older label sets are removed), plus the
+detector-level series `feature="__all__"`; data-quality counters give the first `max_feature_labels` features of
+a model with issues their own label and fold the rest into `__other__`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from sidecar.detect.results import (
+    BatchDone,
+    DriftWindow,
+    FeatureStat,
+    ModelError,
+    ModelStatus,
+    OutlierBatch,
+    QualityBatch,
+    Result,
+)
+from sidecar.telemetry.metrics import OTHER_MODELS, ModelLabels
+
+ALL_FEATURES = "__all__"
+OTHER_FEATURES = "__other__"
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+DETECTOR_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0)
+SCORE_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 25.0, 50.0, 100.0, 1000.0)
+
+
+class FeatureLabels:
+    """Per model, the first `cap` feature names keep their own label; later ones share `__other__`."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._known: dict[str, set[str]] = {}
+
+    def __call__(self, model: str, feature: str) -> str:
+        known = self._known.setdefault(model, set())
+        if feature in known:
+            return feature
+        if len(known) < self.cap:
+            known.add(feature)
+            return feature
+        return OTHER_FEATURES
+
+
+def worst_features(features: list[FeatureStat], count: int) -> list[FeatureStat]:
+    """The `count` features most indicative of drift: lowest adjusted p-value, then largest effect size."""
+    def key(item: FeatureStat) -> tuple[float, float]:
+        p_value = item.adjusted_p_value if item.adjusted_p_value == item.adjusted_p_value else 1.0
+        effect = item.effect_size if item.effect_size == item.effect_size else 0.0
+        return p_value, -abs(effect)
+
+    return sorted(features, key=key)[:count]
+
+
+class AnalysisMetrics:
+    """All analysis metrics, registered on the given registry. `apply` is safe from any thread."""
+
+    def __init__(self, registry: CollectorRegistry, max_feature_labels: int, model_label_cap: int = 100) -> None:
+        self.models = ModelLabels(model_label_cap)
+        self.max_feature_labels = max_feature_labels
+        self.quality_features = FeatureLabels(max_feature_labels)
+        self._lock = threading.Lock()
+        self._exported: dict[tuple[str, str], set[str]] = {}
+        r = registry
+        self.decode_errors = Counter("sidecar_decode_errors", "Captured exchanges the analysis could not decode, "
+                                     "by reason.", ["model", "protocol", "reason"], registry=r)
+        self.reference_instances = Gauge("sidecar_reference_instances", "Instances in the model's reference "
+                                         "(collected so far, or read from its file).", ["model"], registry=r)
+        self.reference_target = Gauge("sidecar_reference_target_instances", "Instances the reference is complete "
+                                      "at.", ["model"], registry=r)
+        self.drift_detected = Gauge("sidecar_drift_detected", "1 when the latest evaluated window drifted from the "
+                                    "reference, else 0.", ["model", "detector"], registry=r)
+        self.drift_checks = Counter("sidecar_drift_checks", "Windows evaluated for drift.", ["model", "detector"],
+                                    registry=r)
+        self.drift_windows = Counter("sidecar_drift_windows_drifted", "Evaluated windows that drifted.",
+                                     ["model", "detector"], registry=r)
+        self.drift_p_value = Gauge("sidecar_drift_p_value", "Latest window's p-value after multiple-testing "
+                                   "correction, for the worst features (feature=\"__all__\": the detector's).",
+                                   ["model", "detector", "feature"], registry=r)
+        self.drift_effect_size = Gauge("sidecar_drift_effect_size", "Latest window's effect size for the worst "
+                                       "features (feature=\"__all__\": the detector's distance).",
+                                       ["model", "detector", "feature"], registry=r)
+        self.outliers = Counter("sidecar_outliers", "Instances scored as outliers.", ["model", "detector"],
+                                registry=r)
+        self.outlier_checks = Counter("sidecar_outlier_checked_instances", "Instances scored by outlier detectors.",
+                                      ["model", "detector"], registry=r)
+        self.outlier_score = Histogram("sidecar_outlier_score", "Outlier scores of analysed instances (a sample "
+                                       "of at most 1000 per batch).", ["model", "detector"], buckets=SCORE_BUCKETS,
+                                       registry=r)
+        self.outlier_threshold = Gauge("sidecar_outlier_threshold", "Score above which an instance is an outlier.",
+                                       ["model", "detector"], registry=r)
+        self.quality_issues = Counter("sidecar_data_quality_issues", "Instances with a data-quality issue, per "
+                                      "feature (or input, for shape/dtype/missing inputs) and issue.",
+                                      ["model", "feature", "issue"], registry=r)
+        self.lag = Histogram("sidecar_analysis_lag_seconds", "Time from capture to the analysis result.",
+                             buckets=LAG_BUCKETS, registry=r)
+        self.restarts = Counter("sidecar_worker_restarts", "Analysis worker processes restarted after they died.",
+                                ["worker"], registry=r)
+        self.lost_records = Counter("sidecar_analysis_lost_records", "Records handed to the analysis but never "
+                                    "analysed (reason: worker_exit, restarting, overflow, shutdown).",
+                                    ["worker", "reason"], registry=r)
+        self.detector_duration = Histogram("sidecar_detector_duration_seconds", "Time one detector run took.",
+                                           ["detector"], buckets=DETECTOR_BUCKETS, registry=r)
+        self.analysed = Counter("sidecar_analysed_instances", "Instances analysed (decoded and turned into "
+                                "features).", ["model"], registry=r)
+        self.errors = Counter("sidecar_analysis_errors", "Unexpected failures while analysing a model's batch.",
+                              ["model"], registry=r)
+        self.workers_alive = Gauge("sidecar_analysis_workers_alive", "Analysis worker processes running.",
+                                   registry=r)
+
+    def apply(self, result: Result) -> None:
+        if isinstance(result, BatchDone):
+            self._batch_done(result)
+        elif isinstance(result, ModelStatus):
+            model = self.models(result.model)
+            self.reference_instances.labels(model).set(result.reference.instances)
+            self.reference_target.labels(model).set(result.reference.target)
+        elif isinstance(result, DriftWindow):
+            self._drift(result)
+        elif isinstance(result, OutlierBatch):
+            self._outliers(result)
+        elif isinstance(result, QualityBatch):
+            self._quality(result)
+        elif isinstance(result, ModelError):
+            self.errors.labels(self.models(result.model)).inc()
+
+    def _batch_done(self, done: BatchDone) -> None:
+        for (model, protocol, reason), count in done.decode_errors.items():
+            self.decode_errors.labels(self.models(model), protocol, reason).inc(count)
+        for model, count in done.analysed.items():
+            if count:
+                self.analysed.labels(self.models(model)).inc(count)
+        for lag in done.lags:
+            self.lag.observe(lag)
+
+    def _drift(self, window: DriftWindow) -> None:
+        model = self.models(window.model)
+        detector = window.detector
+        self.drift_detected.labels(model, detector).set(1 if window.drift else 0)
+        self.drift_checks.labels(model, detector).inc()
+        if window.drift:
+            self.drift_windows.labels(model, detector).inc()
+        self.detector_duration.labels(detector).observe(window.duration)
+        worst = worst_features(window.features, self.max_feature_labels)
+        with self._lock:
+            previous = self._exported.get((model, detector), set())
+            current = {item.name for item in worst} | {ALL_FEATURES}
+            for feature in previous - current:
+                for gauge in (self.drift_p_value, self.drift_effect_size):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(model, detector, feature)
+            self._exported[(model, detector)] = current
+            for item in worst:
+                self.drift_p_value.labels(model, detector, item.name).set(item.adjusted_p_value)
+                self.drift_effect_size.labels(model, detector, item.name).set(item.effect_size)
+            self.drift_p_value.labels(model, detector, ALL_FEATURES).set(window.p_value)
+            if window.distance is not None:
+                self.drift_effect_size.labels(model, detector, ALL_FEATURES).set(window.distance)
+
+    def _outliers(self, batch: OutlierBatch) -> None:
+        model = self.models(batch.model)
+        self.outlier_checks.labels(model, batch.detector).inc(batch.instances)
+        self.outliers.labels(model, batch.detector).inc(batch.outliers)
+        self.outlier_threshold.labels(model, batch.detector).set(batch.threshold)
+        histogram = self.outlier_score.labels(model, batch.detector)
+        for score in batch.scores:
+            histogram.observe(score)
+        self.detector_duration.labels(batch.detector).observe(batch.duration)
+
+    def _quality(self, batch: QualityBatch) -> None:
+        model = self.models(batch.model)
+        with self._lock:
+            labelled = [(self.quality_features(model, feature), issue, count)
+                        for (feature, issue), count in batch.counts.items() if count]
+        for feature, issue, count in labelled:
+            self.quality_issues.labels(model, feature, issue).inc(count)
+        if batch.duration:
+            self.detector_duration.labels("quality").observe(batch.duration)
+
+    def worker_restarted(self, worker: int) -> None:
+        self.restarts.labels(str(worker)).inc()
+
+    def records_lost(self, worker: int, reason: str, count: int) -> None:
+        if count:
+            self.lost_records.labels(str(worker), reason).inc(count)
+
+
+__all__ = ["ALL_FEATURES", "OTHER_FEATURES", "OTHER_MODELS", "AnalysisMetrics", "FeatureLabels", "worst_features"]

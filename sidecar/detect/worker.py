@@ -1,0 +1,71 @@
+"""The analysis worker process: receive batches, run the model states, send small results back.
+
+This module is imported by the main process only to name `run` as the spawn target, so it imports nothing heavy
+at module level: numpy, scipy and the detectors load inside the worker, in `run`.
+
+Protocol (both directions over one-way pipes): the main process sends `Batch` objects and finally `None`
+(finish the queued batches, then exit); the worker sends lists of results, one list per batch (ending with its
+`BatchDone`) and one per time tick that closed a window, `WorkerStarted` first and `WorkerStopped` last. An
+end-of-file on the task pipe (the main process died) also ends the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sidecar.detect.results import Batch, BatchDone, Result, WorkerStarted, WorkerStopped
+from sidecar.detect.settings import AnalysisSettings
+
+if TYPE_CHECKING:
+    from sidecar.detect.state import AnalysisState
+
+TICK_SECONDS = 1.0
+log = logging.getLogger(__name__)
+
+
+def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str, tasks: Connection,
+        results: Connection, log_level: int = logging.WARNING) -> None:
+    """Worker main loop (the spawn target)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s analysis-{worker} %(name)s: %(message)s")
+    from sidecar.detect.state import AnalysisState
+
+    state = AnalysisState(worker, settings, Path(state_dir))
+    try:
+        results.send([WorkerStarted(worker, generation, os.getpid())])
+        _serve(worker, generation, state, tasks, results)
+        results.send([WorkerStopped(worker, generation)])
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        pass  # the main process is gone: nothing left to report to
+    finally:
+        tasks.close()
+        results.close()
+
+
+def _serve(worker: int, generation: int, state: AnalysisState, tasks: Connection, results: Connection) -> None:
+    next_tick = time.monotonic() + TICK_SECONDS
+    while True:
+        if tasks.poll(max(0.0, next_tick - time.monotonic())):
+            message = tasks.recv()
+            if message is None:
+                return
+            results.send(_process(worker, generation, state, message))
+        if time.monotonic() >= next_tick:
+            next_tick = time.monotonic() + TICK_SECONDS
+            ticked = state.tick(time.time())
+            if ticked:
+                results.send(ticked)
+
+
+def _process(worker: int, generation: int, state: AnalysisState, batch: Batch) -> list[Result]:
+    out, errors, analysed = state.process(batch.records)
+    now = time.time()
+    lags = [max(0.0, now - record.time) for record in batch.records if record.ok]
+    out.append(BatchDone(worker, generation, batch.batch_id, len(batch.records), lags, errors, analysed))
+    return out

@@ -1,0 +1,240 @@
+"""The worker pool with real spawned workers: sharding, drift end to end, restarts, backpressure, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sidecar.capture.records import CaptureRecord
+from sidecar.capture.ring import CaptureRing, Drainer
+from sidecar.detect.pool import AnalysisPool, shard
+from sidecar.detect.results import Predictions
+from sidecar.detect.settings import AnalysisSettings
+
+from .traffic import stream
+
+pytestmark = pytest.mark.slow
+STARTUP = 60.0  # spawned workers import numpy and scipy; a busy machine can take a while
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Wait for an asynchronous effect of the workers (results travel back through a pipe and a thread)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+async def started(tmp_path: Path) -> AsyncIterator[Callable[..., AnalysisPool]]:
+    pools: list[AnalysisPool] = []
+
+    def make(registry: CollectorRegistry, hook: Callable[[Predictions], None] | None = None,
+             **settings: object) -> AnalysisPool:
+        values = {"reference_size": 100, "window_size": 100, **settings}
+        pool = AnalysisPool(AnalysisSettings(**values), tmp_path / "state", registry,  # type: ignore[arg-type]
+                            on_predictions=hook)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        await pool.stop(5.0)
+
+
+async def submit_all(pool: AnalysisPool, records: list[CaptureRecord], batch: int = 10) -> None:
+    """Submit as the ring's drainer would: only as many records as the pool has room for."""
+    position = 0
+    while position < len(records):
+        room = pool.free_slots()
+        if room <= 0:
+            await asyncio.sleep(0.01)
+            continue
+        take = min(room, batch)
+        pool.submit(records[position:position + take])
+        position += take
+
+
+def test_a_model_maps_to_the_same_worker_in_every_process() -> None:
+    names = [f"model-{n}" for n in range(50)]
+    here = [shard(name, 4) for name in names]
+    assert set(here) == {0, 1, 2, 3}
+    code = ("from sidecar.detect.pool import shard; "
+            f"print([shard(n, 4) for n in {names!r}])")
+    for seed in ("1", "2"):
+        output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        assert output.strip() == str(here)
+
+
+async def test_drift_is_raised_on_a_shifted_stream_and_not_on_a_stable_one(
+        started: Callable[..., AnalysisPool]) -> None:
+    registry = CollectorRegistry()
+    pool = started(registry, workers=2)
+    await pool.start()
+    assert await pool.wait_ready(STARTUP)
+    reference = [*stream("stable", 10, 10, seed=1), *stream("shifted", 10, 10, seed=2)]
+    later = [*stream("stable", 10, 10, seed=3), *stream("shifted", 10, 10, seed=4, shift=2.5)]
+    await submit_all(pool, reference + later)
+    checks = "sidecar_drift_checks_total"
+    await eventually(lambda: sample(registry, checks, model="stable", detector="feature_drift") == 1
+                     and sample(registry, checks, model="shifted", detector="feature_drift") == 1)
+    assert sample(registry, "sidecar_drift_detected", model="shifted", detector="feature_drift") == 1
+    assert sample(registry, "sidecar_drift_detected", model="stable", detector="feature_drift") == 0
+    assert sample(registry, "sidecar_drift_p_value", model="shifted", detector="feature_drift",
+                  feature="input[1]") < 0.05
+    assert sample(registry, "sidecar_reference_instances", model="shifted") == 100
+    assert sample(registry, "sidecar_analysed_instances_total", model="stable") == 200
+    assert sample(registry, "sidecar_analysis_lag_seconds_count") == 40
+    snapshot = pool.monitor("shifted")
+    assert snapshot is not None
+    assert snapshot["detectors"]["feature_drift"]["drift"] is True
+    assert snapshot["reference"]["complete"] is True
+    assert pool.monitor("unknown") is None
+    assert pool.models() == ["shifted", "stable"]
+
+
+async def test_a_killed_worker_is_restarted_and_keeps_its_reference_from_disk(
+        started: Callable[..., AnalysisPool]) -> None:
+    registry = CollectorRegistry()
+    pool = started(registry, workers=1)
+    await pool.start()
+    assert await pool.wait_ready(STARTUP)
+    await submit_all(pool, list(stream("iris", 10, 10, seed=1)))
+    await eventually(lambda: (pool.monitor("iris") or {}).get("reference", {}).get("complete") is True)
+    [pid] = pool.worker_pids()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: sample(registry, "sidecar_worker_restarts_total", worker="0") == 1)
+    assert await pool.wait_ready(STARTUP)
+    assert pool.worker_pids() != [pid]
+    await submit_all(pool, list(stream("iris", 10, 10, seed=2)))
+    await eventually(lambda: sample(registry, "sidecar_drift_checks_total", model="iris",
+                                    detector="feature_drift") == 1)
+    snapshot = pool.monitor("iris")
+    assert snapshot is not None
+    assert snapshot["reference"]["restored"] is True
+    assert snapshot["reference"]["instances"] == 100
+    assert sample(registry, "sidecar_drift_detected", model="iris", detector="feature_drift") == 0
+
+
+async def test_records_wait_and_drop_at_the_ring_while_the_workers_are_saturated(
+        started: Callable[..., AnalysisPool]) -> None:
+    registry = CollectorRegistry()
+    pool = started(registry, workers=1, analysis_queue_batches=1)
+    await pool.start()
+    assert await pool.wait_ready(STARTUP)
+    [pid] = pool.worker_pids()
+    assert pid is not None
+    ring = CaptureRing(max_records=30, max_bytes=1 << 30, batch_size=10)
+    drainer = Drainer(ring, pool, flush_interval=0.01)
+    drainer.start()
+    os.kill(pid, signal.SIGSTOP)  # a worker that has fallen behind
+    try:
+        records = list(stream("iris", 100, 1, seed=1))
+        for record in records[:10]:
+            ring.append(record)
+        await eventually(lambda: drainer.drained == 10)
+        assert pool.free_slots() == 0
+        for record in records[10:]:
+            ring.append(record)
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.2)
+        assert drainer.drained == 10
+        assert ring.dropped == {"iris": 60}
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await eventually(lambda: drainer.drained == 40 and len(ring) == 0)
+    await drainer.stop()
+    await eventually(lambda: sample(registry, "sidecar_analysed_instances_total", model="iris") == 40)
+    assert sample(registry, "sidecar_worker_restarts_total", worker="0") == 0
+    assert registry.get_sample_value("sidecar_analysis_lost_records_total",
+                                     {"worker": "0", "reason": "overflow"}) is None
+
+
+async def test_predictions_reach_the_hook_on_the_event_loop_thread(started: Callable[..., AnalysisPool]) -> None:
+    seen: list[tuple[Predictions, threading.Thread]] = []
+    pool = started(CollectorRegistry(), workers=1, hook=lambda p: seen.append((p, threading.current_thread())))
+    await pool.start()
+    await submit_all(pool, list(stream("iris", 3, 4, seed=1, prefix="req")))
+    await eventually(lambda: sum(len(p.items) for p, _ in seen) == 12)
+    assert {thread for _, thread in seen} == {threading.current_thread()}
+    ids = sorted({(item.prediction_id, item.instance_index) for p, _ in seen for item in p.items})
+    assert ids == [(f"req-1-{n}", i) for n in range(3) for i in range(4)]
+    assert {p.task for p, _ in seen} == {"multiclass"}
+
+
+async def test_stop_lets_workers_finish_their_batches(started: Callable[..., AnalysisPool]) -> None:
+    registry = CollectorRegistry()
+    pool = started(registry, workers=2, analysis_queue_batches=8)
+    await pool.start()
+    records = [*stream("a", 20, 5, seed=1), *stream("b", 20, 5, seed=2)]
+    await submit_all(pool, records)
+    await pool.stop(STARTUP)
+    assert pool.alive() == 0
+    assert pool.free_slots() == 0
+    assert sample(registry, "sidecar_analysed_instances_total", model="a") == 100
+    assert sample(registry, "sidecar_analysed_instances_total", model="b") == 100
+    pool.submit(records[:2])
+    assert sum(sample(registry, "sidecar_analysis_lost_records_total", worker=str(w), reason="shutdown")
+               for w in (0, 1)) == 2
+
+
+async def test_stop_kills_workers_that_miss_the_deadline(started: Callable[..., AnalysisPool]) -> None:
+    registry = CollectorRegistry()
+    pool = started(registry, workers=1)
+    await pool.start()
+    assert await pool.wait_ready(STARTUP)
+    [pid] = pool.worker_pids()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    pool.submit(list(stream("iris", 2, 2, seed=1)))
+    await pool.stop(0.2)
+    assert pool.alive() == 0
+    assert sample(registry, "sidecar_analysis_lost_records_total", worker="0", reason="shutdown") == 2
+    assert sample(registry, "sidecar_worker_restarts_total", worker="0") == 0
+
+
+SCRIPT = """
+import asyncio, json, sys, time
+from pathlib import Path
+from prometheus_client import CollectorRegistry
+from sidecar.capture.records import CaptureRecord
+from sidecar.detect.pool import AnalysisPool
+from sidecar.detect.settings import AnalysisSettings
+
+async def main():
+    registry = CollectorRegistry()
+    pool = AnalysisPool(AnalysisSettings(reference_size=10, window_size=10), Path(sys.argv[1]), registry)
+    await pool.start()
+    body = json.dumps({"instances": [[1.0, 2.0]] * 5}).encode()
+    answer = json.dumps({"predictions": [[0.5, 0.5]] * 5}).encode()
+    pool.submit([CaptureRecord(str(n), time.time(), "m", "", "", "rest", "tfserving", "predict", body, answer,
+                               200, 0.001) for n in range(4)])
+    await pool.stop(60.0)
+    print(registry.get_sample_value("sidecar_analysed_instances_total", {"model": "m"}))
+    print("numpy" in sys.modules, "scipy" in sys.modules, "tensorflow" in sys.modules)
+
+asyncio.run(main())
+"""
+
+
+def test_running_the_pool_keeps_numpy_out_of_the_main_process(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.split() == ["20.0", "False", "False", "False"]

@@ -1,0 +1,227 @@
+"""Per-model state, end to end in one process: real codec, real detectors, records with TF Serving REST bodies."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sidecar.capture.records import CaptureRecord
+from sidecar.detect.results import (
+    DriftWindow,
+    ModelError,
+    ModelStatus,
+    OutlierBatch,
+    Predictions,
+    QualityBatch,
+    Result,
+)
+from sidecar.detect.settings import AnalysisSettings
+from sidecar.detect.state import AnalysisState
+
+from .traffic import FEATURES, rest_record, softmax_model, stream
+
+
+def small(**overrides: Any) -> AnalysisSettings:
+    """Small reference and windows, so that a few records complete them."""
+    return replace(AnalysisSettings(reference_size=200, window_size=100), **overrides)
+
+
+def run(state: AnalysisState, records: list[CaptureRecord]) -> list[Result]:
+    results: list[Result] = []
+    for start in range(0, len(records), 8):
+        out, _, _ = state.process(records[start:start + 8])
+        results.extend(out)
+    return results
+
+
+def of_type(results: list[Result], kind: type) -> list:  # type: ignore[type-arg]
+    return [result for result in results if isinstance(result, kind)]
+
+
+def windows(results: list[Result], detector: str) -> list[DriftWindow]:
+    return [r for r in of_type(results, DriftWindow) if r.detector == detector]
+
+
+def latest_status(results: list[Result]) -> ModelStatus:
+    return of_type(results, ModelStatus)[-1]  # type: ignore[no-any-return]
+
+
+def test_the_reference_is_the_first_instances_and_is_saved(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    early = run(state, list(stream("iris", 10, 10, seed=1)))
+    status = latest_status(early)
+    assert (status.reference.instances, status.reference.target, status.reference.complete) == (100, 200, False)
+    assert status.reference.source == "traffic"
+    assert status.task == "classification"
+    assert status.inputs == [f"input[{i}]" for i in range(FEATURES)]
+    assert windows(early, "feature_drift") == []
+    done = run(state, list(stream("iris", 12, 10, seed=2)))
+    status = latest_status(done)
+    assert status.reference.complete and status.reference.instances == 200
+    assert status.reference.saved == str(tmp_path / "models" / "iris" / "reference.npz")
+    assert (tmp_path / "models" / "iris" / "reference.json").exists()
+    assert status.outputs == ["predicted_class", "output[0]", "output[1]", "output[2]"]
+
+
+def test_a_stable_stream_does_not_drift_and_a_shifted_one_does(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    run(state, list(stream("iris", 20, 10, seed=1)))
+    stable = windows(run(state, list(stream("iris", 30, 10, seed=2))), "feature_drift")
+    assert len(stable) == 3
+    assert not any(window.drift for window in stable)
+    shifted = run(state, list(stream("iris", 10, 10, seed=3, shift=2.0, feature=1)))
+    [window] = windows(shifted, "feature_drift")
+    assert window.drift
+    worst = min(window.features, key=lambda item: item.adjusted_p_value)
+    assert worst.name == "input[1]"
+    assert worst.drift and worst.effect_size > 1.0
+    assert worst.reference["mean"] == pytest.approx(0.0, abs=0.3)
+    assert worst.current["mean"] == pytest.approx(2.0, abs=0.3)
+    [output] = windows(shifted, "output_drift")
+    assert output.drift  # the shifted feature changes which class the model predicts
+    predicted = next(item for item in output.features if item.name == "predicted_class")
+    assert predicted.kind == "categorical"
+
+
+def test_every_instance_yields_a_prediction_for_the_feedback_store(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    inputs = np.random.default_rng(0).normal(size=(3, FEATURES))
+    [predictions] = of_type(run(state, [rest_record("iris", inputs, prediction_id="abc")]), Predictions)
+    assert predictions.model == "iris" and predictions.task == "multiclass"
+    assert [(item.prediction_id, item.instance_index) for item in predictions.items] == [("abc", 0), ("abc", 1),
+                                                                                        ("abc", 2)]
+    np.testing.assert_allclose(predictions.items[1].predicted, softmax_model(inputs)[1])
+    json.dumps([item.predicted for item in predictions.items])
+
+
+def test_a_regressor_is_recognised_from_its_values_or_forced_by_settings(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(models={"forced": {"task": "classification"}}), tmp_path)
+    inputs = np.ones((2, FEATURES))
+    [regression] = of_type(run(state, [rest_record("price", inputs, np.array([[3.5], [7.0]]))]), Predictions)
+    assert regression.task == "regression"
+    assert [item.predicted for item in regression.items] == [3.5, 7.0]
+    forced = latest_status(run(state, [rest_record("forced", inputs, np.array([[3.5], [7.0]]))]))
+    assert forced.task == "classification"
+
+
+def test_a_restarted_state_reuses_the_saved_reference(tmp_path: Path) -> None:
+    settings = small()
+    run(AnalysisState(0, settings, tmp_path), list(stream("iris", 20, 10, seed=1)))
+    restarted = AnalysisState(0, settings, tmp_path)
+    results = run(restarted, list(stream("iris", 10, 10, seed=2)))
+    status = latest_status(results)
+    assert status.reference.complete and status.reference.restored
+    assert len(windows(results, "feature_drift")) == 1
+
+
+def test_a_reference_file_makes_the_reference_complete_at_once(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    reference = rng.normal(size=(300, FEATURES))
+    path = tmp_path / "iris.npz"
+    np.savez(path, input=reference, **{"output:output": softmax_model(reference)})  # type: ignore[arg-type]
+    settings = small(models={"iris": {"reference": str(path)}})
+    results = run(AnalysisState(0, settings, tmp_path / "state"), list(stream("iris", 10, 10, seed=2)))
+    status = latest_status(results)
+    assert (status.reference.source, status.reference.file, status.reference.instances) == ("file", str(path), 300)
+    assert status.reference.complete
+    [window] = windows(results, "feature_drift")
+    assert not window.drift
+    assert len(windows(results, "output_drift")) == 1
+
+
+def test_a_bad_reference_file_is_reported_and_traffic_is_used(tmp_path: Path) -> None:
+    path = tmp_path / "wrong.npy"
+    np.save(path, np.zeros((10, 2)))
+    settings = small(models={"iris": {"reference": str(path)}})
+    status = latest_status(run(AnalysisState(0, settings, tmp_path), list(stream("iris", 3, 10, seed=2))))
+    assert status.reference.error is not None and "4 columns" in status.reference.error
+    assert status.reference.instances == 30 and not status.reference.complete
+
+
+def test_data_quality_counts_nan_out_of_range_and_schema_changes(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    run(state, list(stream("iris", 20, 10, seed=1)))
+    odd = np.zeros((4, FEATURES))
+    odd[0, 0] = np.nan
+    odd[1, 2] = 1e6
+    odd[2, 3] = -1e6
+    record = rest_record("iris", odd, outputs=np.full((4, 3), 1 / 3))
+    shape = rest_record("iris", np.zeros((2, FEATURES + 1)), outputs=np.full((2, 3), 1 / 3))
+    counts: dict[tuple[str, str], int] = {}
+    for batch in of_type(run(state, [record, shape]), QualityBatch):
+        for key, count in batch.counts.items():
+            counts[key] = counts.get(key, 0) + count
+    assert counts == {("input[0]", "nan"): 1, ("input[2]", "above_range"): 1, ("input[3]", "below_range"): 1,
+                      ("input", "shape"): 2}
+
+
+def test_outliers_are_counted_per_batch_after_the_reference(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(outlier_fpr=0.01), tmp_path)
+    run(state, list(stream("iris", 20, 10, seed=1)))
+    far = np.full((5, FEATURES), 8.0)
+    [batch] = of_type(run(state, [rest_record("iris", far)]), OutlierBatch)
+    assert batch.detector == "mahalanobis"
+    assert (batch.instances, batch.outliers) == (5, 5)
+    assert min(batch.scores) > batch.threshold
+
+
+def test_time_windows_are_evaluated_when_their_bucket_ends(tmp_path: Path) -> None:
+    settings = AnalysisSettings(reference_size=50, window_mode="time", window_seconds=10.0, window_min_instances=20)
+    state = AnalysisState(0, settings, tmp_path)
+    rng = np.random.default_rng(1)
+    records = [rest_record("iris", rng.normal(size=(10, FEATURES)), captured=1000.0 + n) for n in range(9)]
+    assert windows(run(state, records), "feature_drift") == []
+    assert windows(state.tick(1005.0), "feature_drift") == []
+    [window] = windows(state.tick(1012.0), "feature_drift")
+    assert window.window["instances"] == 40
+
+
+def test_undecodable_and_failed_records_are_counted_or_skipped(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    good = rest_record("iris", np.ones((2, FEATURES)))
+    broken = good._replace(request=b"{not json")
+    failed = rest_record("iris", np.ones((2, FEATURES)), status=500)
+    grpc = good._replace(protocol="grpc", status=0, request=b"\xff\xff\xff")
+    results, errors, analysed = state.process([good, broken, failed, grpc])
+    assert errors == {("iris", "rest", "json"): 1, ("iris", "grpc", "protobuf"): 1}
+    assert analysed == {"iris": 2}
+    assert len(of_type(results, Predictions)[0].items) == 2
+
+
+def test_rest_and_grpc_calls_of_one_model_share_features_named_as_grpc_names_them(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    unnamed = rest_record("iris", np.zeros((2, FEATURES)))
+    inputs = np.ones((2, FEATURES))
+    body = json.dumps({"inputs": {"features": inputs.tolist()}}).encode()
+    answer = json.dumps({"outputs": {"probabilities": softmax_model(inputs).tolist()}}).encode()
+    named = unnamed._replace(request=body, response=answer)
+    results, _, analysed = state.process([unnamed, named])
+    status = latest_status(results)
+    assert status.inputs == [f"features[{i}]" for i in range(FEATURES)]
+    assert analysed == {"iris": 4}
+    assert state.models["iris"].output is not None and state.models["iris"].output.name == "probabilities"
+    assert not [r for r in results if isinstance(r, QualityBatch) and r.counts]
+
+
+def test_an_autoencoder_configured_for_a_model_scores_its_instances(tmp_path: Path) -> None:
+    tf = pytest.importorskip("tensorflow")
+
+    module = tf.Module()  # reconstructs every row as zeros: the score is the mean squared value of the row
+    module.reconstruct = tf.function(lambda x: {"reconstruction": tf.zeros_like(x)},
+                                     input_signature=[tf.TensorSpec([None, FEATURES], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "ae"), signatures={"serving_default": module.reconstruct})
+    settings = small(models={"iris": {"autoencoder": str(tmp_path / "ae")}, "broken": {"autoencoder": "absent"}})
+    state = AnalysisState(0, settings, tmp_path / "state")
+    run(state, list(stream("iris", 20, 10, seed=1)))
+    [batch] = [b for b in of_type(run(state, [rest_record("iris", np.full((3, FEATURES), 6.0))]), OutlierBatch)
+               if b.detector == "autoencoder"]
+    assert (batch.instances, batch.outliers) == (3, 3)
+    assert batch.scores == pytest.approx([36.0] * 3)
+    broken = run(state, list(stream("broken", 21, 10, seed=1)))
+    assert any(isinstance(r, ModelError) and r.error.startswith("autoencoder: ValueError") for r in broken)
+    assert {b.detector for b in of_type(broken, OutlierBatch)} == {"mahalanobis"}

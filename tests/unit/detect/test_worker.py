@@ -1,0 +1,113 @@
+"""The worker process protocol: batches in, result lists out, a clean stop, and no TensorFlow unless configured."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from multiprocessing import get_context
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import pytest
+
+from sidecar.detect import worker
+from sidecar.detect.results import Batch, BatchDone, ModelStatus, Predictions, WorkerStarted, WorkerStopped
+from sidecar.detect.settings import AnalysisSettings
+
+from .traffic import stream
+
+pytestmark = pytest.mark.slow
+STARTUP = 60.0
+
+
+@pytest.fixture
+def spawned(tmp_path: Path) -> Iterator[tuple[BaseProcess, Connection, Connection]]:
+    context = get_context("spawn")
+    tasks_receive, tasks_send = context.Pipe(duplex=False)
+    results_receive, results_send = context.Pipe(duplex=False)
+    process = context.Process(target=worker.run, args=(3, 7, AnalysisSettings(reference_size=10, window_size=10),
+                                                       str(tmp_path), tasks_receive, results_send), daemon=True)
+    process.start()
+    tasks_receive.close()
+    results_send.close()
+    yield process, tasks_send, results_receive
+    process.kill()
+    process.join(5)
+
+
+def test_a_worker_answers_each_batch_with_results_ending_in_its_summary(
+        spawned: tuple[BaseProcess, Connection, Connection]) -> None:
+    process, tasks, results = spawned
+    assert results.poll(STARTUP)
+    [started] = results.recv()
+    assert started == WorkerStarted(3, 7, process.pid or 0)
+    records = list(stream("iris", 3, 2, seed=1))
+    tasks.send(Batch(7, 42, records))
+    assert results.poll(STARTUP)
+    answer = results.recv()
+    done = answer[-1]
+    assert isinstance(done, BatchDone)
+    assert (done.worker, done.generation, done.batch_id, done.records) == (3, 7, 42, 3)
+    assert done.analysed == {"iris": 6} and done.decode_errors == {}
+    assert len(done.lags) == 3 and all(lag >= 0 for lag in done.lags)
+    assert any(isinstance(item, Predictions) for item in answer)
+    assert any(isinstance(item, ModelStatus) for item in answer)
+    tasks.send(None)
+    assert results.poll(STARTUP)
+    assert results.recv() == [WorkerStopped(3, 7)]
+    process.join(STARTUP)
+    assert process.exitcode == 0
+
+
+def test_a_worker_exits_when_its_task_pipe_closes(spawned: tuple[BaseProcess, Connection, Connection]) -> None:
+    process, tasks, results = spawned
+    assert results.poll(STARTUP)
+    results.recv()
+    tasks.close()  # what the worker sees when the main process dies
+    process.join(STARTUP)
+    assert process.exitcode == 0
+
+
+SCRIPT = """
+import sys
+import threading
+from multiprocessing import Pipe
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from sidecar.detect import worker
+from sidecar.detect.results import Batch
+from sidecar.detect.settings import AnalysisSettings
+from tests.unit.detect.traffic import stream
+
+tasks_receive, tasks_send = Pipe(duplex=False)
+results_receive, results_send = Pipe(duplex=False)
+tasks_send.send(Batch(1, 1, list(stream("iris", 30, 10, seed=1))))
+tasks_send.send(None)
+settings = AnalysisSettings(reference_size=100, window_size=100, mmd_enabled=True, mmd_permutations=20)
+messages = []
+
+def read():
+    try:
+        while True:
+            messages.extend(results_receive.recv())
+    except EOFError:
+        pass
+
+reader = threading.Thread(target=read)
+reader.start()
+worker.run(0, 1, settings, sys.argv[1], tasks_receive, results_send)
+reader.join()
+print(sorted({getattr(m, "detector", "") for m in messages} - {""}))
+print("tensorflow" in sys.modules)
+"""
+
+
+def test_analysis_with_the_numpy_detectors_never_imports_tensorflow(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[3]
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), str(root)], capture_output=True,
+                            text=True, timeout=300, check=True, env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""})
+    detectors, tensorflow = result.stdout.splitlines()
+    assert detectors == "['feature_drift', 'mahalanobis', 'mmd', 'output_drift']"
+    assert tensorflow == "False"
