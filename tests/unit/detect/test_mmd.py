@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,7 +120,7 @@ def test_importing_the_detectors_and_using_numpy_mmd_does_not_import_tensorflow(
             "from sidecar.detect.mmd import MMDDrift\n"
             "MMDDrift(np.random.default_rng(0).normal(size=(20, 2)), backend='numpy').test(np.ones((5, 2)))\n"
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=Path(__file__).resolve().parents[3])
 
 
 def test_each_side_is_capped_at_max_rows_by_uniform_sampling() -> None:
