@@ -108,6 +108,9 @@ class AnalysisSettings:
     analysis_enabled: bool = option(True, "decode captured traffic and run the detectors in worker processes",
                                     parse_bool)
     workers: int = option(1, "analysis worker processes (models are sharded across them)", parse_int(1, 64))
+    worker_priority: str = option("idle", "CPU priority of analysis workers: idle (Linux SCHED_IDLE: they only use "
+                                  "CPU the proxy leaves), low (nice 10) or normal",
+                                  parse_choice("idle", "low", "normal"))
     analysis_queue_batches: int = option(4, "batches in flight per worker; beyond, records wait in the capture ring",
                                          parse_int(1, 1000))
     reference_size: int = option(1000, "instances collected as the reference when no reference file is given",

@@ -1,0 +1,116 @@
+"""Proxy latency with the analysis workers saturated vs analysis off (issue 3 target: p99 ratio at most 1.1).
+
+Runs the real `sidecar run` (uvloop, REST only) in front of an instant upstream (nginx `return 200`, else a
+uvloop stand-in), twice: with analysis off (capture still on, drained into a counter) and with analysis on at
+settings that keep the one worker busy all the time (small windows, MMD on). wrk sends a decodable 1-instance,
+120-feature JSON predict body. For each run it prints p50/p99/throughput at the chosen concurrencies, and from
+/metrics the records analysed and dropped at the ring (proof that the workers were saturated).
+
+Usage: python bench/bench_analysis_load.py [--duration 10] [--connections 1,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_rest  # noqa: E402
+
+FEATURES = 120
+
+
+def body() -> str:
+    row = [round(0.5 + (i % 17) / 10, 3) for i in range(FEATURES)]
+    return json.dumps({"instances": [row]})
+
+
+def wrk_script(directory: Path) -> Path:
+    script = bench_rest.wrk_script(directory)
+    lines = script.read_text().splitlines()
+    lines[1] = f"wrk.body = [=[{body()}]=]"
+    script.write_text("\n".join(lines) + "\n")
+    return script
+
+
+@contextlib.contextmanager
+def sidecar(directory: Path, upstream_port: int, analysis: bool) -> Iterator[tuple[int, int, int]]:
+    port, admin = bench_rest.free_port(), bench_rest.free_port()
+    state = directory / ("state-on" if analysis else "state-off")
+    command = [sys.executable, "-m", "sidecar", "run", "--upstream-rest", f"http://127.0.0.1:{upstream_port}",
+               "--listen-rest", f"127.0.0.1:{port}", "--listen-grpc", "off", "--upstream-grpc", "off",
+               "--listen-admin", f"127.0.0.1:{admin}", "--state-dir", str(state), "--log-level", "error",
+               "--analysis-enabled", str(analysis).lower(), "--workers", "1", "--reference-size", "200",
+               "--window-size", "50", "--mmd-enabled", "true", "--mmd-permutations", "200"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        bench_rest.wait_listening(port, timeout=60)
+        bench_rest.wait_listening(admin, timeout=10)
+        yield port, admin, process.pid
+    finally:
+        bench_rest.stop(process)
+
+
+def scrape(admin: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10).read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("sidecar_capture_dropped_total", "sidecar_analysed_instances_total",
+                            "sidecar_capture_records_total")):
+            name = line.split("{")[0].split(" ")[0]
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--connections", default="1,4")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating off/on rounds (medians reported)")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.connections.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        script = wrk_script(directory)
+        upstream = (bench_rest.nginx_upstream(directory) if bench_rest.shutil.which("nginx")
+                    else bench_rest.server_process("upstream", directory))
+        with upstream as (upstream_port, _):
+            runs: dict[tuple[str, int], list[bench_rest.Result]] = {}
+            evidence: dict[str, dict[str, float]] = {}
+            for round_index in range(args.rounds):
+                for mode in ("off", "on"):
+                    with sidecar(directory / f"r{round_index}", upstream_port, mode == "on") as (port, admin, pid):
+                        target = bench_rest.Target(f"analysis {mode}", port, pid)
+                        bench_rest.run_wrk(script, port, 4, 3)  # warm-up: reference collected, workers busy
+                        for result in bench_rest.measure(target, script, counts, args.duration, warmup=0):
+                            runs.setdefault((mode, result.connections), []).append(result)
+                        evidence[mode] = scrape(admin)
+    rows = ["| analysis | connections | p50 ms | p99 ms | req/s |", "|---|---:|---:|---:|---:|"]
+    medians: dict[tuple[str, int], bench_rest.Result] = {}
+    for key, results in sorted(runs.items()):
+        results.sort(key=lambda r: r.p99_ms)
+        medians[key] = median = results[len(results) // 2]
+        rows.append(f"| {key[0]} | {key[1]} | {median.p50_ms:.3f} | {median.p99_ms:.3f} | {median.throughput:.0f} |")
+    print("\n".join(rows))
+    for mode, totals in evidence.items():
+        print(f"\nanalysis {mode}, last round: " + ", ".join(f"{k}={v:.0f}" for k, v in sorted(totals.items())))
+    print()
+    for connections in counts:
+        on, off = medians.get(("on", connections)), medians.get(("off", connections))
+        if on and off:
+            print(f"p99 ratio (saturated workers / analysis off) at c={connections}: {on.p99_ms / off.p99_ms:.2f} "
+                  f"(target <= 1.1); throughput ratio {on.throughput / off.throughput:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
