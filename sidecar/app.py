@@ -74,12 +74,12 @@ class Sidecar:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._stoppers.append(("tracing", self._shutdown_tracing))
 
+        await self._start_anodot(state_dir)  # stopped last of all, so its final bucket has the final counts
         if settings.proxy.listen_rest is not None:
             await self._start_feedback(state_dir)
         if settings.capture.capture_enabled:
             await self._start_analysis(state_dir)
             await self._start_payload_log()
-        await self._start_anodot(state_dir)
         await self._start_health()
         await self._start_proxies()
         await self._start_admin()
@@ -123,14 +123,13 @@ class Sidecar:
         export = self.settings.export
         if not (export.payload_log_file or export.payload_log_url):
             return
-        from sidecar.export.payload_log import PayloadLog
+        from sidecar.export.payload_log import PayloadLog, payload_log_ring
 
-        capture = self.settings.capture
         self.payload_log = PayloadLog(export, self.registry)
         await self.payload_log.start()
         self._stoppers.append(("payload log", lambda: self.payload_log.stop(export.shutdown_flush_timeout)))
-        ring = CaptureRing(export.payload_log_queue, capture.capture_max_bytes, export.payload_log_batch)
-        drainer = Drainer(ring, self.payload_log, export.payload_log_flush_interval)
+        ring = payload_log_ring(export)
+        drainer = Drainer(ring, self.payload_log, self.settings.capture.capture_flush_interval)
         drainer.start()
         self._stoppers.append(("payload log drainer", drainer.stop))
         self.tee.add(ring)
@@ -141,7 +140,7 @@ class Sidecar:
         export = self.settings.export
         if export.anodot_bucket <= 0:
             return
-        from sidecar.export.anodot import AnodotExporter
+        from sidecar.export.anodot_sink import AnodotExporter
 
         out_dir = Path(export.anodot_dir) if export.anodot_dir else state_dir / "anodot"
         exporter = AnodotExporter(export, self.registry, out_dir)
@@ -219,8 +218,11 @@ def _task_overrides(models: Mapping[str, Any]) -> dict[str, str]:
     return {name: str(conf["task"]) for name, conf in models.items() if isinstance(conf, dict) and "task" in conf}
 
 
-async def run_until_signalled(sidecar: Sidecar, stop_event: asyncio.Event) -> None:
+async def run_until_signalled(sidecar: Sidecar, stop_event: asyncio.Event,
+                              on_started: Callable[[], None] | None = None) -> None:
     await sidecar.start()
+    if on_started is not None:
+        on_started()
     try:
         await stop_event.wait()
     finally:

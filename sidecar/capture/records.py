@@ -8,6 +8,8 @@ PROTOCOL_REST = "rest"
 PROTOCOL_GRPC = "grpc"
 API_TFSERVING = "tfserving"
 API_V2 = "v2"
+LOG_OPT_OUT_HEADER = "x-sidecar-log"  # a request header (REST) / metadata key (gRPC) whose value `off` keeps
+# the exchange out of the payload log; the analysis still sees it.
 
 
 class CaptureRecord(NamedTuple):
@@ -15,6 +17,7 @@ class CaptureRecord(NamedTuple):
 
     `status` is the HTTP status for REST and the numeric gRPC status code for gRPC (0 = OK).
     `request_encoding` is the request's Content-Encoding (e.g. "gzip") or "" when the body is plain.
+    `log_opt_out` is set when the client sent `X-Sidecar-Log: off`.
     """
 
     prediction_id: str
@@ -30,6 +33,7 @@ class CaptureRecord(NamedTuple):
     status: int
     latency: float
     request_encoding: str = ""
+    log_opt_out: bool = False
 
     @property
     def size(self) -> int:

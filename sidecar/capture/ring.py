@@ -91,18 +91,23 @@ class Drainer:
         self.drained = 0
         self._on_error = on_error
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._wake = asyncio.Event()
         ring.attach_waker(self._wake)
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="capture-drainer")
 
     async def _run(self) -> None:
-        while True:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races the wake-up, which
+        # made stop() wait forever under a steady stream of appends.
+        while not self._stopping:
             if len(self.ring) < self.ring.batch_size:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                    async with asyncio.timeout(self.flush_interval):
+                        await self._wake.wait()
             self.drain_once()
             if len(self.ring) and self.consumer.free_slots() <= 0:
                 await asyncio.sleep(self.flush_interval)
@@ -121,6 +126,7 @@ class Drainer:
         return len(batch)
 
     async def stop(self, flush: bool = True) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

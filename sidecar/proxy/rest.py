@@ -27,7 +27,7 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from sidecar.capture.records import PROTOCOL_REST, CaptureRecord
+from sidecar.capture.records import LOG_OPT_OUT_HEADER, PROTOCOL_REST, CaptureRecord
 from sidecar.proxy.http import (
     CLOSE_LINE,
     PREDICTION_ID_HEADER,
@@ -56,6 +56,7 @@ HEALTH_NAME = "rest"
 IDLE_TIMEOUT_SECONDS = 75.0  # keep-alive connections with no request for this long are closed (as nginx does)
 HEAD_TIMEOUT_SECONDS = 60.0  # a request whose header fields take longer gets 408 (nginx's client_header_timeout)
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"; used in metrics only
+_LOG_OPT_OUT = LOG_OPT_OUT_HEADER.encode()
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD"})
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _METHOD_NAMES: dict[bytes, str] = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")}
@@ -345,9 +346,11 @@ class ProxyCall:
         route = self.route
         encoding = request.fields.get(b"content-encoding")
         encoding_text = "" if encoding is None else encoding.decode("latin-1").strip().lower()
+        opt_out = request.fields.get(_LOG_OPT_OUT)
         record = CaptureRecord(self.prediction_id, time.time() - (now - request.started), route.model, route.version,
                                route.label, PROTOCOL_REST, route.api, route.method, request.body, body, status,
-                               upstream_seconds, "" if encoding_text == "identity" else encoding_text)
+                               upstream_seconds, "" if encoding_text == "identity" else encoding_text,
+                               opt_out is not None and opt_out.strip().lower() == b"off")
         try:
             capture(record)
         except Exception:  # capture must never break the answer

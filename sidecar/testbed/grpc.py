@@ -159,13 +159,13 @@ class TestbedServicer:
         response = v2_pb2.ModelInferResponse(model_name=servable.name, model_version=str(servable.version),
                                              id=request.id)
         for alias, array in outputs.items():
-            tensor = response.outputs.add(name=alias, shape=list(array.shape))
+            output = response.outputs.add(name=alias, shape=list(array.shape))
             if raw:
-                tensor.datatype, blob = v2.raw_of(array)
+                output.datatype, blob = v2.raw_of(array)
                 response.raw_output_contents.append(blob)
             else:
-                tensor.datatype, contents = v2.contents_of(array)
-                tensor.contents.CopyFrom(contents)
+                output.datatype, contents = v2.contents_of(array)
+                output.contents.CopyFrom(contents)
         return response
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:

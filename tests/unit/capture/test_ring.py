@@ -123,3 +123,28 @@ def test_tee_appends_to_every_ring_independently() -> None:
         tee.append(record(n))
     assert len(small) == 2 and len(large) == 4
     assert small.dropped == {"m": 2} and large.dropped == {}
+
+
+async def test_stop_returns_while_records_keep_arriving() -> None:
+    ring = CaptureRing(max_records=1000, max_bytes=10**6, batch_size=1)
+    drainer = Drainer(ring, CountingConsumer(), flush_interval=0.001)
+    drainer.start()
+    running = True
+
+    async def produce() -> None:
+        n = 0
+        while running:
+            ring.append(record(n))
+            n += 1
+            await asyncio.sleep(0)
+
+    producer = asyncio.get_running_loop().create_task(produce())
+    await asyncio.sleep(0.05)
+    for _ in range(20):
+        await asyncio.wait_for(drainer.stop(flush=False), timeout=2.0)
+        drainer.start()
+        await asyncio.sleep(0.005)
+    running = False
+    await producer
+    await asyncio.wait_for(drainer.stop(), timeout=2.0)
+    assert len(ring) == 0

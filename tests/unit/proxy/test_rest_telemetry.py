@@ -73,6 +73,15 @@ async def test_error_answers_from_the_model_server_are_captured_with_their_statu
     assert [(r.status, r.response) for r in records] == [(404, error)]
 
 
+@pytest.mark.parametrize(("header", "opted_out"), [(None, False), ("X-Sidecar-Log: off", True),
+                                                  ("x-sidecar-log:  OFF ", True), ("X-Sidecar-Log: on", False)])
+async def test_the_payload_log_opt_out_header_marks_the_record(header: str | None, opted_out: bool) -> None:
+    records: list[CaptureRecord] = []
+    async with ScriptedUpstream() as upstream, running_proxy(upstream.port, capture=records.append) as proxy:
+        await exchange(proxy.port, post("/v1/models/m:predict", b"{}", *([header] if header else [])))
+    assert [r.log_opt_out for r in records] == [opted_out]
+
+
 async def test_a_gzip_request_is_captured_still_compressed_with_its_encoding() -> None:
     records: list[CaptureRecord] = []
     body = gzip.compress(b'{"instances": [1]}')
