@@ -111,7 +111,7 @@ async def test_grpc_predictions_are_analysed_like_rest(sidecar: Sidecar) -> None
                  code="OK") == 3
 
 
-async def test_undecodable_payloads_are_counted_and_analysis_goes_on(sidecar: Sidecar) -> None:
+async def test_a_malformed_request_gets_the_model_servers_400_and_analysis_goes_on(sidecar: Sidecar) -> None:
     registry = sidecar.registry
     async with aiohttp.ClientSession() as session:
         async with session.post(f"http://127.0.0.1:{sidecar.rest_port}/v1/models/classifier:predict",
