@@ -38,6 +38,7 @@ class Tally:
     errors: int = 0
     instances: int = 0
     feedback: int = 0
+    grpc_requests: int = 0
     latencies: list[float] = field(default_factory=list)
 
     def p50_ms(self) -> float:
@@ -82,8 +83,10 @@ class DemoError(RuntimeError):
 def start_testbed() -> tuple[subprocess.Popen[str], int, int]:
     print("starting the testbed model server (TensorFlow import and model training take a few seconds)...",
           flush=True)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the testbed's lifetime
     process = subprocess.Popen([sys.executable, "-m", "sidecar.testbed.cli", "--rest-port", "0", "--grpc-port", "0"],
-                               stdout=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                               stdout=subprocess.PIPE, stderr=log, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert process.stdout is not None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -94,7 +97,9 @@ def start_testbed() -> tuple[subprocess.Popen[str], int, int]:
             parts = dict(item.split("=") for item in line.split()[2:])
             return process, int(parts["rest"]), int(parts["grpc"])
     process.kill()
-    raise DemoError("the testbed did not start; run `sidecar testbed` to see why")
+    log.seek(0)
+    tail = log.read().decode(errors="replace").strip().splitlines()[-5:]
+    raise DemoError("the testbed did not start:\n  " + "\n  ".join(tail))
 
 
 async def _demo(args: argparse.Namespace) -> None:
@@ -121,7 +126,7 @@ async def _demo(args: argparse.Namespace) -> None:
               f"drill-down {admin}/v1/monitor/{MODEL}", flush=True)
         tally = Tally()
         async with aiohttp.ClientSession() as session:
-            await _traffic(session, base, admin, args, tally, stop)
+            await _traffic(session, base, admin, args, tally, stop, f"127.0.0.1:{sidecar.grpc_port}")
             await asyncio.sleep(1.0)
             await _summary(session, admin, tally)
     finally:
@@ -144,8 +149,9 @@ def _instance(rng: random.Random, shifted: bool) -> list[float]:
 
 
 async def _traffic(session: aiohttp.ClientSession, base: str, admin: str, args: argparse.Namespace, tally: Tally,
-                   stop: asyncio.Event) -> None:
+                   stop: asyncio.Event, grpc_target: str | None = None) -> None:
     rng = random.Random(7)
+    grpc_call = _grpc_predict_call(grpc_target) if grpc_target else None
     started = time.monotonic()
     next_report = started + 1.0
     interval = 1.0 / args.rate
@@ -156,10 +162,37 @@ async def _traffic(session: aiohttp.ClientSession, base: str, admin: str, args: 
         shifted = elapsed >= 0.45 * args.duration
         rows = [_instance(rng, shifted) for _ in range(args.batch)]
         await _predict_and_feedback(session, base, rows, 0.4 if shifted else 0.9, rng, tally)
+        if grpc_call is not None and tally.requests % 4 == 0:
+            await _grpc_predict(grpc_call, rows, tally)
         if time.monotonic() >= next_report:
             next_report += 1.0
             await _progress(session, admin, elapsed, shifted, tally)
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - started - elapsed)))
+
+
+def _grpc_predict_call(target: str) -> Any:
+    """A raw-bytes Predict call on the tensorflow.serving API (the official client sends the same bytes)."""
+    import grpc
+
+    channel = grpc.aio.insecure_channel(target)
+    return channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+
+
+async def _grpc_predict(call: Any, rows: list[list[float]], tally: Tally) -> None:
+    from sidecar._proto import tf_pb2, tfs_pb2
+
+    request = tfs_pb2.PredictRequest()
+    request.model_spec.name = "regressor"
+    tensor = request.inputs["features"]
+    tensor.dtype = tf_pb2.DT_FLOAT
+    tensor.tensor_shape.dim.add(size=len(rows))
+    tensor.tensor_shape.dim.add(size=FEATURES)
+    tensor.float_val.extend(value for row in rows for value in row)
+    try:
+        await call(request.SerializeToString(), timeout=10)
+        tally.grpc_requests += 1
+    except Exception:
+        tally.errors += 1
 
 
 async def _predict_and_feedback(session: aiohttp.ClientSession, base: str, rows: list[list[float]],
@@ -229,7 +262,8 @@ async def _summary(session: aiohttp.ClientSession, admin: str, tally: Tally) -> 
     async with session.get(f"{admin}/v1/monitor/{MODEL}") as response:
         monitor: dict[str, Any] = await response.json() if response.status == 200 else {}
     print("\nsummary")
-    print(f"  requests sent: {tally.requests} ({tally.errors} errors), instances: {tally.instances}, "
+    print(f"  REST requests: {tally.requests}, gRPC requests: {tally.grpc_requests} ({tally.errors} errors), "
+          f"classifier instances: {tally.instances}, "
           f"feedback instances: {tally.feedback}")
     for name, value in sorted(values.items()):
         if name.startswith(("sidecar_drift_detected", "sidecar_drift_checks_total", "sidecar_outliers_total",
