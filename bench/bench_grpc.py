@@ -10,13 +10,17 @@ at concurrency 1 (latency), and a grpc.aio channel with 16 concurrent callers (t
 - `tcp-relay`: a uvloop TCP byte relay, the floor for any user-space proxy (it does no gRPC work at all);
 - `aio-minimal`: grpc.aio server + channel forwarding bytes and nothing else (what grpc.aio itself costs);
 - `sync-minimal`: grpc's blocking server (thread pool) + blocking channel, the same minimal forwarding;
-- `sidecar`: the real GrpcProxy with capture on (CaptureRing drained by a CountingConsumer), metrics, default loop;
+- `sidecar`: the real GrpcProxy with the grpc.aio engine, capture on (CaptureRing drained by a CountingConsumer),
+  metrics, default loop;
 - `sidecar-uvloop`: the same under uvloop;
 - `sidecar-ee-off`: `sidecar` with gRPC core's event-engine client/listener experiments switched off
-  (GRPC_EXPERIMENTS=-event_engine_client,-event_engine_listener).
+  (GRPC_EXPERIMENTS=-event_engine_client,-event_engine_listener);
+- `sidecar-h2`: the real GrpcProxy with the h2 relay engine (the default), capture and metrics on, under uvloop
+  (as `python -m sidecar` runs it);
+- `sidecar-h2-asyncio`: the same on the default asyncio loop.
 
 Prints a markdown table (p50/p99 at concurrency 1, added p50 in microseconds over direct, throughput at 16, and the
-CPU time the forwarding process spent per call) and the added p50 of the sidecar against its target (<= 150 us).
+CPU time the forwarding process spent per call) and the added p50 of each engine against the target (<= 150 us).
 Rounds of all targets are interleaved so background load hits them alike. Internal: `bench_grpc.py serve KIND`.
 """
 
@@ -39,7 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
-ALL_TARGETS = ("direct", "tcp-relay", "aio-minimal", "sync-minimal", "sidecar", "sidecar-uvloop", "sidecar-ee-off")
+ALL_TARGETS = ("direct", "tcp-relay", "aio-minimal", "sync-minimal", "sidecar", "sidecar-uvloop", "sidecar-ee-off",
+               "sidecar-h2", "sidecar-h2-asyncio")
+ENGINE_TARGETS = (("sidecar", "grpc.aio engine"), ("sidecar-h2", "h2 relay engine"))
 EE_OFF = "-event_engine_client,-event_engine_listener"
 TARGET_ADDED_P50_US = 150.0
 THROUGHPUT_CONCURRENCY = 16
@@ -103,7 +109,7 @@ async def _serve_upstream() -> None:
     await server.stop(0)
 
 
-async def _serve_sidecar(upstream_port: int) -> None:
+async def _serve_sidecar(upstream_port: int, engine: str = "aio") -> None:
     from sidecar.capture.ring import CaptureRing, CountingConsumer, Drainer
     from sidecar.proxy.grpc import GrpcProxy
     from sidecar.proxy.settings import ProxySettings
@@ -113,7 +119,8 @@ async def _serve_sidecar(upstream_port: int) -> None:
     ring = CaptureRing(max_records=100_000, max_bytes=256 * 1024 * 1024)
     drainer = Drainer(ring, CountingConsumer(), flush_interval=0.05)
     drainer.start()
-    proxy = GrpcProxy(ProxySettings(upstream_grpc=("127.0.0.1", upstream_port), listen_grpc=("127.0.0.1", 0)),
+    proxy = GrpcProxy(ProxySettings(upstream_grpc=("127.0.0.1", upstream_port), listen_grpc=("127.0.0.1", 0),
+                                    grpc_engine=engine),
                       capture=ring.append, metrics=RequestMetrics(), tracing=disabled())
     await proxy.start()
     assert proxy.port is not None
@@ -218,6 +225,12 @@ def serve(kind: str, upstream_port: int) -> None:
         import uvloop
 
         uvloop.run(_serve_sidecar(upstream_port))
+    elif kind == "sidecar-h2":
+        import uvloop
+
+        uvloop.run(_serve_sidecar(upstream_port, "h2"))
+    elif kind == "sidecar-h2-asyncio":
+        asyncio.run(_serve_sidecar(upstream_port, "h2"))
     elif kind == "aio-minimal":
         asyncio.run(_serve_aio_minimal(upstream_port))
     elif kind == "sync-minimal":
@@ -388,11 +401,21 @@ def main() -> int:
           f"and level in {args.rounds} rounds; CPU us/call: the forwarding process, the upstream for direct)\n")
     print(table(results))
     print()
-    if "sidecar" in results:
-        added = results["sidecar"].p(0.5) - results["direct"].p(0.5)
+    direct = results["direct"]
+    for name, engine in ENGINE_TARGETS:
+        if name not in results:
+            continue
+        measured = results[name]
+        added = measured.p(0.5) - direct.p(0.5)
         verdict = "met" if added <= TARGET_ADDED_P50_US else "NOT met"
-        print(f"- sidecar added p50 at c=1: **{added:.0f} us** (target <= {TARGET_ADDED_P50_US:.0f} us: {verdict}); "
-              f"p50 ratio sidecar/direct {results['sidecar'].p(0.5) / results['direct'].p(0.5):.2f}x")
+        throughput = statistics.median(measured.throughput) / statistics.median(direct.throughput)
+        print(f"- {name} ({engine}) added p50 at c=1: **{added:.0f} us** (target <= {TARGET_ADDED_P50_US:.0f} us: "
+              f"{verdict}); p50 ratio {measured.p(0.5) / direct.p(0.5):.2f}x direct; throughput at "
+              f"c={THROUGHPUT_CONCURRENCY} {throughput:.2f}x direct")
+    if "sidecar" in results and "sidecar-h2" in results:
+        h2, aio = results["sidecar-h2"], results["sidecar"]
+        print(f"- h2 relay vs grpc.aio engine: p50 at c=1 {h2.p(0.5) - aio.p(0.5):+.0f} us, throughput at "
+              f"c={THROUGHPUT_CONCURRENCY} {statistics.median(h2.throughput) / statistics.median(aio.throughput):.2f}x")
     return 0
 
 

@@ -1,9 +1,10 @@
 """What every forwarded gRPC call shares: its dependencies, its spans, and how its outcome is recorded.
 
-`Exchange` is created once per call by the unary and stream forwarders. It stamps the prediction id, starts the
-trace spans when tracing is on (and only then), turns upstream failures into the statuses the client sees, and
-records the outcome exactly once: one metrics sample, one capture record for captured methods, the span ends
-and the upstream health verdict. Recording never raises into the request.
+`Exchange` is created once per call by the unary and stream forwarders (and, through `Exchange.begin`, by the h2
+relay engine). It stamps the prediction id, starts the trace spans when tracing is on (and only then), turns
+upstream failures into the statuses the client sees, and records the outcome exactly once: one metrics sample,
+one capture record for captured methods, the span ends and the upstream health verdict. Recording never raises
+into the request.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -42,23 +43,29 @@ Capture = Callable[[CaptureRecord], None]
 
 
 @dataclass
-class Forwarding:
-    """Dependencies shared by all calls of one proxy."""
+class Recording:
+    """What recording a call needs, shared by all calls of one proxy whichever engine forwards them."""
 
-    channel: grpc.aio.Channel
     target: str  # upstream address, for error details
     default_timeout: float  # upstream deadline when the client set none
     capture: Capture | None
     metrics: RequestMetrics
     tracing: Tracing
     health: UpstreamHealth | None
-    recording_failures: int = 0
+    recording_failures: int = field(default=0, init=False)
 
     def recording_failed(self) -> None:
         """Log a broken metrics or capture sink without flooding: the 1st, 2nd, 4th, 8th... failure."""
         self.recording_failures += 1
         if self.recording_failures & (self.recording_failures - 1) == 0:
             log.exception("recording a gRPC call failed (%d times so far)", self.recording_failures)
+
+
+@dataclass
+class Forwarding(Recording):
+    """Dependencies shared by all calls of the grpc.aio engine: recording plus the upstream channel."""
+
+    channel: grpc.aio.Channel = field(kw_only=True)
 
     def upstream_failure(self, error: grpc.aio.AioRpcError, own_deadline: bool,
                          timeout: float) -> tuple[grpc.StatusCode, str, bool]:
@@ -82,25 +89,42 @@ class Exchange:
     __slots__ = ("client_span", "forwarding", "metadata", "method", "model", "own_deadline", "prediction_id",
                  "recorded", "request", "server_span", "started", "timeout", "upstream_seconds", "wall_time")
 
-    def __init__(self, forwarding: Forwarding, method: GrpcMethod, context: grpc.aio.ServicerContext,
+    def __init__(self, forwarding: Recording, method: GrpcMethod, context: grpc.aio.ServicerContext,
                  request: bytes) -> None:
+        self._begin(forwarding, method, split_request(context.invocation_metadata(), forwarding.tracing.enabled),
+                    context.time_remaining(), request, None)
+
+    @classmethod
+    def begin(cls, forwarding: Recording, method: GrpcMethod, metadata: RequestMetadata, remaining: float | None,
+              request: bytes, model: ModelRef | None = None) -> Exchange:
+        """An exchange from parts, for engines without a grpc.aio context (the HTTP/2 relay).
+
+        `metadata` is already split (its `outgoing` may stay empty: the trace headers to send upstream are
+        appended to it when tracing is on); `model` skips the peek at `request` when the caller knows better.
+        """
+        exchange = cls.__new__(cls)
+        exchange._begin(forwarding, method, metadata, remaining, request, model)
+        return exchange
+
+    def _begin(self, forwarding: Recording, method: GrpcMethod, metadata: RequestMetadata, remaining: float | None,
+               request: bytes, model: ModelRef | None) -> None:
         self.started = time.perf_counter()
         self.wall_time = time.time()
         self.forwarding = forwarding
         self.method = method
         self.request = request
-        tracing_on = forwarding.tracing.enabled
-        self.metadata: RequestMetadata = split_request(context.invocation_metadata(), tracing_on)
-        self.prediction_id = choose_prediction_id(self.metadata.prediction_id, self.metadata.request_id)
-        self.model: ModelRef = method.peek(request) if method.peek is not None and request else NO_MODEL
-        remaining = context.time_remaining()
+        self.metadata = metadata
+        self.prediction_id = choose_prediction_id(metadata.prediction_id, metadata.request_id)
+        if model is None:
+            model = method.peek(request) if method.peek is not None and request else NO_MODEL
+        self.model: ModelRef = model
         self.own_deadline = remaining is None
         self.timeout: float = forwarding.default_timeout if remaining is None else remaining
         self.upstream_seconds: float | None = None
         self.recorded = False
         self.server_span: Span | None = None
         self.client_span: Span | None = None
-        if tracing_on:
+        if forwarding.tracing.enabled:
             self._start_spans()
 
     def _start_spans(self) -> None:

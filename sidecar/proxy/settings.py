@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.options import option, parse_duration, parse_hostport, parse_http_url, parse_int, parse_size
+from sidecar.options import (
+    option,
+    parse_choice,
+    parse_duration,
+    parse_hostport,
+    parse_http_url,
+    parse_int,
+    parse_size,
+)
+
+GRPC_ENGINES = ("h2", "aio")
 
 
 @dataclass(frozen=True)
@@ -24,3 +34,5 @@ class ProxySettings:
     grpc_max_message_bytes: int = option(64 * 1024**2, "largest gRPC message either way, on both sides",
                                          parse_size(minimum=4 * 1024**2))
     upstream_pool_size: int = option(64, "idle keep-alive connections kept to the REST upstream", parse_int(1, 4096))
+    grpc_engine: str = option("h2", "gRPC proxy engine: h2 (asyncio HTTP/2 relay, fast) or aio (grpc.aio)",
+                              parse_choice(*GRPC_ENGINES))

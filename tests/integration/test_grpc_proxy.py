@@ -1,6 +1,7 @@
 """The gRPC proxy in front of the testbed (real Keras models behind TF Serving's and KServe's gRPC APIs), called with
 the official tensorflow-serving-api stubs: every method answers byte for byte what the model server answers
-directly, statuses, trailers and deadlines pass through, and each call is measured, captured and traced."""
+directly, statuses, trailers and deadlines pass through, and each call is measured, captured and traced.
+Every test runs with both engines: the h2 relay (the default) and grpc.aio."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from opentelemetry.trace import SpanKind
 from sidecar._proto import v2_pb2
 from sidecar.capture.records import CaptureRecord
 from sidecar.proxy.grpc import GrpcProxy
-from sidecar.proxy.settings import ProxySettings
+from sidecar.proxy.settings import GRPC_ENGINES, ProxySettings
 from sidecar.telemetry.metrics import RequestMetrics
 from sidecar.telemetry.tracing import Tracing, disabled, with_processor
 from sidecar.testbed import data
@@ -129,12 +130,12 @@ class Sidecar:
     records: list[CaptureRecord]
 
 
-async def start_sidecar(testbed: TestbedProcess, tracing: Tracing | None = None,
+async def start_sidecar(testbed: TestbedProcess, engine: str, tracing: Tracing | None = None,
                         upstream_port: int | None = None) -> Sidecar:
     metrics = RequestMetrics()
     records: list[CaptureRecord] = []
     settings = ProxySettings(upstream_grpc=(testbed.host, upstream_port or testbed.grpc_port),
-                             listen_grpc=("127.0.0.1", 0))
+                             listen_grpc=("127.0.0.1", 0), grpc_engine=engine)
     proxy = GrpcProxy(settings, capture=records.append, metrics=metrics, tracing=tracing or disabled())
     await proxy.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}", options=CHANNEL_OPTIONS)
@@ -148,9 +149,14 @@ async def stop_sidecar(sidecar: Sidecar) -> None:
     await sidecar.proxy.stop(grace=1.0)
 
 
+@pytest.fixture(params=GRPC_ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def sidecar(testbed: TestbedProcess) -> AsyncIterator[Sidecar]:
-    running = await start_sidecar(testbed)
+async def sidecar(testbed: TestbedProcess, engine: str) -> AsyncIterator[Sidecar]:
+    running = await start_sidecar(testbed, engine)
     yield running
     await stop_sidecar(running)
 
@@ -253,11 +259,12 @@ async def test_the_client_deadline_passes_through_to_the_model_server(sidecar: S
     assert answered.model_spec.name == "classifier"
 
 
-async def test_a_stopped_model_server_is_unavailable_through_the_official_stub(testbed: TestbedProcess) -> None:
+async def test_a_stopped_model_server_is_unavailable_through_the_official_stub(testbed: TestbedProcess,
+                                                                               engine: str) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = int(sock.getsockname()[1])
-    sidecar = await start_sidecar(testbed, upstream_port=closed)
+    sidecar = await start_sidecar(testbed, engine, upstream_port=closed)
     try:
         prediction = prediction_service_pb2_grpc.PredictionServiceStub(sidecar.channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -280,9 +287,9 @@ async def test_messages_over_ten_mebibytes_pass_both_ways(sidecar: Sidecar) -> N
 
 # --- trace context, metrics, capture --------------------------------------------------------------------------
 
-async def test_the_model_server_receives_the_sidecars_client_span(testbed: TestbedProcess,
+async def test_the_model_server_receives_the_sidecars_client_span(testbed: TestbedProcess, engine: str,
                                                                   spans: InMemorySpanExporter) -> None:
-    sidecar = await start_sidecar(testbed, tracing=with_processor(SimpleSpanProcessor(spans)))
+    sidecar = await start_sidecar(testbed, engine, tracing=with_processor(SimpleSpanProcessor(spans)))
     try:
         incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         request = predict_request("classifier", features=np.zeros((1, 4), np.float32)).SerializeToString()
