@@ -53,9 +53,9 @@ async def send_predictions(sidecar: Sidecar, count: int) -> None:
 @needs_prometheus
 async def test_promtool_accepts_the_metrics_exposition(sidecar: Sidecar) -> None:
     await send_predictions(sidecar, 3)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/metrics") as response:
-            text = await response.read()
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{sidecar.admin_port}/metrics") as response:
+        text = await response.read()
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 
@@ -75,7 +75,8 @@ async def test_a_real_prometheus_scrapes_request_counts(sidecar: Sidecar) -> Non
         config = Path(tmp) / "prometheus.yml"
         config.write_text(
             "global: {scrape_interval: 1s}\n"
-            f"scrape_configs: [{{job_name: sidecar, static_configs: [{{targets: ['127.0.0.1:{sidecar.admin_port}']}}]}}]\n"
+            "scrape_configs: [{job_name: sidecar, static_configs: "
+            f"[{{targets: ['127.0.0.1:{sidecar.admin_port}']}}]}}]\n"
         )
         process = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp}/data",
                                     f"--web.listen-address=127.0.0.1:{port}"],
