@@ -28,7 +28,7 @@ def test_models_from_yaml_style_text_are_parsed_and_normalised() -> None:
     ({"iris": {"windw_size": 10}}, "model 'iris': unknown key 'windw_size'"),
     ({"iris": {"window_size": "ten"}}, "model 'iris': window_size: expected an integer"),
     ({"iris": {"reference": "data.parquet"}}, "model 'iris': reference: reference file must end in"),
-    ({"iris": {"task": "ranking"}}, "model 'iris': task: expected one of auto, classification, regression"),
+    ({"iris": {"task": "ranking"}}, "model 'iris': task: expected one of auto, classification, binary, multiclass, regression"),
     ({"iris": ["window_size"]}, "model 'iris': expected a mapping"),
 ])
 def test_bad_model_entries_name_the_model_and_the_key(models: dict[str, object], message: str) -> None:
@@ -47,3 +47,9 @@ def test_a_sliding_step_larger_than_the_window_is_refused() -> None:
     with pytest.raises(ValueError, match="window_step"):
         AnalysisSettings(window_mode="sliding", window_size=10, window_step=20).check()
     AnalysisSettings(window_mode="sliding", window_size=10, window_step=0).check()
+
+
+def test_binary_and_multiclass_tasks_mean_classification_to_the_analysis() -> None:
+    settings = AnalysisSettings(models={"a": {"task": "binary"}, "b": {"task": "multiclass"}})
+    assert settings.model_config("a").task == "classification"
+    assert settings.model_config("b").task == "classification"
