@@ -6,7 +6,7 @@ settings that keep the one worker busy all the time (small windows, MMD on). wrk
 120-feature JSON predict body. For each run it prints p50/p99/throughput at the chosen concurrencies, and from
 /metrics the records analysed and dropped at the ring (proof that the workers were saturated).
 
-Usage: python bench/bench_analysis_load.py [--duration 10] [--connections 1,4]
+Usage: python bench/bench_analysis_load.py [--duration 10] [--connections 1,4] [--pace-ms 1]
 """
 
 from __future__ import annotations
@@ -34,12 +34,17 @@ def body() -> str:
     return json.dumps({"instances": [row]})
 
 
-def wrk_script(directory: Path) -> Path:
+def wrk_script(directory: Path, pace_ms: int) -> Path:
+    """The REST bench's wrk script with our body; `pace_ms` > 0 makes each connection wait that long between
+    requests (an open-ish load below the proxy's capacity, so only the analysis is saturated)."""
     script = bench_rest.wrk_script(directory)
     lines = script.read_text().splitlines()
     lines[1] = f"wrk.body = [=[{body()}]=]"
-    script.write_text("\n".join(lines) + "\n")
-    return script
+    if pace_ms > 0:
+        lines.append(f"delay = function() return {pace_ms} end")
+    paced = directory / f"predict-{pace_ms}ms.lua"
+    paced.write_text("\n".join(lines) + "\n")
+    return paced
 
 
 @contextlib.contextmanager
@@ -76,11 +81,14 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", default="1,4")
     parser.add_argument("--rounds", type=int, default=2, help="alternating off/on rounds (medians reported)")
+    parser.add_argument("--pace-ms", type=int, default=1,
+                        help="wait between a connection's requests (0: closed loop at full speed, which also "
+                             "saturates the proxy on a 2-core machine)")
     args = parser.parse_args()
     counts = [int(c) for c in args.connections.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        script = wrk_script(directory)
+        script = wrk_script(directory, args.pace_ms)
         upstream = (bench_rest.nginx_upstream(directory) if bench_rest.shutil.which("nginx")
                     else bench_rest.server_process("upstream", directory))
         with upstream as (upstream_port, _):
@@ -94,6 +102,8 @@ def main() -> int:
                         for result in bench_rest.measure(target, script, counts, args.duration, warmup=0):
                             runs.setdefault((mode, result.connections), []).append(result)
                         evidence[mode] = scrape(admin)
+    load = f"each connection pausing {args.pace_ms} ms between requests" if args.pace_ms else "closed loop"
+    print(f"wrk {load}, {args.duration:g} s per run, {args.rounds} rounds (medians)\n")
     rows = ["| analysis | connections | p50 ms | p99 ms | req/s |", "|---|---:|---:|---:|---:|"]
     medians: dict[tuple[str, int], bench_rest.Result] = {}
     for key, results in sorted(runs.items()):

@@ -7,9 +7,10 @@ flight; when any worker is full, `free_slots()` is 0 and records wait in the rin
 counts them, so the proxy never waits for the analysis.
 
 A supervisor thread reads every worker's result pipe and process sentinel: results are applied to the metrics
-and the monitor store (predictions go to `on_predictions` on the event loop), and a worker that exits is
-restarted (counted, with a growing delay when it keeps dying quickly); its batches in flight are lost and
-counted. Model state survives restarts through the state directory (saved references).
+and the monitor store (predictions go to `on_predictions`, called on the supervisor thread, so it must be
+thread-safe and quick), and a worker that exits is restarted (counted, with a growing delay when it keeps dying
+quickly); its batches in flight are lost and counted. Model state survives restarts through the state directory
+(saved references).
 
 This module imports no numpy: the main process stays light; workers import the numeric stack themselves.
 """
@@ -218,7 +219,7 @@ class AnalysisPool:
                 else:
                     batch_id = next(self._batch_ids)
                     link.inflight[batch_id] = len(records)
-                    link.outbox.put(Batch(link.generation, batch_id, records))
+                    link.outbox.put(Batch(link.generation, batch_id, [tuple(record) for record in records]))
         for index, reason, count in lost:
             self.metrics.records_lost(index, reason, count)
 
@@ -373,11 +374,9 @@ class AnalysisPool:
                 log.exception("applying an analysis result failed")
 
     def _deliver(self, predictions: Predictions) -> None:
-        hook, loop = self.on_predictions, self._loop
-        if hook is None or loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closing
-            loop.call_soon_threadsafe(_call_hook, hook, predictions)
+        """Hand predictions over on this (supervisor) thread: per-instance work stays off the event loop."""
+        if self.on_predictions is not None:
+            _call_hook(self.on_predictions, predictions)
 
 
 def _call_hook(hook: PredictionsHook, predictions: Predictions) -> None:

@@ -82,8 +82,9 @@ def _serve(worker: int, generation: int, state: AnalysisState, tasks: Connection
 
 
 def _process(worker: int, generation: int, state: AnalysisState, batch: Batch) -> list[Result]:
-    out, errors, analysed = state.process(batch.records)
+    records = batch.capture_records()
+    out, errors, analysed = state.process(records)
     now = time.time()
-    lags = [max(0.0, now - record.time) for record in batch.records if record.ok]
+    lags = [max(0.0, now - record.time) for record in records if record.ok]
     out.append(BatchDone(worker, generation, batch.batch_id, len(batch.records), lags, errors, analysed))
     return out

@@ -138,10 +138,20 @@ class FeedbackService:
     # predictions from the analysis
 
     def add_predictions(self, predictions: PredictionsLike) -> None:
-        """Store one model's analysed predictions and join feedback that was waiting for them. Never blocks."""
-        if self._loop is not None and threading.get_ident() != self._loop_thread:
-            self._loop.call_soon_threadsafe(self.add_predictions, predictions)
+        """Store one model's analysed predictions and join feedback that was waiting for them. Never blocks.
+
+        Safe from any thread. The per-instance work (reducing each prediction) runs in the calling thread, the
+        analysis pool's supervisor, so only the short bookkeeping hops onto the event loop.
+        """
+        rows, records = self._reduce(predictions)
+        if not rows:
             return
+        if self._loop is not None and threading.get_ident() != self._loop_thread:
+            self._loop.call_soon_threadsafe(self._accept, rows, records)
+        else:
+            self._accept(rows, records)
+
+    def _reduce(self, predictions: PredictionsLike) -> tuple[list[PredictionRow], dict[str, StoredPrediction]]:
         now = time.time()
         model = predictions.model
         task = choose_task(self.task_overrides.get(model), predictions.task)
@@ -156,8 +166,10 @@ class FeedbackService:
             if record is None:
                 record = records[item.prediction_id] = StoredPrediction(model, row_task, now, {})
             record.instances[item.instance_index] = value
-        if not rows:
-            return
+        return rows, records
+
+    def _accept(self, rows: list[PredictionRow], records: dict[str, StoredPrediction]) -> None:
+        """On the loop: queue the rows for the store writer and join held feedback for these ids."""
         if self.recent.queued_rows + len(rows) > self.settings.store_queue_max:
             self.counts.store_dropped += len(rows)
         else:

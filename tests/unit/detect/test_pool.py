@@ -167,13 +167,13 @@ async def test_records_wait_and_drop_at_the_ring_while_the_workers_are_saturated
                                      {"worker": "0", "reason": "overflow"}) is None
 
 
-async def test_predictions_reach_the_hook_on_the_event_loop_thread(started: Callable[..., AnalysisPool]) -> None:
+async def test_predictions_reach_the_hook_off_the_event_loop_thread(started: Callable[..., AnalysisPool]) -> None:
     seen: list[tuple[Predictions, threading.Thread]] = []
     pool = started(CollectorRegistry(), workers=1, hook=lambda p: seen.append((p, threading.current_thread())))
     await pool.start()
     await submit_all(pool, list(stream("iris", 3, 4, seed=1, prefix="req")))
     await eventually(lambda: sum(len(p.items) for p, _ in seen) == 12)
-    assert {thread for _, thread in seen} == {threading.current_thread()}
+    assert threading.current_thread() not in {thread for _, thread in seen}  # per-instance work stays off the loop
     ids = sorted({(item.prediction_id, item.instance_index) for p, _ in seen for item in p.items})
     assert ids == [(f"req-1-{n}", i) for n in range(3) for i in range(4)]
     assert {p.task for p, _ in seen} == {"multiclass"}

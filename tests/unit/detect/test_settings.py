@@ -28,7 +28,8 @@ def test_models_from_yaml_style_text_are_parsed_and_normalised() -> None:
     ({"iris": {"windw_size": 10}}, "model 'iris': unknown key 'windw_size'"),
     ({"iris": {"window_size": "ten"}}, "model 'iris': window_size: expected an integer"),
     ({"iris": {"reference": "data.parquet"}}, "model 'iris': reference: reference file must end in"),
-    ({"iris": {"task": "ranking"}}, "model 'iris': task: expected one of auto, classification, binary, multiclass, regression"),
+    ({"iris": {"task": "ranking"}},
+     "model 'iris': task: expected one of auto, classification, binary, multiclass, regression"),
     ({"iris": ["window_size"]}, "model 'iris': expected a mapping"),
 ])
 def test_bad_model_entries_name_the_model_and_the_key(models: dict[str, object], message: str) -> None:
