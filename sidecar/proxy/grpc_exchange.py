@@ -182,7 +182,7 @@ class Exchange:
                 forwarding.capture(CaptureRecord(
                     self.prediction_id, self.wall_time, model.name, model.version, model.label, PROTOCOL_GRPC,
                     method.api, method.label, self.request, response if code is OK else b"", code.value[0],
-                    self.upstream_seconds or 0.0))
+                    self.upstream_seconds or 0.0, log_opt_out=self.metadata.log_opt_out))
             except Exception:
                 forwarding.recording_failed()
         if self.server_span is not None:

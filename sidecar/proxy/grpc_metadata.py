@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from sidecar.capture.records import LOG_OPT_OUT_HEADER
+
 MetadataValue = str | bytes
 Metadatum = tuple[str, MetadataValue]
 
@@ -35,12 +37,14 @@ class RequestMetadata(NamedTuple):
     prediction_id: str | None
     request_id: str | None
     trace_carrier: dict[str, str]  # traceparent/tracestate when tracing took them out; empty otherwise
+    log_opt_out: bool = False  # the client sent `x-sidecar-log: off` (kept out of the payload log)
 
 
 def split_request(incoming: Iterable[Metadatum] | None, take_trace: bool) -> RequestMetadata:
     """One pass over the client's metadata. With `take_trace` the trace headers are removed from `outgoing`."""
     outgoing: list[Metadatum] = []
     prediction_id = request_id = None
+    opt_out = False
     carrier: dict[str, str] = {}
     for key, value in incoming or ():
         if key in MANAGED_BY_GRPC or key.startswith(("grpc-", ":")):
@@ -49,12 +53,14 @@ def split_request(incoming: Iterable[Metadatum] | None, take_trace: bool) -> Req
             prediction_id = value if isinstance(value, str) else None
         elif key == REQUEST_ID:
             request_id = value if isinstance(value, str) else None
+        elif key == LOG_OPT_OUT_HEADER:
+            opt_out = isinstance(value, str) and value.strip().lower() == "off"
         elif take_trace and key in _TRACE_KEYS:
             if isinstance(value, str):
                 carrier[key] = value
             continue
         outgoing.append((key, value))
-    return RequestMetadata(outgoing, prediction_id, request_id, carrier)
+    return RequestMetadata(outgoing, prediction_id, request_id, carrier, opt_out)
 
 
 def response_initial(upstream: Iterable[Metadatum] | None, prediction_id: str) -> tuple[Metadatum, ...]:

@@ -112,7 +112,7 @@ def accept(relay: Relay, client: ClientConnection, stream_id: int, block: Header
         client.write(frames.rst_stream(stream_id, frames.NO_ERROR))
         return
     call = RelayCall(relay, client, stream_id, method, head,
-                     RequestMetadata([], head.prediction_id, head.request_id, head.carrier))
+                     RequestMetadata([], head.prediction_id, head.request_id, head.carrier, head.log_opt_out))
     if not method.unary:
         call.start()
     if end_stream:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import grpc
 
+from sidecar.capture.records import LOG_OPT_OUT_HEADER
 from sidecar.proxy.grpc_metadata import MANAGED_BY_GRPC, PREDICTION_ID, REQUEST_ID
 from sidecar.proxy.grpc_methods import GrpcMethod
 from sidecar.proxy.h2_grpc import encode_message, parse_timeout, status_of, status_of_http
@@ -27,11 +28,11 @@ GRPC_MESSAGE = b"grpc-message"
 STATUS_200 = b"200"
 RESPONSE_HEAD: tuple[Header, ...] = ((b":status", STATUS_200), (b"content-type", b"application/grpc"))
 
-_PATH, _METHOD, _DROP, _TIMEOUT, _ENCODING, _CONTENT_TYPE, _PID, _RID, _TRACE = range(9)
+_PATH, _METHOD, _DROP, _TIMEOUT, _ENCODING, _CONTENT_TYPE, _PID, _RID, _TRACE, _OPT_OUT = range(10)
 _REQUEST_FIELDS: dict[bytes, int] = {
     b":path": _PATH, b":method": _METHOD, b":authority": _DROP, b":scheme": _DROP, b"user-agent": _DROP,
     b"grpc-timeout": _TIMEOUT, b"grpc-encoding": _ENCODING, b"content-type": _CONTENT_TYPE, PID: _PID,
-    REQUEST_ID.encode(): _RID, b"traceparent": _TRACE, b"tracestate": _TRACE,
+    REQUEST_ID.encode(): _RID, b"traceparent": _TRACE, b"tracestate": _TRACE, LOG_OPT_OUT_HEADER.encode(): _OPT_OUT,
     **{name.encode(): _DROP for name in MANAGED_BY_GRPC if name not in ("content-type", "te")},
 }
 _PSEUDO = (b":method", b"POST"), (b":scheme", b"http")
@@ -53,8 +54,8 @@ class RequestHead:
     """What a request's header block says, and the fields that go upstream (without and with the sidecar's
     `grpc-timeout`); the per-call trace context is added by the call."""
 
-    __slots__ = ("carrier", "encoding", "method", "prediction_id", "rejection", "relay_fields", "request_id",
-                 "timed_key", "timeout", "upstream", "upstream_timed")
+    __slots__ = ("carrier", "encoding", "log_opt_out", "method", "prediction_id", "rejection", "relay_fields",
+                 "request_id", "timed_key", "timeout", "upstream", "upstream_timed")
 
     def __init__(self, fields: tuple[Header, ...], relay_fields: RelayFields, tracing: bool,
                  describe: Callable[[str], GrpcMethod]) -> None:
@@ -65,6 +66,7 @@ class RequestHead:
         self.encoding: bytes | None = None
         self.prediction_id: str | None = None
         self.request_id: str | None = None
+        self.log_opt_out = False
         self.carrier: dict[str, str] = {}
         kept: list[Header] = []
         path = method = content_type = None
@@ -97,6 +99,8 @@ class RequestHead:
                     self.prediction_id = field[1].decode("latin-1")
                 elif kind == _RID:
                     self.request_id = field[1].decode("latin-1")
+                elif kind == _OPT_OUT:
+                    self.log_opt_out = field[1].strip().lower() == b"off"
         self.method: GrpcMethod | None = None
         self.upstream: tuple[Header, ...] = ()
         self.upstream_timed: tuple[Header, ...] = ()

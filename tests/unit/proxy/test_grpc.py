@@ -412,6 +412,13 @@ async def test_capture_records_predict_and_infer_exchanges(proxied: Proxied) -> 
     assert (failed.status, failed.response, failed.ok) == (grpc.StatusCode.INVALID_ARGUMENT.value[0], b"", False)
 
 
+async def test_the_payload_log_opt_out_metadata_marks_the_record(proxied: Proxied) -> None:
+    await proxied.unary()(PREDICT_M, metadata=(("x-sidecar-log", "off"),))
+    await proxied.unary()(PREDICT_M, metadata=(("x-sidecar-log", "on"),))
+    await proxied.unary()(PREDICT_M)
+    assert [record.log_opt_out for record in proxied.records] == [True, False, False]
+
+
 async def test_a_failing_capture_does_not_fail_the_call(upstream: Upstream) -> None:
     def broken(record: CaptureRecord) -> None:
         raise RuntimeError("sink down")
