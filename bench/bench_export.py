@@ -33,18 +33,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_rest import predict_body, run_wrk
+from rest_servers import _InstantUpstream, _until_signalled
 
 PATH = "/v1/models/m:predict"
 ANSWER = b'{"predictions": [[0.12, 0.34, 0.54]]}'
 SINKS = ("none", "dead", "file")
 WrkResult = tuple[int, float, float, float, int]  # requests, seconds, p50 ms, p99 ms, errors
-
-
-def predict_body(size: int = 1024) -> str:
-    values: list[str] = []
-    while len(json.dumps({"instances": [values]})) < size:
-        values.append(f"{0.123456 + len(values) / 1000:.6f}")
-    return json.dumps({"instances": [values]})
 
 
 def dead_url() -> str:
@@ -93,38 +90,6 @@ def per_record(records: int) -> list[tuple[str, float]]:
 
 
 # ---- part 2: end to end with wrk ----------------------------------------------------------------------------
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
-class _InstantUpstream(asyncio.Protocol):
-    def __init__(self) -> None:
-        import httptools
-
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.response = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(ANSWER)).encode() + b"\r\n\r\n" + ANSWER)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except Exception:
-            assert self.transport is not None
-            self.transport.close()
-
-    def on_message_complete(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.response)
-
 
 async def serve_upstream() -> None:
     server = await asyncio.get_running_loop().create_server(_InstantUpstream, "127.0.0.1", 0, backlog=1024)
@@ -230,17 +195,6 @@ def wrk_script(directory: Path) -> Path:
         "    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.status + e.timeout))\n"
         "end\n")
     return script
-
-
-def run_wrk(script: Path, port: int, connections: int, seconds: float) -> WrkResult:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s",
-               str(script), f"http://127.0.0.1:{port}{PATH}"]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    for line in output.splitlines():
-        if line.startswith("RESULT "):
-            requests, micros, p50, p99, errors = (int(part) for part in line.split()[1:])
-            return requests, micros / 1e6, p50 / 1000, p99 / 1000, errors
-    raise RuntimeError(f"wrk printed no result:\n{output}")
 
 
 def end_to_end(connections: list[int], seconds: float, warmup: float, rounds: int,
