@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
-from sidecar.feedback.store import Key, Predicted, PredictionRow, StoredPrediction, WrittenCallback
-from sidecar.feedback.threads import StoreThread
+from sidecar.feedback.store import Key, Predicted, PredictionRow, StoredPrediction
+from sidecar.feedback.threads import StoreThread, ThreadedStore
 
 SOCKET_TIMEOUT = 5.0
 CHUNK = 2000  # ids per script call
@@ -75,7 +75,7 @@ def decode_predicted(text: str) -> Predicted:
     return text[1:] if text[:1] == "s" else float(text[1:])
 
 
-class RedisStore:
+class RedisStore(ThreadedStore):
     shared = True
 
     def __init__(self, url: str, retention: float, key_prefix: str = "sidecar:") -> None:
@@ -95,24 +95,6 @@ class RedisStore:
             client.close()
             raise ConnectionError(f"cannot reach {_redact(self.url)}: {exc}") from None
         return _Connection(client)
-
-    async def start(self, on_written: WrittenCallback | None = None) -> None:
-        await self._writer.start(on_written)
-        try:
-            await self._reader.start()
-        except BaseException:
-            await self._writer.stop()
-            raise
-
-    async def stop(self) -> None:
-        await self._reader.stop()
-        await self._writer.stop()
-
-    def put(self, rows: Sequence[PredictionRow]) -> None:
-        self._writer.put(rows)
-
-    async def flush(self) -> None:
-        await self._writer.flush()
 
     async def lookup(self, prediction_ids: Sequence[str]) -> dict[str, StoredPrediction]:
         return await self._reader.call_batched(self._read_many, list(prediction_ids))

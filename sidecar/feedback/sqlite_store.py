@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sidecar.feedback.store import Key, PredictionRow, StoredPrediction, WrittenCallback
-from sidecar.feedback.threads import StoreThread
+from sidecar.feedback.store import Key, PredictionRow, StoredPrediction
+from sidecar.feedback.threads import StoreThread, ThreadedStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -58,7 +58,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class SqliteStore:
+class SqliteStore(ThreadedStore):
     shared = False
 
     def __init__(self, path: Path, retention: float, max_rows: int) -> None:
@@ -81,24 +81,6 @@ class SqliteStore:
 
     def _open_reader(self) -> sqlite3.Connection:
         return _connect(self.path)
-
-    async def start(self, on_written: WrittenCallback | None = None) -> None:
-        await self._writer.start(on_written)  # creates the schema before the reader opens
-        try:
-            await self._reader.start()
-        except BaseException:
-            await self._writer.stop()
-            raise
-
-    async def stop(self) -> None:
-        await self._reader.stop()
-        await self._writer.stop()
-
-    def put(self, rows: Sequence[PredictionRow]) -> None:
-        self._writer.put(rows)
-
-    async def flush(self) -> None:
-        await self._writer.flush()
 
     async def lookup(self, prediction_ids: Sequence[str]) -> dict[str, StoredPrediction]:
         return await self._reader.call_batched(_select_many, list(prediction_ids))

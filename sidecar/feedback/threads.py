@@ -218,3 +218,29 @@ class StoreThread(Generic[Conn]):
 
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(settle)
+
+
+class ThreadedStore:
+    """Lifecycle shared by the stores: one writer thread (batched row writes) and one reader thread (lookups,
+    claims). Subclasses set `_writer` and `_reader` in their constructor."""
+
+    _writer: StoreThread[Any]
+    _reader: StoreThread[Any]
+
+    async def start(self, on_written: WrittenCallback | None = None) -> None:
+        await self._writer.start(on_written)  # the writer creates any schema before the reader opens
+        try:
+            await self._reader.start()
+        except BaseException:
+            await self._writer.stop()
+            raise
+
+    async def stop(self) -> None:
+        await self._reader.stop()
+        await self._writer.stop()
+
+    def put(self, rows: Sequence[PredictionRow]) -> None:
+        self._writer.put(rows)
+
+    async def flush(self) -> None:
+        await self._writer.flush()
