@@ -17,6 +17,7 @@ Field numbers (tensorflow_serving/apis/*.proto, kserve grpc_predict_v2.proto):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 MAX_FIELDS = 64  # fields examined per message level before giving up
@@ -59,21 +60,22 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
     raise _Malformed
 
 
-def _fields(data: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
-    """Top-level fields of the message in data[pos:end] as (number, wire type, start, stop).
+def _iter_fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """Top-level fields of the message in data[pos:end] as (number, wire type, start, stop), lazily.
 
     For varint fields start holds the decoded value and stop is -1; for length-delimited fields [start, stop) is
-    the payload. At most MAX_FIELDS fields are listed.
+    the payload. At most MAX_FIELDS fields are read; callers stop early once they have what they need.
     """
-    found: list[tuple[int, int, int, int]] = []
-    while pos < end and len(found) < MAX_FIELDS:
+    for _ in range(MAX_FIELDS):
+        if pos >= end:
+            return
         key, pos = _varint(data, pos, end)
         number, wire_type = key >> 3, key & 7
         if number == 0:
             raise _Malformed
         if wire_type == _VARINT:
             value, pos = _varint(data, pos, end)
-            found.append((number, wire_type, value, -1))
+            yield number, wire_type, value, -1
             continue
         if wire_type == _LENGTH_DELIMITED:
             length, pos = _varint(data, pos, end)
@@ -86,36 +88,19 @@ def _fields(data: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
             raise _Malformed
         if stop > end:
             raise _Malformed
-        found.append((number, wire_type, pos, stop))
+        yield number, wire_type, pos, stop
         pos = stop
-    return found
+
+
+def _fields(data: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
+    return list(_iter_fields(data, pos, end))
 
 
 def _first_message(data: bytes, pos: int, end: int, number: int) -> tuple[int, int] | None:
     """Bounds of the first length-delimited field `number`, scanning field by field and stopping there."""
-    count = 0
-    while pos < end and count < MAX_FIELDS:
-        count += 1
-        key, pos = _varint(data, pos, end)
-        field, wire_type = key >> 3, key & 7
-        if field == 0:
-            raise _Malformed
-        if wire_type == _LENGTH_DELIMITED:
-            length, pos = _varint(data, pos, end)
-            stop = pos + length
-            if stop > end:
-                raise _Malformed
-            if field == number:
-                return pos, stop
-            pos = stop
-        elif wire_type == _VARINT:
-            _, pos = _varint(data, pos, end)
-        elif wire_type == _FIXED64:
-            pos += 8
-        elif wire_type == _FIXED32:
-            pos += 4
-        else:
-            raise _Malformed
+    for field, wire_type, start, stop in _iter_fields(data, pos, end):
+        if field == number and wire_type == _LENGTH_DELIMITED:
+            return start, stop
     return None
 
 
@@ -176,37 +161,14 @@ def peek_v2_model(message: bytes) -> ModelRef:
     known instead of skipping through every input tensor.
     """
     name = version = ""
-    pos, end = 0, len(message)
     try:
-        for _ in range(MAX_FIELDS):
-            if pos >= end:
-                break
-            key, pos = _varint(message, pos, end)
-            number, wire_type = key >> 3, key & 7
-            if number == 0:
-                raise _Malformed
+        for number, wire_type, start, stop in _iter_fields(message, 0, len(message)):
             if number > 2 and name:
                 break
-            if wire_type == _LENGTH_DELIMITED:
-                length, pos = _varint(message, pos, end)
-                stop = pos + length
-                if stop > end:
-                    raise _Malformed
-                if number == 1:
-                    name = _text(message, pos, stop)
-                elif number == 2:
-                    version = _text(message, pos, stop)
-                pos = stop
-            elif wire_type == _VARINT:
-                _, pos = _varint(message, pos, end)
-            elif wire_type == _FIXED64:
-                pos += 8
-            elif wire_type == _FIXED32:
-                pos += 4
-            else:
-                raise _Malformed
+            if wire_type == _LENGTH_DELIMITED and number == 1:
+                name = _text(message, start, stop)
+            elif wire_type == _LENGTH_DELIMITED and number == 2:
+                version = _text(message, start, stop)
     except _Malformed:
-        return NO_MODEL
-    if pos > end:
         return NO_MODEL
     return ModelRef(name, version, "")
