@@ -48,14 +48,15 @@ def wrk_script(directory: Path, pace_ms: int) -> Path:
 
 
 @contextlib.contextmanager
-def sidecar(directory: Path, upstream_port: int, analysis: bool) -> Iterator[tuple[int, int, int]]:
+def sidecar(directory: Path, upstream_port: int, analysis: bool, cpu_share: str) -> Iterator[tuple[int, int, int]]:
     port, admin = bench_rest.free_port(), bench_rest.free_port()
     state = directory / ("state-on" if analysis else "state-off")
     command = [sys.executable, "-m", "sidecar", "run", "--upstream-rest", f"http://127.0.0.1:{upstream_port}",
                "--listen-rest", f"127.0.0.1:{port}", "--listen-grpc", "off", "--upstream-grpc", "off",
                "--listen-admin", f"127.0.0.1:{admin}", "--state-dir", str(state), "--log-level", "error",
                "--analysis-enabled", str(analysis).lower(), "--workers", "1", "--reference-size", "200",
-               "--window-size", "50", "--mmd-enabled", "true", "--mmd-permutations", "200"]
+               "--window-size", "50", "--mmd-enabled", "true", "--mmd-permutations", "200",
+               "--worker-cpu-share", cpu_share]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         bench_rest.wait_listening(port, timeout=60)
@@ -81,6 +82,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", default="1,4")
     parser.add_argument("--rounds", type=int, default=2, help="alternating off/on rounds (medians reported)")
+    parser.add_argument("--worker-cpu-share", default="1.0", help="passed to sidecar run (1.0: no cap)")
     parser.add_argument("--pace-ms", type=int, default=1,
                         help="wait between a connection's requests (0: closed loop at full speed, which also "
                              "saturates the proxy on a 2-core machine)")
@@ -96,14 +98,16 @@ def main() -> int:
             evidence: dict[str, dict[str, float]] = {}
             for round_index in range(args.rounds):
                 for mode in ("off", "on"):
-                    with sidecar(directory / f"r{round_index}", upstream_port, mode == "on") as (port, admin, pid):
+                    with sidecar(directory / f"r{round_index}", upstream_port, mode == "on",
+                                 args.worker_cpu_share) as (port, admin, pid):
                         target = bench_rest.Target(f"analysis {mode}", port, pid)
                         bench_rest.run_wrk(script, port, 4, 3)  # warm-up: reference collected, workers busy
                         for result in bench_rest.measure(target, script, counts, args.duration, warmup=0):
                             runs.setdefault((mode, result.connections), []).append(result)
                         evidence[mode] = scrape(admin)
     load = f"each connection pausing {args.pace_ms} ms between requests" if args.pace_ms else "closed loop"
-    print(f"wrk {load}, {args.duration:g} s per run, {args.rounds} rounds (medians)\n")
+    print(f"wrk {load}, {args.duration:g} s per run, {args.rounds} rounds (medians), "
+          f"worker CPU share {args.worker_cpu_share}\n")
     rows = ["| analysis | connections | p50 ms | p99 ms | req/s |", "|---|---:|---:|---:|---:|"]
     medians: dict[tuple[str, int], bench_rest.Result] = {}
     for key, results in sorted(runs.items()):

@@ -111,6 +111,9 @@ class AnalysisSettings:
     worker_priority: str = option("idle", "CPU priority of analysis workers: idle (Linux SCHED_IDLE: they only use "
                                   "CPU the proxy leaves), low (nice 10) or normal",
                                   parse_choice("idle", "low", "normal"))
+    worker_cpu_share: float = option(1.0, "most of one CPU each worker may use (it pauses after each batch to stay "
+                                     "under it); below 1 trades analysed records for proxy latency on small nodes",
+                                     parse_float(0.01, 1.0))
     analysis_queue_batches: int = option(4, "batches in flight per worker; beyond, records wait in the capture ring",
                                          parse_int(1, 1000))
     reference_size: int = option(1000, "instances collected as the reference when no reference file is given",

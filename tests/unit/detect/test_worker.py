@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
@@ -111,3 +112,13 @@ def test_analysis_with_the_numpy_detectors_never_imports_tensorflow(tmp_path: Pa
     detectors, tensorflow = result.stdout.splitlines()
     assert detectors == "['feature_drift', 'mahalanobis', 'mmd', 'output_drift']"
     assert tensorflow == "False"
+
+
+def test_a_cpu_share_below_one_pauses_in_proportion_to_the_batch_cpu_time() -> None:
+    started = time.monotonic()
+    worker._keep_cpu_share(0.02, 0.25)  # 20 ms of CPU at a 25% share: pause 60 ms
+    paused = time.monotonic() - started
+    assert 0.055 <= paused < 1.0
+    started = time.monotonic()
+    worker._keep_cpu_share(0.02, 1.0)  # no cap: no pause
+    assert time.monotonic() - started < 0.01
