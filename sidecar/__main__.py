@@ -58,7 +58,6 @@ def run_command(argv: Sequence[str]) -> int:
         return 2
     configure_logging(settings.general.log_level)
     install_fast_loop()
-    shorten_gil_switch_interval()
     try:
         asyncio.run(_serve(settings, tracer))
     except OSError as exc:
@@ -80,19 +79,6 @@ async def _serve(settings: object, tracer: object) -> None:
     sidecar = Sidecar(settings, tracing=tracer)
     logging.getLogger("sidecar").info("starting with %s", redacted(settings))
     await run_until_signalled(sidecar, stop, on_started=freeze_startup_heap)
-
-
-GIL_SWITCH_INTERVAL = 0.0005
-
-
-def shorten_gil_switch_interval() -> None:
-    """Let the event loop thread win the GIL back within 0.5 ms instead of Python's default 5 ms.
-
-    Background threads (analysis sender and supervisor, prediction-store writer) do short bursts of Python work;
-    with the default interval each burst could hold the event loop up to 5 ms, which showed as the REST p99
-    growing about tenfold while the analysis was busy (bench/bench_analysis_load.py).
-    """
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
 
 def freeze_startup_heap() -> None:
