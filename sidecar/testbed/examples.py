@@ -98,7 +98,8 @@ def _text(label: Any) -> str:
 
 # --- JSON examples (REST) ---------------------------------------------------------------------------------
 
-def _type_name(value: Any) -> str:
+def json_type_name(value: Any) -> str:
+    """TF Serving's name for a JSON value's type in its error messages."""
     if value is None:
         return "Null"
     if isinstance(value, bool):
@@ -138,7 +139,7 @@ def _add_value(feature: tf_pb2.Feature, name: str, value: Any) -> None:
         require("bytes_list")
         feature.bytes_list.value.append(decode_b64(value["b64"]))
     else:
-        raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: {_type_name(value)}")
+        raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: {json_type_name(value)}")
 
 
 def decode_b64(text: str) -> bytes:
@@ -150,7 +151,7 @@ def decode_b64(text: str) -> bytes:
 
 def example_from_json(value: Any) -> tf_pb2.Example:
     if not isinstance(value, dict):
-        raise invalid_argument(f"Example must be JSON object but got JSON {_type_name(value)}")
+        raise invalid_argument(f"Example must be JSON object but got JSON {json_type_name(value)}")
     example = tf_pb2.Example()
     for name, content in value.items():
         feature = tf_pb2.Feature()

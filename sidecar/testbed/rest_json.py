@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sidecar._proto import tf_pb2
-from sidecar.testbed.examples import decode_b64
+from sidecar.testbed.examples import decode_b64, json_type_name
 from sidecar.testbed.model import Array
 from sidecar.testbed.status import Code, ServingError, invalid_argument
 from sidecar.testbed.tensors import DT, NUMPY_DTYPES, dtype_name
@@ -73,20 +73,8 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "Null"
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, dict):
-        return "Object"
-    if isinstance(value, list):
-        return "Array"
-    return "String" if isinstance(value, str) else "Number"
-
-
 def _type_error(value: Any, dtype: int) -> ServingError:
-    return invalid_argument(f"JSON Value: {describe(value)} Type: {_json_type(value)} is not of expected type: "
+    return invalid_argument(f"JSON Value: {describe(value)} Type: {json_type_name(value)} is not of expected type: "
                             f"{dtype_name(dtype)}")
 
 
