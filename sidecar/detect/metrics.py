@@ -108,7 +108,8 @@ class AnalysisMetrics:
         self.lost_records = Counter("sidecar_analysis_lost_records", "Records handed to the analysis but never "
                                     "analysed (reason: worker_exit, restarting, overflow, shutdown).",
                                     ["worker", "reason"], registry=r)
-        self.detector_duration = Histogram("sidecar_detector_duration_seconds", "Time one detector run took.",
+        self.detector_duration = Histogram("sidecar_detector_duration_seconds", "Time one detector run took (the "
+                                           "latest run per model in each result a worker sends).",
                                            ["detector"], buckets=DETECTOR_BUCKETS, registry=r)
         self.analysed = Counter("sidecar_analysed_instances", "Instances analysed (decoded and turned into "
                                 "features).", ["model"], registry=r)
@@ -146,9 +147,10 @@ class AnalysisMetrics:
         model = self.models(window.model)
         detector = window.detector
         self.drift_detected.labels(model, detector).set(1 if window.drift else 0)
-        self.drift_checks.labels(model, detector).inc()
-        if window.drift:
-            self.drift_windows.labels(model, detector).inc()
+        evaluated, drifted = window.counts()
+        self.drift_checks.labels(model, detector).inc(evaluated)
+        if drifted:
+            self.drift_windows.labels(model, detector).inc(drifted)
         self.detector_duration.labels(detector).observe(window.duration)
         worst = worst_features(window.features, self.max_feature_labels)
         with self._lock:

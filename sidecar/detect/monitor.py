@@ -83,8 +83,9 @@ class MonitorStore:
             elif isinstance(result, DriftWindow):
                 view.drift[result.detector] = result
                 counts = view.drift_counts.setdefault(result.detector, [0, 0])
-                counts[0] += 1
-                counts[1] += int(result.drift)
+                evaluated, drifted = result.counts()
+                counts[0] += evaluated
+                counts[1] += drifted
             elif isinstance(result, OutlierBatch):
                 entry = view.outliers.setdefault(result.detector, {"instances": 0, "outliers": 0})
                 entry["instances"] += result.instances

@@ -90,7 +90,11 @@ class FeatureStat(NamedTuple):
 
 
 class DriftWindow(NamedTuple):
-    """One detector's verdict on one window. `features` is empty for multivariate detectors (MMD)."""
+    """One detector's verdict on its latest window. `features` is empty for multivariate detectors (MMD).
+
+    A worker merges the windows it evaluated between two sends (`sidecar.detect.coalesce`): the fields describe the
+    latest, `evaluated` counts them all and `drifted` (None: just this one's `drift`) those that drifted.
+    """
 
     model: str
     detector: str
@@ -101,6 +105,12 @@ class DriftWindow(NamedTuple):
     distance: float | None
     features: list[FeatureStat]
     duration: float
+    evaluated: int = 1
+    drifted: int | None = None
+
+    def counts(self) -> tuple[int, int]:
+        """(windows evaluated, windows drifted) that this result stands for."""
+        return self.evaluated, int(self.drift) if self.drifted is None else self.drifted
 
 
 class OutlierBatch(NamedTuple):

@@ -114,6 +114,9 @@ class AnalysisSettings:
     worker_cpu_share: float = option(1.0, "most of one CPU each worker may use (it pauses after each batch to stay "
                                      "under it); below 1 trades analysed records for proxy latency on small nodes",
                                      parse_float(0.01, 1.0))
+    result_interval: float = option(1.0, "longest a worker holds analysis results before sending them to the main "
+                                    "process, merged (0: after every batch); fewer, smaller sends keep the proxy's "
+                                    "tail latency down", parse_duration())
     analysis_queue_batches: int = option(4, "batches in flight per worker; beyond, records wait in the capture ring",
                                          parse_int(1, 1000))
     reference_size: int = option(1000, "instances collected as the reference when no reference file is given",

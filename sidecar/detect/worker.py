@@ -4,15 +4,18 @@ This module is imported by the main process only to name `run` as the spawn targ
 at module level: numpy, scipy and the detectors load inside the worker, in `run`.
 
 Protocol (both directions over one-way pipes): the main process sends `Batch` objects and finally `None`
-(finish the queued batches, then exit); the worker sends lists of results, one list per batch (ending with its
-`BatchDone`) and one per time tick that closed a window, `WorkerStarted` first and `WorkerStopped` last. An
-end-of-file on the task pipe (the main process died) also ends the worker.
+(finish the queued batches, then exit); the worker sends lists of results, `WorkerStarted` first and
+`WorkerStopped` last. Each batch's `BatchDone` goes at once, alone (it frees the batch's slot in the pool); the
+other results are held and merged (`coalesce`) and go at most once per `result_interval`, in lists of bounded
+size, and before `WorkerStopped`. An end-of-file on the task pipe (the main process died)
+also ends the worker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -20,6 +23,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sidecar.detect.coalesce import ResultBuffer, thin
 from sidecar.detect.results import Batch, BatchDone, Result, WorkerStarted, WorkerStopped
 from sidecar.detect.settings import AnalysisSettings
 
@@ -27,6 +31,9 @@ if TYPE_CHECKING:
     from sidecar.detect.state import AnalysisState
 
 TICK_SECONDS = 1.0
+# Capture-to-result lags sent per batch, an even sample: each becomes a histogram observation in the main process,
+# on the GIL the event loop needs (150 per batch, 20 batches a second, showed in the proxy's p99).
+MAX_LAGS = 32
 log = logging.getLogger(__name__)
 
 
@@ -35,6 +42,7 @@ def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str
     """Worker main loop (the spawn target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
     lower_priority(settings.worker_priority)
+    single_threaded_math()
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s analysis-{worker} %(name)s: %(message)s")
     from sidecar.detect.state import AnalysisState
 
@@ -48,6 +56,20 @@ def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str
     finally:
         tasks.close()
         results.close()
+
+
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def single_threaded_math() -> None:
+    """One worker uses one CPU: numpy's BLAS would otherwise start a thread per core (set before numpy loads;
+    a variable the operator set wins). Scale the analysis with `--workers` instead.
+
+    With two BLAS threads the worker filled both vCPUs of a 2-vCPU VM, even at idle priority, and the proxy's p99
+    at 4 paced connections was about twice what it was with one (bench/bench_analysis_load.py).
+    """
+    for name in BLAS_THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
 
 
 def lower_priority(priority: str) -> None:
@@ -67,20 +89,37 @@ def lower_priority(priority: str) -> None:
 
 
 def _serve(worker: int, generation: int, state: AnalysisState, tasks: Connection, results: Connection) -> None:
+    interval = state.settings.result_interval
+    held = ResultBuffer()
+    sent_at = -math.inf
     next_tick = time.monotonic() + TICK_SECONDS
     while True:
-        if tasks.poll(max(0.0, next_tick - time.monotonic())):
+        due = next_tick if not held else min(next_tick, sent_at + interval)
+        if tasks.poll(max(0.0, due - time.monotonic())):
             message = tasks.recv()
             if message is None:
+                _send_held(held, results)
                 return
             started = time.process_time()
-            results.send(_process(worker, generation, state, message))
+            found, done = _process(worker, generation, state, message)
+            held.extend(found)
+            results.send([done])
+            if held and time.monotonic() - sent_at >= interval:
+                _send_held(held, results)
+                sent_at = time.monotonic()
             _keep_cpu_share(time.process_time() - started, state.settings.worker_cpu_share)
-        if time.monotonic() >= next_tick:
-            next_tick = time.monotonic() + TICK_SECONDS
-            ticked = state.tick(time.time())
-            if ticked:
-                results.send(ticked)
+        now = time.monotonic()
+        if now >= next_tick:
+            next_tick = now + TICK_SECONDS
+            held.extend(state.tick(time.time()))
+        if held and now - sent_at >= interval:
+            _send_held(held, results)
+            sent_at = now
+
+
+def _send_held(held: ResultBuffer, results: Connection) -> None:
+    for part in held.take_parts():
+        results.send(part)
 
 
 def _keep_cpu_share(busy: float, share: float) -> None:
@@ -93,10 +132,9 @@ def _keep_cpu_share(busy: float, share: float) -> None:
         time.sleep(busy * (1.0 - share) / share)
 
 
-def _process(worker: int, generation: int, state: AnalysisState, batch: Batch) -> list[Result]:
+def _process(worker: int, generation: int, state: AnalysisState, batch: Batch) -> tuple[list[Result], BatchDone]:
     records = batch.capture_records()
     out, errors, analysed = state.process(records)
     now = time.time()
-    lags = [max(0.0, now - record.time) for record in records if record.ok]
-    out.append(BatchDone(worker, generation, batch.batch_id, len(batch.records), lags, errors, analysed))
-    return out
+    lags = thin([max(0.0, now - record.time) for record in records if record.ok], MAX_LAGS)
+    return out, BatchDone(worker, generation, batch.batch_id, len(batch.records), lags, errors, analysed)

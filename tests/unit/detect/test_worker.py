@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from sidecar.detect import worker
-from sidecar.detect.results import Batch, BatchDone, ModelStatus, Predictions, WorkerStarted, WorkerStopped
+from sidecar.detect.results import (
+    Batch,
+    BatchDone,
+    DriftWindow,
+    ModelStatus,
+    Predictions,
+    WorkerStarted,
+    WorkerStopped,
+)
 from sidecar.detect.settings import AnalysisSettings
 
 from .traffic import stream
@@ -38,7 +46,7 @@ def spawned(tmp_path: Path) -> Iterator[tuple[BaseProcess, Connection, Connectio
     process.join(5)
 
 
-def test_a_worker_answers_each_batch_with_results_ending_in_its_summary(
+def test_a_worker_answers_each_batch_with_its_summary_then_the_results(
         spawned: tuple[BaseProcess, Connection, Connection]) -> None:
     process, tasks, results = spawned
     assert results.poll(STARTUP)
@@ -47,12 +55,13 @@ def test_a_worker_answers_each_batch_with_results_ending_in_its_summary(
     records = list(stream("iris", 3, 2, seed=1))
     tasks.send(Batch(7, 42, records))
     assert results.poll(STARTUP)
-    answer = results.recv()
-    done = answer[-1]
+    [done] = results.recv()
     assert isinstance(done, BatchDone)
     assert (done.worker, done.generation, done.batch_id, done.records) == (3, 7, 42, 3)
     assert done.analysed == {"iris": 6} and done.decode_errors == {}
     assert len(done.lags) == 3 and all(lag >= 0 for lag in done.lags)
+    assert results.poll(STARTUP)
+    answer = results.recv()  # nothing was sent before: the results follow at once
     assert any(isinstance(item, Predictions) for item in answer)
     assert any(isinstance(item, ModelStatus) for item in answer)
     tasks.send(None)
@@ -60,6 +69,43 @@ def test_a_worker_answers_each_batch_with_results_ending_in_its_summary(
     assert results.recv() == [WorkerStopped(3, 7)]
     process.join(STARTUP)
     assert process.exitcode == 0
+
+
+def test_results_between_sends_are_held_merged_and_sent_once_per_interval(tmp_path: Path) -> None:
+    context = get_context("spawn")
+    tasks_receive, tasks = context.Pipe(duplex=False)
+    results, results_send = context.Pipe(duplex=False)
+    settings = AnalysisSettings(reference_size=10, window_size=10, result_interval=3.0)
+    process = context.Process(target=worker.run, args=(0, 1, settings, str(tmp_path), tasks_receive, results_send),
+                              daemon=True)
+    process.start()
+    tasks_receive.close()
+    results_send.close()
+    try:
+        assert results.poll(STARTUP)
+        results.recv()  # WorkerStarted
+        records = list(stream("iris", 12, 5, seed=1))  # 60 instances: a reference of 10, then 5 windows of 10
+        tasks.send(Batch(1, 1, records[:2]))
+        assert results.poll(STARTUP)
+        assert [type(item) for item in results.recv()] == [BatchDone]
+        assert results.poll(STARTUP)
+        first = results.recv()  # nothing sent yet: the results go at once
+        assert any(isinstance(item, ModelStatus) for item in first)
+        for batch_id, start in enumerate(range(2, 12, 2), start=2):
+            tasks.send(Batch(1, batch_id, records[start:start + 2]))
+        summaries = [results.recv() for _ in range(5)]  # within the interval: each batch's summary alone
+        assert all(len(answer) == 1 and isinstance(answer[0], BatchDone) for answer in summaries)
+        assert results.poll(10.0)
+        held = results.recv()  # the interval passed: everything held, merged
+        drift = [item for item in held if isinstance(item, DriftWindow) and item.detector == "feature_drift"]
+        assert [item.counts()[0] for item in drift] == [5]
+        assert [len(item.items) for item in held if isinstance(item, Predictions)] == [50]
+        tasks.send(None)
+        assert results.poll(STARTUP)
+        assert results.recv() == [WorkerStopped(0, 1)]
+    finally:
+        process.kill()
+        process.join(5)
 
 
 def test_a_worker_exits_when_its_task_pipe_closes(spawned: tuple[BaseProcess, Connection, Connection]) -> None:

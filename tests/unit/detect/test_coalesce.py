@@ -1,0 +1,116 @@
+"""Results a worker holds between sends: merged per model and detector, nothing counted twice or lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.detect.coalesce import MAX_SCORES, ResultBuffer, thin
+from sidecar.detect.results import (
+    BatchDone,
+    DriftWindow,
+    ModelError,
+    ModelStatus,
+    OutlierBatch,
+    PredictedInstance,
+    Predictions,
+    QualityBatch,
+    ReferenceStatus,
+)
+
+
+def window(model: str, index: int, drift: bool, detector: str = "feature_drift") -> DriftWindow:
+    return DriftWindow(model, detector, {"index": index, "instances": 50, "start": 1.0, "end": 2.0}, drift,
+                       0.01 if drift else 0.5, 0.05, None, [], 0.001 * index)
+
+
+def status(model: str, instances: int) -> ModelStatus:
+    reference = ReferenceStatus("traffic", None, instances, 100, instances >= 100, None, False, None)
+    return ModelStatus(model, 0, "classification", reference, {"mode": "tumbling"}, ["x[0]"], ["p[0]"], 0)
+
+
+def test_drift_windows_merge_into_the_latest_with_the_counts_of_all() -> None:
+    buffer = ResultBuffer()
+    buffer.extend([window("m", 1, True), window("m", 2, False), window("m", 3, True), window("m", 4, False)])
+    [merged] = buffer.take()
+    assert isinstance(merged, DriftWindow)
+    assert merged.window["index"] == 4 and merged.drift is False and merged.p_value == 0.5
+    assert merged.counts() == (4, 2)
+
+
+def test_a_single_window_counts_itself() -> None:
+    assert window("m", 1, True).counts() == (1, 1)
+    assert window("m", 1, False).counts() == (1, 0)
+
+
+def test_models_and_detectors_are_kept_apart() -> None:
+    buffer = ResultBuffer()
+    buffer.extend([window("a", 1, True), window("b", 1, False), window("a", 2, False, detector="mmd"),
+                   window("a", 3, False)])
+    taken = buffer.take()
+    assert [(r.model, r.detector, r.counts()) for r in taken if isinstance(r, DriftWindow)] == [
+        ("a", "feature_drift", (2, 1)), ("b", "feature_drift", (1, 0)), ("a", "mmd", (1, 0))]
+
+
+def test_outlier_counts_add_up_and_scores_stay_a_bounded_sample() -> None:
+    buffer = ResultBuffer()
+    buffer.add(OutlierBatch("m", "mahalanobis", 800, 8, 3.0, [1.0] * 800, 0.002))
+    buffer.add(OutlierBatch("m", "mahalanobis", 700, 3, 3.5, [2.0] * 700, 0.004))
+    [merged] = buffer.take()
+    assert isinstance(merged, OutlierBatch)
+    assert (merged.instances, merged.outliers, merged.threshold, merged.duration) == (1500, 11, 3.5, 0.004)
+    assert len(merged.scores) == MAX_SCORES
+    assert merged.scores[0] == 1.0 and merged.scores[-1] == 2.0
+
+
+def test_quality_counts_add_up_per_feature_and_issue() -> None:
+    buffer = ResultBuffer()
+    buffer.add(QualityBatch("m", 10, {("x[0]", "nan"): 2}, 0.001))
+    buffer.add(QualityBatch("m", 5, {("x[0]", "nan"): 1, ("x[1]", "inf"): 4}, 0.002))
+    [merged] = buffer.take()
+    assert isinstance(merged, QualityBatch)
+    assert merged.instances == 15 and merged.counts == {("x[0]", "nan"): 3, ("x[1]", "inf"): 4}
+
+
+def test_predictions_are_concatenated_per_model_and_task() -> None:
+    buffer = ResultBuffer()
+    first = [PredictedInstance("p1", 0, "m", [0.2, 0.8])]
+    second = [PredictedInstance("p2", 0, "m", [0.9, 0.1]), PredictedInstance("p2", 1, "m", [0.4, 0.6])]
+    buffer.extend([Predictions("m", "binary", first), Predictions("m", "binary", second)])
+    [merged] = buffer.take()
+    assert isinstance(merged, Predictions)
+    assert [item.prediction_id for item in merged.items] == ["p1", "p2", "p2"]
+
+
+def test_the_latest_status_wins_and_every_error_is_kept() -> None:
+    buffer = ResultBuffer()
+    buffer.extend([status("m", 10), ModelError("m", "first"), status("m", 60), ModelError("m", "second")])
+    assert len(buffer) == 3
+    taken = buffer.take()
+    assert [r.reference.instances for r in taken if isinstance(r, ModelStatus)] == [60]
+    assert [r.error for r in taken if isinstance(r, ModelError)] == ["first", "second"]
+    assert len(buffer) == 0 and buffer.take() == []
+
+
+def test_batch_done_is_never_held() -> None:
+    with pytest.raises(ValueError, match="BatchDone"):
+        ResultBuffer().add(BatchDone(0, 0, 1, 1, [], {}, {}))
+
+
+def test_thinning_keeps_the_ends_and_spaces_the_rest_evenly() -> None:
+    values = [float(i) for i in range(101)]
+    assert thin(values, 5) == [0.0, 25.0, 50.0, 75.0, 100.0]
+    assert thin(values, 200) is values
+    assert thin(values, 1) == [100.0] and thin(values, 0) == []
+
+
+def test_parts_stay_small_and_long_predictions_are_split_across_them() -> None:
+    buffer = ResultBuffer()
+    items = [PredictedInstance(f"p{i}", 0, "m", [0.5, 0.5]) for i in range(600)]
+    buffer.extend([status("m", 100), Predictions("m", "binary", items), window("m", 1, False)])
+    parts = buffer.take_parts(items=256)
+    assert all(sum(len(r.items) if isinstance(r, Predictions) else 1 for r in part) <= 256 for part in parts)
+    predicted = [item for part in parts for r in part if isinstance(r, Predictions) for item in r.items]
+    assert predicted == items
+    assert sum(isinstance(r, ModelStatus) for part in parts for r in part) == 1
+    assert sum(isinstance(r, DriftWindow) for part in parts for r in part) == 1
+    assert buffer.take_parts() == []
