@@ -94,8 +94,8 @@ class AnalysisMetrics:
         self.outlier_checks = Counter("sidecar_outlier_checked_instances", "Instances scored by outlier detectors.",
                                       ["model", "detector"], registry=r)
         self.outlier_score = Histogram("sidecar_outlier_score", "Outlier scores of analysed instances (a sample "
-                                       "of at most 1000 per batch).", ["model", "detector"], buckets=SCORE_BUCKETS,
-                                       registry=r)
+                                       "of at most 256 per model and detector each time a worker sends "
+                                       "results).", ["model", "detector"], buckets=SCORE_BUCKETS, registry=r)
         self.outlier_threshold = Gauge("sidecar_outlier_threshold", "Score above which an instance is an outlier.",
                                        ["model", "detector"], registry=r)
         self.quality_issues = Counter("sidecar_data_quality_issues", "Instances with a data-quality issue, per "

@@ -125,8 +125,8 @@ def _send_held(held: ResultBuffer, results: Connection) -> None:
 def _keep_cpu_share(busy: float, share: float) -> None:
     """Pause so this batch's CPU time is at most `share` of the wall time it spans.
 
-    An idle-priority worker still slowed the proxy on a 2-vCPU machine (shared caches and memory bandwidth: an
-    unrelated idle-priority numpy loop alone raised the proxy's p99 1.7x), so small nodes can cap the duty cycle.
+    A cap for small nodes where the analysis should take less than the CPU the proxy leaves; by default (1.0) an
+    idle-priority worker uses all of it.
     """
     if share < 1.0 and busy > 0.0:
         time.sleep(busy * (1.0 - share) / share)
