@@ -9,10 +9,11 @@ on loopback, for nginx's own proxy too, shown as a reference row), so it is far 
 service time it approaches 1. Every request is a POST of a 1 KB JSON predict body to
 /v1/models/m:predict. Targets: `direct` (wrk -> upstream), `sidecar` (wrk -> RestProxy under uvloop with capture
 on, into a CaptureRing drained by a CountingConsumer -> upstream) and `aiohttp` (wrk -> aiohttp web server +
-ClientSession -> upstream) and, as a reference, `nginx-proxy` (nginx proxy_pass with upstream keep-alive); each
-proxy runs in its own process. Prints a markdown table and the two ratios the
-performance target is stated in: sidecar/direct p50 at concurrency 1 (target <= 1.5) and sidecar/aiohttp
-throughput at concurrency 16 (target >= 3). Needs `wrk` (apt-get install -y wrk; nginx optional).
+ClientSession -> upstream) and, as references, `byte-relay` (a bare uvloop byte relay: the least any Python
+forwarder costs) and `nginx-proxy` (nginx proxy_pass with upstream keep-alive); each proxy runs in its own
+process. Prints a markdown table and the two ratios the performance target is stated in: sidecar/direct p50 at
+concurrency 1 (target <= 1.5) and sidecar/aiohttp throughput at concurrency 16 (target >= 3). Needs `wrk`
+(apt-get install -y wrk; nginx optional).
 """
 
 from __future__ import annotations
@@ -258,6 +259,8 @@ def main() -> int:
                 results += measure(Target("sidecar", port, pid), *timing)
             with server_process("aiohttp", directory, "--upstream", upstream, "--loop", aiohttp_loop) as (port, pid):
                 results += measure(Target("aiohttp", port, pid), *timing)
+            with server_process("byte-relay", directory, "--upstream", upstream) as (port, pid):
+                results += measure(Target("byte-relay", port, pid), *timing)
             if has_nginx and not args.no_nginx_proxy:
                 with nginx_proxy(directory, upstream_port) as (port, pid):
                     results += measure(Target("nginx-proxy", port, pid), *timing)
@@ -273,10 +276,11 @@ def main() -> int:
         added = (sidecar_c1.p50_ms - direct_c1.p50_ms) * 1000
         print(f"- p50 sidecar/direct at c1: **{sidecar_c1.p50_ms / direct_c1.p50_ms:.2f}x** (target <= 1.5x), "
               f"{added:.0f} us added")
-        nginx_c1 = find(results, "nginx-proxy", 1)
-        if nginx_c1:
-            print(f"- p50 nginx-proxy/direct at c1: {nginx_c1.p50_ms / direct_c1.p50_ms:.2f}x "
-                  f"({(nginx_c1.p50_ms - direct_c1.p50_ms) * 1000:.0f} us added)")
+        for reference in ("byte-relay", "nginx-proxy"):
+            measured = find(results, reference, 1)
+            if measured:
+                print(f"- p50 {reference}/direct at c1: {measured.p50_ms / direct_c1.p50_ms:.2f}x "
+                      f"({(measured.p50_ms - direct_c1.p50_ms) * 1000:.0f} us added)")
     sidecar_c16, aiohttp_c16 = find(results, "sidecar", 16), find(results, "aiohttp", 16)
     if sidecar_c16 and aiohttp_c16 and aiohttp_c16.throughput:
         print(f"- throughput sidecar/aiohttp at c16: **{sidecar_c16.throughput / aiohttp_c16.throughput:.2f}x** "

@@ -3,7 +3,9 @@
 KIND is one of
 - `upstream`: an instant-answer model-server stand-in (uvloop + httptools), used when nginx is not installed;
 - `sidecar`: the real RestProxy under uvloop, capturing into a CaptureRing drained by a CountingConsumer;
-- `aiohttp`: the baseline, a plain aiohttp web server forwarding through one aiohttp ClientSession.
+- `aiohttp`: the baseline, a plain aiohttp web server forwarding through one aiohttp ClientSession;
+- `byte-relay`: a reference, a bare uvloop byte relay (one upstream connection per client connection, no parsing,
+  no headers added): what any Python forwarder costs at the least.
 Each prints `PORT <n>` on stdout once it listens, then serves until SIGTERM/SIGINT.
 """
 
@@ -96,6 +98,64 @@ async def run_sidecar(port: int, upstream: tuple[str, int]) -> None:
     print(f"captured {ring.appended} drained {consumer.records}", file=sys.stderr, flush=True)
 
 
+class _RelayUpstream(asyncio.Protocol):
+    def __init__(self, client: _RelayClient) -> None:
+        self.client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client.attach(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        if self.client.transport is not None:
+            self.client.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client.transport is not None:
+            self.client.transport.close()
+
+
+class _RelayClient(asyncio.Protocol):
+    """Bytes from the client go to its own upstream connection and back, untouched."""
+
+    upstream_address: tuple[str, int] = ("127.0.0.1", 9501)
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.connecting: asyncio.Task[object] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        self.connecting = loop.create_task(loop.create_connection(lambda: _RelayUpstream(self),
+                                                                  *self.upstream_address))
+
+    def attach(self, upstream: asyncio.Transport) -> None:
+        self.upstream = upstream
+        for data in self.pending:
+            upstream.write(data)
+        self.pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.write(data)
+        else:
+            self.pending.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+async def run_byte_relay(port: int, upstream: tuple[str, int]) -> None:
+    _RelayClient.upstream_address = upstream
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_RelayClient, "127.0.0.1", port, backlog=1024)
+    _announce(server.sockets[0].getsockname()[1])
+    await _until_signalled()
+
+
 async def run_aiohttp(port: int, upstream: tuple[str, int]) -> None:
     import aiohttp
     from aiohttp import web
@@ -126,7 +186,7 @@ async def run_aiohttp(port: int, upstream: tuple[str, int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=("upstream", "sidecar", "aiohttp"))
+    parser.add_argument("kind", choices=("upstream", "sidecar", "aiohttp", "byte-relay"))
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream", default="127.0.0.1:9501", help="HOST:PORT of the model server")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
@@ -138,6 +198,8 @@ def main() -> None:
         main_coro = run_upstream(args.port, args.delay_ms / 1000)
     elif args.kind == "sidecar":
         main_coro = run_sidecar(args.port, upstream)
+    elif args.kind == "byte-relay":
+        main_coro = run_byte_relay(args.port, upstream)
     else:
         main_coro = run_aiohttp(args.port, upstream)
     if args.loop == "uvloop":
