@@ -103,10 +103,12 @@ class Sidecar:
         if self.settings.analysis.analysis_enabled:
             from sidecar.detect.pool import AnalysisPool
 
-            on_predictions = self.feedback.add_predictions if self.feedback is not None else None
-            self.pool = AnalysisPool(self.settings.analysis, state_dir, self.registry, on_predictions=on_predictions,
+            feedback = self.feedback
+            self.pool = AnalysisPool(self.settings.analysis, state_dir, self.registry,
+                                     on_predictions=feedback.add_stored if feedback is not None else None,
                                      model_label_cap=self.settings.telemetry.model_label_cap,
-                                     batch_records=capture.capture_batch_size)
+                                     batch_records=capture.capture_batch_size,
+                                     prediction_rules=feedback.rules if feedback is not None else None)
             await self.pool.start()
             self._stoppers.append(("analysis", self.pool.stop))
             consumer = self.pool

@@ -8,7 +8,7 @@ bench/bench_analysis_load.py, and the proxy's p99 rose with it. Merged and sent 
 Merging keeps what the metrics and the drill-down read: the latest drift window of each model and detector with the
 number of windows it stands for and how many of them drifted; the latest model status; outlier and data-quality
 counts summed (outlier scores concatenated, evenly thinned to `MAX_SCORES`; the detector duration of the latest
-batch); predictions concatenated per model and task; every model error. `BatchDone` is not held: the worker sends
+batch); stored predictions concatenated per model; every model error. `BatchDone` is not held: the worker sends
 it at once, since it frees the batch's slot in the pool.
 """
 
@@ -21,15 +21,15 @@ from sidecar.detect.results import (
     ModelError,
     ModelStatus,
     OutlierBatch,
-    Predictions,
     QualityBatch,
     Result,
+    StoredPredictions,
 )
 
 MAX_SCORES = 256  # outlier scores kept per model and detector per send (the histogram's sample)
 # Items (predicted instances, drift features, scores) per message: unpickling one message is a single C call that
-# holds the main process's GIL, so a second's worth of predictions (about 3,000 at 3k requests/s) went in one
-# stall of several milliseconds; parts of this size take a fraction of a millisecond each.
+# holds the main process's GIL, and a second's worth of predictions is about 3,000 at 3k requests/s; parts of this
+# size keep each such call short.
 PART_ITEMS = 256
 
 
@@ -80,9 +80,8 @@ class ResultBuffer:
         weight = 0
         for result in self.take():
             pieces: list[Result] = [result]
-            if isinstance(result, Predictions) and len(result.items) > items:
-                pieces = [result._replace(items=result.items[start:start + items])
-                          for start in range(0, len(result.items), items)]
+            if isinstance(result, StoredPredictions) and len(result.ids) > items:
+                pieces = [_slice(result, start, start + items) for start in range(0, len(result.ids), items)]
             for piece in pieces:
                 size = _items(piece)
                 if part and weight + size > items:
@@ -95,9 +94,14 @@ class ResultBuffer:
         return parts
 
 
+def _slice(stored: StoredPredictions, start: int, end: int) -> StoredPredictions:
+    return StoredPredictions(stored.model, stored.ids[start:end], stored.instances[start:end],
+                             stored.tasks[start:end], stored.values[start:end])
+
+
 def _items(result: Result) -> int:
-    if isinstance(result, Predictions):
-        return len(result.items)
+    if isinstance(result, StoredPredictions):
+        return len(result.ids)
     if isinstance(result, DriftWindow):
         return max(1, len(result.features))
     if isinstance(result, OutlierBatch):
@@ -114,8 +118,8 @@ def _key(result: Result) -> tuple[Any, ...] | None:
         return ("outliers", result.model, result.detector)
     if isinstance(result, QualityBatch):
         return ("quality", result.model)
-    if isinstance(result, Predictions):
-        return ("predictions", result.model, result.task)
+    if isinstance(result, StoredPredictions):
+        return ("predictions", result.model)
     return None
 
 
@@ -133,6 +137,7 @@ def _merge(previous: Result, latest: Result) -> Result:
         for key, count in latest.counts.items():
             counts[key] = counts.get(key, 0) + count
         return latest._replace(instances=previous.instances + latest.instances, counts=counts)
-    if isinstance(previous, Predictions) and isinstance(latest, Predictions):
-        return latest._replace(items=previous.items + latest.items)
+    if isinstance(previous, StoredPredictions) and isinstance(latest, StoredPredictions):
+        return StoredPredictions(latest.model, previous.ids + latest.ids, previous.instances + latest.instances,
+                                 previous.tasks + latest.tasks, previous.values + latest.values)
     return latest  # ModelStatus: the latest says it all

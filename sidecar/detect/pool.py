@@ -7,10 +7,10 @@ flight; when any worker is full, `free_slots()` is 0 and records wait in the rin
 counts them, so the proxy never waits for the analysis.
 
 A supervisor thread reads every worker's result pipe and process sentinel: results are applied to the metrics
-and the monitor store (predictions go to `on_predictions`, called on the supervisor thread, so it must be
-thread-safe and quick), and a worker that exits is restarted (counted, with a growing delay when it keeps dying
-quickly); its batches in flight are lost and counted. Model state survives restarts through the state directory
-(saved references).
+and the monitor store; predictions, reduced by the workers with `prediction_rules`, go to `on_predictions`, called
+on the supervisor thread, so it must be thread-safe and quick. A worker that exits is restarted (counted, with a
+growing delay when it keeps dying quickly); its batches in flight are lost and counted. Model state survives
+restarts through the state directory (saved references).
 
 This module imports no numpy: the main process stays light; workers import the numeric stack themselves.
 """
@@ -39,11 +39,12 @@ from sidecar.capture.records import CaptureRecord
 from sidecar.detect import worker as worker_module
 from sidecar.detect.metrics import AnalysisMetrics
 from sidecar.detect.monitor import MonitorStore
-from sidecar.detect.results import Batch, BatchDone, Predictions, Result, WorkerStarted, WorkerStopped
+from sidecar.detect.results import Batch, BatchDone, Result, StoredPredictions, WorkerStarted, WorkerStopped
 from sidecar.detect.settings import AnalysisSettings
+from sidecar.feedback.tasks import PredictionRules
 
 log = logging.getLogger(__name__)
-PredictionsHook = Callable[[Predictions], None]
+PredictionsHook = Callable[[StoredPredictions], None]
 QUICK_EXIT_SECONDS = 30.0  # a worker that dies sooner than this after starting counts as crash-looping
 MAX_RESTART_DELAY = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
@@ -103,11 +104,13 @@ class AnalysisPool:
 
     def __init__(self, settings: AnalysisSettings, state_dir: Path, registry: CollectorRegistry,
                  on_predictions: PredictionsHook | None = None, *, model_label_cap: int = 100,
-                 batch_records: int = 256) -> None:
+                 batch_records: int = 256, prediction_rules: PredictionRules | None = None) -> None:
         settings.check()
         self.settings = settings
         self.state_dir = Path(state_dir)
         self.on_predictions = on_predictions
+        # how the workers reduce predictions for the hook; none are sent when nobody takes them
+        self.prediction_rules = None if on_predictions is None else prediction_rules or PredictionRules()
         self.batch_records = batch_records
         self.metrics = AnalysisMetrics(registry, settings.max_feature_labels, model_label_cap)
         self.store = MonitorStore()
@@ -242,7 +245,7 @@ class AnalysisPool:
         process = self._context.Process(
             target=worker_module.run, name=f"sidecar-analysis-{slot.index}", daemon=True,
             args=(slot.index, generation, self.settings, str(self.state_dir), tasks_receive, results_send,
-                  self._log_level))
+                  self._log_level, self.prediction_rules))
         process.start()
         tasks_receive.close()  # the worker holds the only other ends: its death shows up as EOF / EPIPE here
         results_send.close()
@@ -365,7 +368,7 @@ class AnalysisPool:
                     continue
                 elif isinstance(message, WorkerStopped):
                     continue
-                elif isinstance(message, Predictions):
+                elif isinstance(message, StoredPredictions):
                     self._deliver(message)
                     continue
                 self.metrics.apply(message)
@@ -373,13 +376,13 @@ class AnalysisPool:
             except Exception:  # telemetry must never stop the supervisor
                 log.exception("applying an analysis result failed")
 
-    def _deliver(self, predictions: Predictions) -> None:
+    def _deliver(self, predictions: StoredPredictions) -> None:
         """Hand predictions over on this (supervisor) thread: per-instance work stays off the event loop."""
         if self.on_predictions is not None:
             _call_hook(self.on_predictions, predictions)
 
 
-def _call_hook(hook: PredictionsHook, predictions: Predictions) -> None:
+def _call_hook(hook: PredictionsHook, predictions: StoredPredictions) -> None:
     try:
         hook(predictions)
     except Exception:

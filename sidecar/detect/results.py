@@ -161,6 +161,21 @@ class Predictions(NamedTuple):
     items: list[PredictedInstance]
 
 
+class StoredPredictions(NamedTuple):
+    """One model's predictions as the feedback store keeps them: reduced in the worker
+    (`sidecar.feedback.tasks.PredictionRules`), one column per field.
+
+    Columns of plain values unpickle in C, about ten times faster than a named tuple per instance, and the
+    reduction (about 4 us of Python an instance) stays in the worker: both used to run on the main process's GIL.
+    """
+
+    model: str
+    ids: list[str]
+    instances: list[int]
+    tasks: list[str]  # binary, multiclass, regression, or unusable (the prediction cannot meet a truth)
+    values: list[Any]  # the stored value: a class label (str) or a number
+
+
 class ModelError(NamedTuple):
     """An unexpected failure while analysing a model's batch; the worker carries on with other batches."""
 
@@ -169,4 +184,4 @@ class ModelError(NamedTuple):
 
 
 Result = (WorkerStarted | WorkerStopped | BatchDone | ModelStatus | DriftWindow | OutlierBatch | QualityBatch
-          | Predictions | ModelError)
+          | Predictions | StoredPredictions | ModelError)

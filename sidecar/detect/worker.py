@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sidecar.detect.coalesce import ResultBuffer, thin
-from sidecar.detect.results import Batch, BatchDone, Result, WorkerStarted, WorkerStopped
+from sidecar.detect.results import Batch, BatchDone, Predictions, Result, WorkerStarted, WorkerStopped
 from sidecar.detect.settings import AnalysisSettings
+from sidecar.feedback.tasks import PredictionRules
 
 if TYPE_CHECKING:
     from sidecar.detect.state import AnalysisState
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 
 
 def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str, tasks: Connection,
-        results: Connection, log_level: int = logging.WARNING) -> None:
-    """Worker main loop (the spawn target)."""
+        results: Connection, log_level: int = logging.WARNING, prediction_rules: PredictionRules | None = None) -> None:
+    """Worker main loop (the spawn target). Predictions are reduced with `prediction_rules` and sent as
+    `StoredPredictions`; without rules (nobody stores them) they are not sent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
     lower_priority(settings.worker_priority)
     single_threaded_math()
@@ -49,7 +51,7 @@ def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str
     state = AnalysisState(worker, settings, Path(state_dir))
     try:
         results.send([WorkerStarted(worker, generation, os.getpid())])
-        _serve(worker, generation, state, tasks, results)
+        _serve(worker, generation, state, tasks, results, prediction_rules)
         results.send([WorkerStopped(worker, generation)])
     except (BrokenPipeError, EOFError, ConnectionResetError):
         pass  # the main process is gone: nothing left to report to
@@ -88,7 +90,8 @@ def lower_priority(priority: str) -> None:
         os.nice(19 if priority == "idle" else 10)
 
 
-def _serve(worker: int, generation: int, state: AnalysisState, tasks: Connection, results: Connection) -> None:
+def _serve(worker: int, generation: int, state: AnalysisState, tasks: Connection, results: Connection,
+           rules: PredictionRules | None = None) -> None:
     interval = state.settings.result_interval
     held = ResultBuffer()
     sent_at = -math.inf
@@ -102,7 +105,7 @@ def _serve(worker: int, generation: int, state: AnalysisState, tasks: Connection
                 return
             started = time.process_time()
             found, done = _process(worker, generation, state, message)
-            held.extend(found)
+            held.extend(_for_the_store(found, rules))
             results.send([done])
             if held and time.monotonic() - sent_at >= interval:
                 _send_held(held, results)
@@ -111,10 +114,17 @@ def _serve(worker: int, generation: int, state: AnalysisState, tasks: Connection
         now = time.monotonic()
         if now >= next_tick:
             next_tick = now + TICK_SECONDS
-            held.extend(state.tick(time.time()))
+            held.extend(_for_the_store(state.tick(time.time()), rules))
         if held and now - sent_at >= interval:
             _send_held(held, results)
             sent_at = now
+
+
+def _for_the_store(found: list[Result], rules: PredictionRules | None) -> list[Result]:
+    """Raw predictions reduced for the feedback store, or left out when there are no rules."""
+    if rules is None:
+        return [result for result in found if not isinstance(result, Predictions)]
+    return [rules.reduce(result) if isinstance(result, Predictions) else result for result in found]
 
 
 def _send_held(held: ResultBuffer, results: Connection) -> None:

@@ -17,14 +17,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from sidecar.detect.results import Predictions, StoredPredictions
 from sidecar.feedback import arrival
 from sidecar.feedback.board import QualityBoard
-from sidecar.feedback.join import UNUSABLE, Join, match
+from sidecar.feedback.join import Join, match
 from sidecar.feedback.metrics import NO_MODEL, FeedbackCollector, FeedbackCounts
 from sidecar.feedback.monitor import quality_snapshot
 from sidecar.feedback.parse import FeedbackError, FeedbackItem, parse_body
@@ -33,7 +35,7 @@ from sidecar.feedback.recent import RecentPredictions
 from sidecar.feedback.responses import check_bearer, error_response, inflate, json_response
 from sidecar.feedback.settings import FeedbackSettings
 from sidecar.feedback.store import PredictionRow, PredictionStore, StoredPrediction, StoreError, open_store
-from sidecar.feedback.tasks import choose_task, reduce_prediction
+from sidecar.feedback.tasks import PredictionRules
 from sidecar.proxy.local import LocalRequest, LocalResponse
 
 log = logging.getLogger(__name__)
@@ -42,30 +44,6 @@ FEEDBACK_PATH = "/v1/feedback"
 SWEEP_INTERVAL = 0.5
 POLL_CHUNK = 1000  # held ids looked up in a shared store per sweep
 EventSink = Callable[[str, str, bytes], object]  # (prediction id, model, feedback body): the payload log
-
-
-class PredictedInstanceLike(Protocol):
-    @property
-    def prediction_id(self) -> str: ...
-
-    @property
-    def instance_index(self) -> int: ...
-
-    @property
-    def predicted(self) -> Any: ...
-
-
-class PredictionsLike(Protocol):
-    """`sidecar.detect.results.Predictions`: one model's analysed predictions from one batch."""
-
-    @property
-    def model(self) -> str: ...
-
-    @property
-    def task(self) -> str: ...
-
-    @property
-    def items(self) -> Sequence[PredictedInstanceLike]: ...
 
 
 class _Rejected(Exception):
@@ -80,6 +58,7 @@ class FeedbackService:
                  store: PredictionStore | None = None) -> None:
         self.settings = settings
         self.task_overrides = dict(task_overrides)
+        self.rules = PredictionRules(settings.binary_threshold, self.task_overrides)  # applied by the analysis
         self.store = store or open_store(settings.store, state_dir, settings.store_retention, settings.store_max_rows,
                                          settings.store_key_prefix)
         self.pending = PendingFeedback(settings.pending_max, settings.pending_timeout)
@@ -137,36 +116,24 @@ class FeedbackService:
 
     # predictions from the analysis
 
-    def add_predictions(self, predictions: PredictionsLike) -> None:
-        """Store one model's analysed predictions and join feedback that was waiting for them. Never blocks.
+    def add_predictions(self, predictions: Predictions) -> None:
+        """Store one model's analysed predictions, reducing them here; the analysis workers reduce theirs with
+        `rules` and hand them to `add_stored`."""
+        self.add_stored(self.rules.reduce(predictions))
 
-        Safe from any thread. The per-instance work (reducing each prediction) runs in the calling thread, the
-        analysis pool's supervisor, so only the short bookkeeping hops onto the event loop.
+    def add_stored(self, stored: StoredPredictions) -> None:
+        """Store one model's reduced predictions and join feedback that was waiting for them. Never blocks.
+
+        Safe from any thread (the analysis pool calls it on its supervisor thread); only the short bookkeeping hops
+        onto the event loop.
         """
-        rows, records = self._reduce(predictions)
-        if not rows:
+        if not stored.ids:
             return
+        rows, records = _rows(stored)
         if self._loop is not None and threading.get_ident() != self._loop_thread:
             self._loop.call_soon_threadsafe(self._accept, rows, records)
         else:
             self._accept(rows, records)
-
-    def _reduce(self, predictions: PredictionsLike) -> tuple[list[PredictionRow], dict[str, StoredPrediction]]:
-        now = time.time()
-        model = predictions.model
-        task = choose_task(self.task_overrides.get(model), predictions.task)
-        threshold = self.settings.binary_threshold
-        rows: list[PredictionRow] = []
-        records: dict[str, StoredPrediction] = {}
-        for item in predictions.items:
-            reduced = reduce_prediction(item.predicted, task, threshold)
-            row_task, value = reduced if reduced is not None else (UNUSABLE, "")
-            rows.append(PredictionRow(item.prediction_id, item.instance_index, model, row_task, value, now))
-            record = records.get(item.prediction_id)
-            if record is None:
-                record = records[item.prediction_id] = StoredPrediction(model, row_task, now, {})
-            record.instances[item.instance_index] = value
-        return rows, records
 
     def _accept(self, rows: list[PredictionRow], records: dict[str, StoredPrediction]) -> None:
         """On the loop: queue the rows for the store writer and join held feedback for these ids."""
@@ -385,4 +352,20 @@ def _prefixed(position: int | None, message: str) -> str:
     return message if position is None else f"item {position}: {message}"
 
 
-__all__ = ["FeedbackService", "PredictionsLike"]
+def _rows(stored: StoredPredictions) -> tuple[list[PredictionRow], dict[str, StoredPrediction]]:
+    """The store's rows and the per-id records of `stored` (the first instance's task is the record's)."""
+    now = time.time()
+    model = stored.model
+    rows = list(map(PredictionRow, stored.ids, stored.instances, repeat(model), stored.tasks, stored.values,
+                    repeat(now)))
+    records: dict[str, StoredPrediction] = {}
+    for prediction_id, index, task, value in zip(stored.ids, stored.instances, stored.tasks, stored.values,
+                                                 strict=True):
+        record = records.get(prediction_id)
+        if record is None:
+            record = records[prediction_id] = StoredPrediction(model, task, now, {})
+        record.instances[index] = value
+    return rows, records
+
+
+__all__ = ["FeedbackService"]

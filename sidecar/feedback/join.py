@@ -7,9 +7,7 @@ from typing import NamedTuple
 
 from sidecar.feedback.parse import FeedbackError, FeedbackItem
 from sidecar.feedback.store import Key, StoredPrediction
-from sidecar.feedback.tasks import AUTO, TaskMismatch, Truth, resolve_auto, target
-
-UNUSABLE = "unusable"  # the task stored for instances whose output cannot be compared with a truth
+from sidecar.feedback.tasks import AUTO, UNUSABLE, TaskMismatch, Truth, resolve_auto, target
 
 
 class Join(NamedTuple):

@@ -4,7 +4,8 @@ Tasks: `binary`, `multiclass`, `regression`, `classification` (binary or multicl
 or `auto` (decided from the data). The per-model override (`models[m].task` in the analysis settings) wins over
 the task the analysis reported, which wins over detection.
 
-Predicted values are reduced when they are stored (`reduce_prediction`), to a class label or a number:
+Predicted values are reduced before they are stored (`reduce_prediction`, applied by `PredictionRules` in the
+analysis workers), to a class label or a number:
 - the analysis's dicts: `{"class": i, "probabilities": [...], "label"?: s}` is a class: the label when the server
   named the classes, else for two probabilities (binary) `1` when `p[1] >= binary_threshold`, for more the
   analysis's class index; `{"value": v}` is reduced like the bare value `v`.
@@ -21,8 +22,11 @@ joined truth is 0/1 and the prediction lies in [0, 1], otherwise regression, and
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.detect.results import Predictions, StoredPredictions
 from sidecar.feedback.store import Predicted
 
 BINARY = "binary"
@@ -31,6 +35,7 @@ CLASSIFICATION = "classification"
 REGRESSION = "regression"
 AUTO = "auto"
 CLASSIFICATION_TASKS = frozenset({BINARY, MULTICLASS})
+UNUSABLE = "unusable"  # the task stored for instances whose output cannot be compared with a truth
 
 Truth = int | float | str | tuple[float, ...]
 
@@ -101,6 +106,33 @@ def reduce_prediction(value: Any, task: str, threshold: float) -> tuple[str, Pre
         if all(_is_number(item) and math.isfinite(item) for item in value):
             return _reduce_scores(value, None, threshold)
     return None
+
+
+@dataclass(frozen=True)
+class PredictionRules:
+    """How analysed predictions become what the store keeps: the per-model task override and the binary threshold.
+
+    The analysis workers apply them (`reduce`) so the main process only stores the result.
+    """
+
+    binary_threshold: float = 0.5
+    task_overrides: Mapping[str, str] = field(default_factory=dict)
+
+    def reduce(self, predictions: Predictions) -> StoredPredictions:
+        task = choose_task(self.task_overrides.get(predictions.model), predictions.task)
+        threshold = self.binary_threshold
+        ids: list[str] = []
+        instances: list[int] = []
+        tasks: list[str] = []
+        values: list[Predicted] = []
+        for item in predictions.items:
+            reduced = reduce_prediction(item.predicted, task, threshold)
+            row_task, value = reduced if reduced is not None else (UNUSABLE, "")
+            ids.append(item.prediction_id)
+            instances.append(item.instance_index)
+            tasks.append(row_task)
+            values.append(value)
+        return StoredPredictions(predictions.model, ids, instances, tasks, values)
 
 
 def _class_task(task: str, default: str) -> str:

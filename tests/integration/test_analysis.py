@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.capture.records import API_TFSERVING, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
 from sidecar.detect.pool import AnalysisPool
-from sidecar.detect.results import Predictions
+from sidecar.detect.results import StoredPredictions
 from sidecar.detect.settings import AnalysisSettings
 from sidecar.testbed import data
 from tests.support.testbed import TestbedProcess
@@ -102,7 +102,7 @@ async def test_real_predict_traffic_over_rest_and_grpc_drifts_only_when_the_inpu
     shifted = [grpc_predict(stub, f"shifted-{n}", data.classifier_batch(10, seed=200 + n, drift=1.5)[0])
                for n in range(15)]
     registry = CollectorRegistry()
-    predictions: list[Predictions] = []
+    predictions: list[StoredPredictions] = []
     pool = AnalysisPool(AnalysisSettings(workers=2, reference_size=150, window_size=150), tmp_path, registry,
                         on_predictions=predictions.append)
     await pool.start()
@@ -130,8 +130,8 @@ async def test_real_predict_traffic_over_rest_and_grpc_drifts_only_when_the_inpu
         assert snapshot["features"]["outputs"][0] == "predicted_class"
         drifted = [item["name"] for item in snapshot["detectors"]["feature_drift"]["features"] if item["drift"]]
         assert len(drifted) == 4
-        await eventually(lambda: sum(len(p.items) for p in predictions) == 450)
-        assert {p.task for p in predictions} == {"multiclass"}
+        await eventually(lambda: sum(len(p.ids) for p in predictions) == 450)
+        assert {task for p in predictions for task in p.tasks} == {"multiclass"}
     finally:
         await pool.stop(10.0)
 
@@ -143,7 +143,7 @@ async def test_classify_and_regress_traffic_yields_labelled_and_numeric_predicti
     records = [grpc_classify(stub, "c-1", features),
                rest_call(testbed, "r-1", "regressor", "regress",
                          {"examples": [{"features": row.tolist()} for row in regress_rows]})]
-    predictions: list[Predictions] = []
+    predictions: list[StoredPredictions] = []
     pool = AnalysisPool(AnalysisSettings(reference_size=10, window_size=10), tmp_path, CollectorRegistry(),
                         on_predictions=predictions.append)
     await pool.start()
@@ -153,13 +153,14 @@ async def test_classify_and_regress_traffic_yields_labelled_and_numeric_predicti
     finally:
         await pool.stop(10.0)
     by_model = {p.model: p for p in predictions}
-    classified = by_model["classifier"]
-    assert classified.task == "multiclass"
-    assert [item.instance_index for item in classified.items] == [0, 1, 2]
-    assert [label for label, _ in classified.items[0].predicted] == list(data.CLASS_LABELS)
+    classified = by_model["classifier"]  # classify answers label/score pairs: the store keeps the best label
+    answered = classification_pb2.ClassificationResponse.FromString(records[0].response)
+    best = [max(c.classes, key=lambda item: item.score).label for c in answered.result.classifications]
+    assert classified.instances == [0, 1, 2] and set(classified.tasks) == {"multiclass"}
+    assert classified.values == best and set(best) <= set(data.CLASS_LABELS)
     regressed = by_model["regressor"]
-    assert regressed.task == "regression"
+    assert set(regressed.tasks) == {"regression"}
     expected = data.regressor_target(regress_rows)
-    np.testing.assert_allclose([item.predicted for item in regressed.items], expected, atol=1.0)
+    np.testing.assert_allclose(regressed.values, expected, atol=1.0)
     snapshot = pool.monitor("regressor")
     assert snapshot is not None and snapshot["task"] == "regression"

@@ -11,10 +11,9 @@ from sidecar.detect.results import (
     ModelError,
     ModelStatus,
     OutlierBatch,
-    PredictedInstance,
-    Predictions,
     QualityBatch,
     ReferenceStatus,
+    StoredPredictions,
 )
 
 
@@ -71,14 +70,16 @@ def test_quality_counts_add_up_per_feature_and_issue() -> None:
     assert merged.instances == 15 and merged.counts == {("x[0]", "nan"): 3, ("x[1]", "inf"): 4}
 
 
-def test_predictions_are_concatenated_per_model_and_task() -> None:
+def stored(model: str, ids: list[str]) -> StoredPredictions:
+    return StoredPredictions(model, ids, [0] * len(ids), ["binary"] * len(ids), ["1"] * len(ids))
+
+
+def test_stored_predictions_are_concatenated_per_model() -> None:
     buffer = ResultBuffer()
-    first = [PredictedInstance("p1", 0, "m", [0.2, 0.8])]
-    second = [PredictedInstance("p2", 0, "m", [0.9, 0.1]), PredictedInstance("p2", 1, "m", [0.4, 0.6])]
-    buffer.extend([Predictions("m", "binary", first), Predictions("m", "binary", second)])
-    [merged] = buffer.take()
-    assert isinstance(merged, Predictions)
-    assert [item.prediction_id for item in merged.items] == ["p1", "p2", "p2"]
+    buffer.extend([stored("m", ["p1"]), stored("other", ["q1"]), stored("m", ["p2", "p3"])])
+    merged = {r.model: r for r in buffer.take() if isinstance(r, StoredPredictions)}
+    assert merged["m"].ids == ["p1", "p2", "p3"] and merged["m"].values == ["1", "1", "1"]
+    assert merged["other"].ids == ["q1"]
 
 
 def test_the_latest_status_wins_and_every_error_is_kept() -> None:
@@ -105,12 +106,11 @@ def test_thinning_keeps_the_ends_and_spaces_the_rest_evenly() -> None:
 
 def test_parts_stay_small_and_long_predictions_are_split_across_them() -> None:
     buffer = ResultBuffer()
-    items = [PredictedInstance(f"p{i}", 0, "m", [0.5, 0.5]) for i in range(600)]
-    buffer.extend([status("m", 100), Predictions("m", "binary", items), window("m", 1, False)])
+    ids = [f"p{i}" for i in range(600)]
+    buffer.extend([status("m", 100), stored("m", ids), window("m", 1, False)])
     parts = buffer.take_parts(items=256)
-    assert all(sum(len(r.items) if isinstance(r, Predictions) else 1 for r in part) <= 256 for part in parts)
-    predicted = [item for part in parts for r in part if isinstance(r, Predictions) for item in r.items]
-    assert predicted == items
+    assert all(sum(len(r.ids) if isinstance(r, StoredPredictions) else 1 for r in part) <= 256 for part in parts)
+    assert [pid for part in parts for r in part if isinstance(r, StoredPredictions) for pid in r.ids] == ids
     assert sum(isinstance(r, ModelStatus) for part in parts for r in part) == 1
     assert sum(isinstance(r, DriftWindow) for part in parts for r in part) == 1
     assert buffer.take_parts() == []

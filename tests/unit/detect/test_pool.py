@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from sidecar.capture.records import CaptureRecord
 from sidecar.capture.ring import CaptureRing, Drainer
 from sidecar.detect.pool import AnalysisPool, shard
-from sidecar.detect.results import Predictions
+from sidecar.detect.results import StoredPredictions
 from sidecar.detect.settings import AnalysisSettings
 
 from .traffic import stream
@@ -44,7 +45,7 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 async def started(tmp_path: Path) -> AsyncIterator[Callable[..., AnalysisPool]]:
     pools: list[AnalysisPool] = []
 
-    def make(registry: CollectorRegistry, hook: Callable[[Predictions], None] | None = None,
+    def make(registry: CollectorRegistry, hook: Callable[[StoredPredictions], None] | None = None,
              **settings: object) -> AnalysisPool:
         values = {"reference_size": 100, "window_size": 100, **settings}
         pool = AnalysisPool(AnalysisSettings(**values), tmp_path / "state", registry,  # type: ignore[arg-type]
@@ -167,16 +168,23 @@ async def test_records_wait_and_drop_at_the_ring_while_the_workers_are_saturated
                                      {"worker": "0", "reason": "overflow"}) is None
 
 
-async def test_predictions_reach_the_hook_off_the_event_loop_thread(started: Callable[..., AnalysisPool]) -> None:
-    seen: list[tuple[Predictions, threading.Thread]] = []
+async def test_predictions_reach_the_hook_reduced_and_off_the_event_loop_thread(
+        started: Callable[..., AnalysisPool]) -> None:
+    seen: list[tuple[StoredPredictions, threading.Thread]] = []
     pool = started(CollectorRegistry(), workers=1, hook=lambda p: seen.append((p, threading.current_thread())))
     await pool.start()
-    await submit_all(pool, list(stream("iris", 3, 4, seed=1, prefix="req")))
-    await eventually(lambda: sum(len(p.items) for p, _ in seen) == 12)
+    records = list(stream("iris", 3, 4, seed=1, prefix="req"))
+    await submit_all(pool, records)
+    await eventually(lambda: sum(len(p.ids) for p, _ in seen) == 12)
     assert threading.current_thread() not in {thread for _, thread in seen}  # per-instance work stays off the loop
-    ids = sorted({(item.prediction_id, item.instance_index) for p, _ in seen for item in p.items})
-    assert ids == [(f"req-1-{n}", i) for n in range(3) for i in range(4)]
-    assert {p.task for p, _ in seen} == {"multiclass"}
+    rows = sorted((pid, index, task, value) for p, _ in seen
+                  for pid, index, task, value in zip(p.ids, p.instances, p.tasks, p.values, strict=True))
+    assert [(pid, index) for pid, index, _, _ in rows] == [(f"req-1-{n}", i) for n in range(3) for i in range(4)]
+    expected = []  # the arg-max class of the softmax model the stream's answers come from
+    for record in sorted(records, key=lambda r: r.prediction_id):
+        for probabilities in json.loads(record.response)["predictions"]:
+            expected.append(("multiclass", str(max(range(3), key=probabilities.__getitem__))))
+    assert [(task, value) for _, _, task, value in rows] == expected
 
 
 async def test_stop_lets_workers_finish_their_batches(started: Callable[..., AnalysisPool]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -19,11 +20,12 @@ from sidecar.detect.results import (
     BatchDone,
     DriftWindow,
     ModelStatus,
-    Predictions,
+    StoredPredictions,
     WorkerStarted,
     WorkerStopped,
 )
 from sidecar.detect.settings import AnalysisSettings
+from sidecar.feedback.tasks import PredictionRules
 
 from .traffic import stream
 
@@ -37,7 +39,8 @@ def spawned(tmp_path: Path) -> Iterator[tuple[BaseProcess, Connection, Connectio
     tasks_receive, tasks_send = context.Pipe(duplex=False)
     results_receive, results_send = context.Pipe(duplex=False)
     process = context.Process(target=worker.run, args=(3, 7, AnalysisSettings(reference_size=10, window_size=10),
-                                                       str(tmp_path), tasks_receive, results_send), daemon=True)
+                                                       str(tmp_path), tasks_receive, results_send, logging.WARNING,
+                                                       PredictionRules()), daemon=True)
     process.start()
     tasks_receive.close()
     results_send.close()
@@ -62,7 +65,10 @@ def test_a_worker_answers_each_batch_with_its_summary_then_the_results(
     assert len(done.lags) == 3 and all(lag >= 0 for lag in done.lags)
     assert results.poll(STARTUP)
     answer = results.recv()  # nothing was sent before: the results follow at once
-    assert any(isinstance(item, Predictions) for item in answer)
+    [stored] = [item for item in answer if isinstance(item, StoredPredictions)]  # reduced for the feedback store
+    assert stored.ids == [record.prediction_id for record in records for _ in range(2)]
+    assert stored.instances == [0, 1] * 3 and set(stored.tasks) == {"multiclass"}
+    assert all(value in {"0", "1", "2"} for value in stored.values)
     assert any(isinstance(item, ModelStatus) for item in answer)
     tasks.send(None)
     assert results.poll(STARTUP)
@@ -76,8 +82,8 @@ def test_results_between_sends_are_held_merged_and_sent_once_per_interval(tmp_pa
     tasks_receive, tasks = context.Pipe(duplex=False)
     results, results_send = context.Pipe(duplex=False)
     settings = AnalysisSettings(reference_size=10, window_size=10, result_interval=3.0)
-    process = context.Process(target=worker.run, args=(0, 1, settings, str(tmp_path), tasks_receive, results_send),
-                              daemon=True)
+    process = context.Process(target=worker.run, args=(0, 1, settings, str(tmp_path), tasks_receive, results_send,
+                                                       logging.WARNING, PredictionRules()), daemon=True)
     process.start()
     tasks_receive.close()
     results_send.close()
@@ -99,7 +105,7 @@ def test_results_between_sends_are_held_merged_and_sent_once_per_interval(tmp_pa
         held = results.recv()  # the interval passed: everything held, merged
         drift = [item for item in held if isinstance(item, DriftWindow) and item.detector == "feature_drift"]
         assert [item.counts()[0] for item in drift] == [5]
-        assert [len(item.items) for item in held if isinstance(item, Predictions)] == [50]
+        assert [len(item.ids) for item in held if isinstance(item, StoredPredictions)] == [50]
         tasks.send(None)
         assert results.poll(STARTUP)
         assert results.recv() == [WorkerStopped(0, 1)]
@@ -148,6 +154,7 @@ worker.run(0, 1, settings, sys.argv[1], tasks_receive, results_send)
 reader.join()
 print(sorted({getattr(m, "detector", "") for m in messages} - {""}))
 print("tensorflow" in sys.modules)
+print(sorted({type(m).__name__ for m in messages if "Predictions" in type(m).__name__}))
 """
 
 
@@ -155,9 +162,10 @@ def test_analysis_with_the_numpy_detectors_never_imports_tensorflow(tmp_path: Pa
     root = Path(__file__).resolve().parents[3]
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), str(root)], capture_output=True,
                             text=True, timeout=300, check=True, env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""})
-    detectors, tensorflow = result.stdout.splitlines()
+    detectors, tensorflow, predictions = result.stdout.splitlines()
     assert detectors == "['feature_drift', 'mahalanobis', 'mmd', 'output_drift']"
     assert tensorflow == "False"
+    assert predictions == "[]"  # started without prediction rules: nobody stores them, none are sent
 
 
 def test_a_cpu_share_below_one_pauses_in_proportion_to_the_batch_cpu_time() -> None:
