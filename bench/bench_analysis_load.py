@@ -6,7 +6,10 @@ settings that keep the one worker busy all the time (small windows, MMD on). wrk
 120-feature JSON predict body. For each run it prints p50/p99/throughput at the chosen concurrencies, and from
 /metrics the records analysed and dropped at the ring (proof that the workers were saturated).
 
-Usage: python bench/bench_analysis_load.py [--duration 10] [--connections 1,4] [--pace-ms 1]
+A third mode, `off+burner` (`--burner`), is a reference: analysis off while an unrelated process computes numpy
+at idle priority (what the worker's CPU use alone costs the proxy on this machine, whatever the sidecar does).
+
+Usage: python bench/bench_analysis_load.py [--duration 10] [--connections 1,4] [--pace-ms 1] [--burner]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -66,6 +70,30 @@ def sidecar(directory: Path, upstream_port: int, analysis: bool, cpu_share: str)
         bench_rest.stop(process)
 
 
+BURNER = """
+import os
+import numpy as np
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+a = np.random.rand(1000, 64)
+while True:
+    (a @ a.T).sum()
+"""
+
+
+@contextlib.contextmanager
+def burner(enabled: bool) -> Iterator[None]:
+    """An idle-priority numpy loop in its own process, single-threaded like the analysis workers."""
+    if not enabled:
+        yield
+        return
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", BURNER], env=env)
+    try:
+        yield
+    finally:
+        bench_rest.stop(process)
+
+
 def scrape(admin: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10).read().decode()
     totals: dict[str, float] = {}
@@ -86,7 +114,10 @@ def main() -> int:
     parser.add_argument("--pace-ms", type=int, default=1,
                         help="wait between a connection's requests (0: closed loop at full speed, which also "
                              "saturates the proxy on a 2-core machine)")
+    parser.add_argument("--burner", action="store_true",
+                        help="also measure analysis off next to an unrelated idle-priority numpy loop")
     args = parser.parse_args()
+    modes = ("off", "on", "off+burner") if args.burner else ("off", "on")
     counts = [int(c) for c in args.connections.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -97,9 +128,9 @@ def main() -> int:
             runs: dict[tuple[str, int], list[bench_rest.Result]] = {}
             evidence: dict[str, dict[str, float]] = {}
             for round_index in range(args.rounds):
-                for mode in ("off", "on"):
+                for mode in modes:
                     with sidecar(directory / f"r{round_index}", upstream_port, mode == "on",
-                                 args.worker_cpu_share) as (port, admin, pid):
+                                 args.worker_cpu_share) as (port, admin, pid), burner(mode == "off+burner"):
                         target = bench_rest.Target(f"analysis {mode}", port, pid)
                         bench_rest.run_wrk(script, port, 4, 3)  # warm-up: reference collected, workers busy
                         for result in bench_rest.measure(target, script, counts, args.duration, warmup=0):
@@ -123,6 +154,10 @@ def main() -> int:
         if on and off:
             print(f"p99 ratio (saturated workers / analysis off) at c={connections}: {on.p99_ms / off.p99_ms:.2f} "
                   f"(target <= 1.1); throughput ratio {on.throughput / off.throughput:.2f}")
+        burned = medians.get(("off+burner", connections))
+        if burned and off:
+            print(f"p99 ratio (idle-priority numpy loop, analysis off / analysis off) at c={connections}: "
+                  f"{burned.p99_ms / off.p99_ms:.2f} (reference)")
     return 0
 
 
