@@ -7,8 +7,7 @@ Protocol (both directions over one-way pipes): the main process sends `Batch` ob
 (finish the queued batches, then exit); the worker sends lists of results, `WorkerStarted` first and
 `WorkerStopped` last. Each batch's `BatchDone` goes at once, alone (it frees the batch's slot in the pool); the
 other results are held and merged (`coalesce`) and go at most once per `result_interval`, in lists of bounded
-size, and before `WorkerStopped`. An end-of-file on the task pipe (the main process died)
-also ends the worker.
+size, and before `WorkerStopped`. An end-of-file on the task pipe (the main process died) also ends the worker.
 """
 
 from __future__ import annotations
