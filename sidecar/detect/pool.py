@@ -1,10 +1,13 @@
 """The analysis worker pool: spawned worker processes, models sharded by a stable hash, bounded batches in flight.
 
 The capture ring's drainer is the pool's only caller on the event loop: `free_slots()` says how many records
-the pool takes now and `submit(batch)` splits a batch by worker and queues it without blocking (a sender thread
-per worker pickles it into the worker's pipe). Each worker holds at most `analysis_queue_batches` batches in
-flight; when any worker is full, `free_slots()` is 0 and records wait in the ring, which drops the oldest and
-counts them, so the proxy never waits for the analysis.
+the pool takes now and `submit(batch)` splits a batch by worker, pickles it and queues the bytes without blocking;
+a sender thread per worker writes them into the worker's pipe. Pickling on the loop is one short C call (about
+0.1 ms for 50 records); in the sender thread it cost a GIL hand-off per batch, and the proxy's p99 at 4 paced
+connections was 2.4-2.6x analysis-off against 1.2-1.8x now (bench/bench_analysis_load.py).
+
+Each worker holds at most `analysis_queue_batches` batches in flight; when any worker is full, `free_slots()` is 0
+and records wait in the ring, which drops the oldest and counts them, so the proxy never waits for the analysis.
 
 A supervisor thread reads every worker's result pipe and process sentinel: results are applied to the metrics
 and the monitor store; predictions, reduced by the workers with `prediction_rules`, go to `on_predictions`, called
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +78,17 @@ class _Link:
         self.sender = threading.Thread(target=self._send_loop, name=f"analysis-sender-{index}", daemon=True)
 
     def _send_loop(self) -> None:
-        """Pickle batches into the worker's pipe; may block while the worker is busy (never on the event loop)."""
+        """Write pickled batches into the worker's pipe; may block while the worker is busy (never on the loop)."""
         try:
             while True:
                 item = self.outbox.get()
                 if item is _RETIRE:
                     return
                 try:
-                    self.tasks.send(None if item is _STOP else item)
+                    if item is _STOP:
+                        self.tasks.send(None)
+                    else:
+                        self.tasks.send_bytes(item)
                 except (OSError, ValueError):
                     return  # the worker died: the supervisor counts what was in flight
                 if item is _STOP:
@@ -222,7 +229,8 @@ class AnalysisPool:
                 else:
                     batch_id = next(self._batch_ids)
                     link.inflight[batch_id] = len(records)
-                    link.outbox.put(Batch(link.generation, batch_id, [tuple(record) for record in records]))
+                    task = Batch(link.generation, batch_id, [tuple(record) for record in records])
+                    link.outbox.put(ForkingPickler.dumps(task))
         for index, reason, count in lost:
             self.metrics.records_lost(index, reason, count)
 
