@@ -138,7 +138,7 @@ def main() -> int:
                         evidence[mode] = scrape(admin)
     load = f"each connection pausing {args.pace_ms} ms between requests" if args.pace_ms else "closed loop"
     print(f"wrk {load}, {args.duration:g} s per run, {args.rounds} rounds (medians), "
-          f"worker CPU share {args.worker_cpu_share}\n")
+          f"worker CPU share {args.worker_cpu_share}; {bench_rest.idle_note()}\n")
     rows = ["| analysis | connections | p50 ms | p99 ms | req/s |", "|---|---:|---:|---:|---:|"]
     medians: dict[tuple[str, int], bench_rest.Result] = {}
     for key, results in sorted(runs.items()):

@@ -42,6 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import idle_note  # noqa: E402  (bench/ is on the path when this script runs)
+
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 ALL_TARGETS = ("direct", "tcp-relay", "aio-minimal", "sync-minimal", "sidecar", "sidecar-uvloop", "sidecar-ee-off",
                "sidecar-h2", "sidecar-h2-asyncio")
@@ -398,7 +400,8 @@ def main() -> int:
     results = run(names, args.duration, max(1, args.rounds))
     load = os.getloadavg()[0]
     print(f"## gRPC proxy benchmark ({os.cpu_count()} CPUs, load average {load:.2f}, {args.duration:g}s per target "
-          f"and level in {args.rounds} rounds; CPU us/call: the forwarding process, the upstream for direct)\n")
+          f"and level in {args.rounds} rounds; CPU us/call: the forwarding process, the upstream for direct; "
+          f"{idle_note()})\n")
     print(table(results))
     print()
     direct = results["direct"]

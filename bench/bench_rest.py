@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from machine import idle_note
+
 HERE = Path(__file__).resolve().parent
 SERVERS = HERE / "rest_servers.py"
 PATH = "/v1/models/m:predict"
@@ -268,7 +270,8 @@ def main() -> int:
     print(f"## REST proxy benchmark\n\n{os.cpu_count()} CPUs, load average {load_before:.2f} before / "
           f"{os.getloadavg()[0]:.2f} after, {args.duration:g} s per run, wrk -t1, POST of a "
           f"{len(predict_body())} B JSON body; upstream: {upstream_name}; aiohttp baseline on {aiohttp_loop}. "
-          f"Server CPU is the target process's user+system time per request (direct: the upstream's).\n")
+          f"Server CPU is the target process's user+system time per request (direct: the upstream's). "
+          f"{idle_note()}.\n")
     print(table(results))
     print()
     sidecar_c1, direct_c1 = find(results, "sidecar", 1), find(results, "direct", 1)
