@@ -12,8 +12,10 @@ on, into a CaptureRing drained by a CountingConsumer -> upstream) and `aiohttp` 
 ClientSession -> upstream) and, as references, `byte-relay` (a bare uvloop byte relay: the least any Python
 forwarder costs) and `nginx-proxy` (nginx proxy_pass with upstream keep-alive); each proxy runs in its own
 process. Prints a markdown table and the two ratios the performance target is stated in: sidecar/direct p50 at
-concurrency 1 (target <= 1.5) and sidecar/aiohttp throughput at concurrency 16 (target >= 3). Needs `wrk`
-(apt-get install -y wrk; nginx optional).
+concurrency 1 (target <= 1.5) and sidecar/aiohttp throughput at concurrency 16 (target >= 3). `--relay-busy-us N`
+adds the byte relay spinning N us before, then after, each of its writes: on a VM whose idle vCPUs halt at once
+(see the machine line printed with the results) work before a write costs far more latency than its duration.
+Needs `wrk` (apt-get install -y wrk; nginx optional).
 """
 
 from __future__ import annotations
@@ -238,6 +240,9 @@ def main() -> int:
                         help="model time the upstream spends per request (uses the Python upstream); 0 = instant")
     parser.add_argument("--aiohttp-uvloop", action="store_true", help="run the aiohttp baseline under uvloop")
     parser.add_argument("--no-nginx-proxy", action="store_true", help="skip the nginx reverse-proxy reference row")
+    parser.add_argument("--relay-busy-us", type=float, default=0.0,
+                        help="also run the byte relay spinning this long before, then after, each write (what a "
+                             "forwarder's own work costs in latency on this machine)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
@@ -263,6 +268,11 @@ def main() -> int:
                 results += measure(Target("aiohttp", port, pid), *timing)
             with server_process("byte-relay", directory, "--upstream", upstream) as (port, pid):
                 results += measure(Target("byte-relay", port, pid), *timing)
+            if args.relay_busy_us:
+                for when in ("before", "after"):
+                    busy = ("--busy-us", str(args.relay_busy_us), "--busy-when", when)
+                    with server_process("byte-relay", directory, "--upstream", upstream, *busy) as (port, pid):
+                        results += measure(Target(f"byte-relay+{args.relay_busy_us:g}us-{when}", port, pid), *timing)
             if has_nginx and not args.no_nginx_proxy:
                 with nginx_proxy(directory, upstream_port) as (port, pid):
                     results += measure(Target("nginx-proxy", port, pid), *timing)
@@ -279,7 +289,9 @@ def main() -> int:
         added = (sidecar_c1.p50_ms - direct_c1.p50_ms) * 1000
         print(f"- p50 sidecar/direct at c1: **{sidecar_c1.p50_ms / direct_c1.p50_ms:.2f}x** (target <= 1.5x), "
               f"{added:.0f} us added")
-        for reference in ("byte-relay", "nginx-proxy"):
+        busy = [f"byte-relay+{args.relay_busy_us:g}us-{when}" for when in ("before", "after")] \
+            if args.relay_busy_us else []
+        for reference in ("byte-relay", "nginx-proxy", *busy):
             measured = find(results, reference, 1)
             if measured:
                 print(f"- p50 {reference}/direct at c1: {measured.p50_ms / direct_c1.p50_ms:.2f}x "

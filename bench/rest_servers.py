@@ -5,7 +5,9 @@ KIND is one of
 - `sidecar`: the real RestProxy under uvloop, capturing into a CaptureRing drained by a CountingConsumer;
 - `aiohttp`: the baseline, a plain aiohttp web server forwarding through one aiohttp ClientSession;
 - `byte-relay`: a reference, a bare uvloop byte relay (one upstream connection per client connection, no parsing,
-  no headers added): what any Python forwarder costs at the least.
+  no headers added): what any Python forwarder costs at the least. `--busy-us N --busy-when before|after` makes
+  it spin N us before or after each of its writes, which shows what a forwarder's own work costs in latency on
+  this machine (on a VM whose idle vCPUs halt at once, work before a write costs more than its duration).
 Each prints `PORT <n>` on stdout once it listens, then serves until SIGTERM/SIGINT.
 """
 
@@ -15,6 +17,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -98,6 +101,27 @@ async def run_sidecar(port: int, upstream: tuple[str, int]) -> None:
     print(f"captured {ring.appended} drained {consumer.records}", file=sys.stderr, flush=True)
 
 
+class _Busy:
+    """Spins `seconds` before or after each of the relay's writes (0: the plain relay)."""
+
+    seconds = 0.0
+    before = True
+
+    @classmethod
+    def write(cls, transport: asyncio.Transport, data: bytes) -> None:
+        if cls.seconds and cls.before:
+            _spin(cls.seconds)
+        transport.write(data)
+        if cls.seconds and not cls.before:
+            _spin(cls.seconds)
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 class _RelayUpstream(asyncio.Protocol):
     def __init__(self, client: _RelayClient) -> None:
         self.client = client
@@ -107,7 +131,7 @@ class _RelayUpstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.client.transport is not None:
-            self.client.transport.write(data)
+            _Busy.write(self.client.transport, data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.client.transport is not None:
@@ -139,7 +163,7 @@ class _RelayClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.upstream is not None:
-            self.upstream.write(data)
+            _Busy.write(self.upstream, data)
         else:
             self.pending.append(data)
 
@@ -191,6 +215,9 @@ def main() -> None:
     parser.add_argument("--upstream", default="127.0.0.1:9501", help="HOST:PORT of the model server")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="upstream: answer this much later")
+    parser.add_argument("--busy-us", type=float, default=0.0, help="byte-relay: spin this long at each write")
+    parser.add_argument("--busy-when", choices=("before", "after"), default="before",
+                        help="byte-relay: spin before or after each write")
     args = parser.parse_args()
     host, _, port_text = args.upstream.rpartition(":")
     upstream = (host, int(port_text))
@@ -199,6 +226,7 @@ def main() -> None:
     elif args.kind == "sidecar":
         main_coro = run_sidecar(args.port, upstream)
     elif args.kind == "byte-relay":
+        _Busy.seconds, _Busy.before = args.busy_us / 1e6, args.busy_when == "before"
         main_coro = run_byte_relay(args.port, upstream)
     else:
         main_coro = run_aiohttp(args.port, upstream)
