@@ -8,8 +8,11 @@ settings that keep the one worker busy all the time (small windows, MMD on). wrk
 
 A third mode, `off+burner` (`--burner`), is a reference: analysis off while an unrelated process computes numpy
 at idle priority (what the worker's CPU use alone costs the proxy on this machine, whatever the sidecar does).
+`--parts` adds two diagnostic modes with analysis on and one part switched off (bench/analysis_parts.py):
+`no-detectors` (workers skip decoding and detectors: what shipping batches costs) and `no-store` (predictions are
+not stored for feedback).
 
-Usage: python bench/bench_analysis_load.py [--duration 10] [--connections 1,4] [--pace-ms 1] [--burner]
+Usage: python bench/bench_analysis_load.py [--duration 10] [--connections 1,4] [--pace-ms 1] [--burner] [--parts]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_rest  # noqa: E402
+from analysis_parts import PARTS  # noqa: E402
 
 FEATURES = 120
 
@@ -52,16 +56,19 @@ def wrk_script(directory: Path, pace_ms: int) -> Path:
 
 
 @contextlib.contextmanager
-def sidecar(directory: Path, upstream_port: int, analysis: bool, cpu_share: str) -> Iterator[tuple[int, int, int]]:
+def sidecar(directory: Path, upstream_port: int, analysis: bool, cpu_share: str,
+            part: str = "") -> Iterator[tuple[int, int, int]]:
     port, admin = bench_rest.free_port(), bench_rest.free_port()
-    state = directory / ("state-on" if analysis else "state-off")
-    command = [sys.executable, "-m", "sidecar", "run", "--upstream-rest", f"http://127.0.0.1:{upstream_port}",
+    state = directory / (f"state-on-{part}" if analysis else "state-off")
+    launcher = [str(HERE / "analysis_parts.py")] if part else ["-m", "sidecar"]
+    command = [sys.executable, *launcher, "run", "--upstream-rest", f"http://127.0.0.1:{upstream_port}",
                "--listen-rest", f"127.0.0.1:{port}", "--listen-grpc", "off", "--upstream-grpc", "off",
                "--listen-admin", f"127.0.0.1:{admin}", "--state-dir", str(state), "--log-level", "error",
                "--analysis-enabled", str(analysis).lower(), "--workers", "1", "--reference-size", "200",
                "--window-size", "50", "--mmd-enabled", "true", "--mmd-permutations", "200",
                "--worker-cpu-share", cpu_share]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "SIDECAR_BENCH_PART": part}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         bench_rest.wait_listening(port, timeout=60)
         bench_rest.wait_listening(admin, timeout=10)
@@ -116,8 +123,10 @@ def main() -> int:
                              "saturates the proxy on a 2-core machine)")
     parser.add_argument("--burner", action="store_true",
                         help="also measure analysis off next to an unrelated idle-priority numpy loop")
+    parser.add_argument("--parts", action="store_true",
+                        help="also measure analysis on with the detectors, then the prediction store, switched off")
     args = parser.parse_args()
-    modes = ("off", "on", "off+burner") if args.burner else ("off", "on")
+    modes = ["off", "on"] + (["off+burner"] if args.burner else []) + (list(PARTS) if args.parts else [])
     counts = [int(c) for c in args.connections.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -129,8 +138,9 @@ def main() -> int:
             evidence: dict[str, dict[str, float]] = {}
             for round_index in range(args.rounds):
                 for mode in modes:
-                    with sidecar(directory / f"r{round_index}", upstream_port, mode == "on",
-                                 args.worker_cpu_share) as (port, admin, pid), burner(mode == "off+burner"):
+                    part = mode if mode in PARTS else ""
+                    with sidecar(directory / f"r{round_index}", upstream_port, mode == "on" or bool(part),
+                                 args.worker_cpu_share, part) as (port, admin, pid), burner(mode == "off+burner"):
                         target = bench_rest.Target(f"analysis {mode}", port, pid)
                         bench_rest.run_wrk(script, port, 4, 3)  # warm-up: reference collected, workers busy
                         for result in bench_rest.measure(target, script, counts, args.duration, warmup=0):
@@ -158,6 +168,11 @@ def main() -> int:
         if burned and off:
             print(f"p99 ratio (idle-priority numpy loop, analysis off / analysis off) at c={connections}: "
                   f"{burned.p99_ms / off.p99_ms:.2f} (reference)")
+        for part in PARTS:
+            partial = medians.get((part, connections))
+            if partial and off:
+                print(f"p99 ratio (analysis on, {part} / analysis off) at c={connections}: "
+                      f"{partial.p99_ms / off.p99_ms:.2f} (diagnostic)")
     return 0
 
 
