@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 
 import pytest
 
+from sidecar.capture.records import CaptureRecord
+from sidecar.proxy.rest import ProxyCall
+from sidecar.proxy.rest_connection import IncomingRequest
+from sidecar.proxy.upstream import UpstreamExchange
 from tests.support.rest_upstreams import (
     RawClient,
     Received,
@@ -137,6 +142,28 @@ async def test_not_modified_and_no_content_answers_keep_their_framing() -> None:
         assert (not_modified.status, not_modified.header("Content-Length"), not_modified.body) == (304, "99", b"")
         assert (no_content.status, no_content.header("Content-Length"), no_content.body) == (204, None, b"")
         assert ok.status == 200
+
+
+def live(*types: type) -> int:
+    return sum(1 for thing in gc.get_objects() if isinstance(thing, types))
+
+
+async def test_answered_requests_are_freed_at_once_without_the_cycle_collector() -> None:
+    """Per-request reference cycles made the collector run every ~50 requests, pausing the loop ~0.35 ms."""
+    kept: list[CaptureRecord] = []
+    answers = iter([Reply(action="reset"), *[json_reply()] * 20])
+    async with ScriptedUpstream(lambda _: next(answers)) as upstream, \
+            running_proxy(upstream.port, capture=kept.append) as proxy, RawClient(proxy.port) as client:
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(21):  # the first fails upstream (502), the others are answered
+                await client.send(post("/v1/models/m:predict", b'{"instances": [1]}'))
+                await client.read_response()
+            assert len(kept) == 20
+            assert live(ProxyCall, IncomingRequest, UpstreamExchange) == 0
+        finally:
+            gc.enable()
 
 
 async def test_keep_alive_clients_share_one_pooled_upstream_connection() -> None:
