@@ -2,9 +2,14 @@
 
 Runs the real `sidecar run` (uvloop, REST only) in front of an instant upstream (nginx `return 200`, else a
 uvloop stand-in), twice: with analysis off (capture still on, drained into a counter) and with analysis on at
-settings that keep the one worker busy all the time (small windows, MMD on). wrk sends a decodable 1-instance,
-120-feature JSON predict body. For each run it prints p50/p99/throughput at the chosen concurrencies, and from
-/metrics the records analysed and dropped at the ring (proof that the workers were saturated).
+settings that keep the one worker busy all the time (windows of 50 instances, MMD with `--mmd-permutations`, by
+default 10,000: about 650 records a second, less than wrk's paced 850 at one connection). wrk sends a decodable
+1-instance, 120-feature JSON predict body. For each run it prints p50/p99/throughput at the chosen concurrencies,
+the worker's CPU use during the measured run and, from /metrics, the records captured, analysed and dropped at the
+ring: a worker near 1.0 CPU with records left waiting or dropped is saturated.
+
+With 200 permutations (this script's setting until 2026-11-21) the worker kept up at 4 connections using about
+half a CPU: that measured analysis at half load, not saturated workers.
 
 A third mode, `off+burner` (`--burner`), is a reference: analysis off while an unrelated process computes numpy
 at idle priority (what the worker's CPU use alone costs the proxy on this machine, whatever the sidecar does).
@@ -57,7 +62,7 @@ def wrk_script(directory: Path, pace_ms: int) -> Path:
 
 @contextlib.contextmanager
 def sidecar(directory: Path, upstream_port: int, analysis: bool, cpu_share: str,
-            part: str = "") -> Iterator[tuple[int, int, int]]:
+            part: str = "", permutations: int = 10_000) -> Iterator[tuple[int, int, int]]:
     port, admin = bench_rest.free_port(), bench_rest.free_port()
     state = directory / (f"state-on-{part}" if analysis else "state-off")
     launcher = [str(HERE / "analysis_parts.py")] if part else ["-m", "sidecar"]
@@ -65,7 +70,7 @@ def sidecar(directory: Path, upstream_port: int, analysis: bool, cpu_share: str,
                "--listen-rest", f"127.0.0.1:{port}", "--listen-grpc", "off", "--upstream-grpc", "off",
                "--listen-admin", f"127.0.0.1:{admin}", "--state-dir", str(state), "--log-level", "error",
                "--analysis-enabled", str(analysis).lower(), "--workers", "1", "--reference-size", "200",
-               "--window-size", "50", "--mmd-enabled", "true", "--mmd-permutations", "200",
+               "--window-size", "50", "--mmd-enabled", "true", "--mmd-permutations", str(permutations),
                "--worker-cpu-share", cpu_share]
     env = {**os.environ, "SIDECAR_BENCH_PART": part}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -101,6 +106,16 @@ def burner(enabled: bool) -> Iterator[None]:
         bench_rest.stop(process)
 
 
+def workers_cpu(pid: int) -> float:
+    """CPU seconds used so far by the sidecar's child processes (the analysis workers; any of its threads may have
+    started them, and /proc lists children per thread)."""
+    children: set[int] = set()
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            children.update(int(child) for child in listing.read_text().split())
+    return sum(bench_rest.cpu_seconds(child) for child in children)
+
+
 def scrape(admin: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10).read().decode()
     totals: dict[str, float] = {}
@@ -118,6 +133,8 @@ def main() -> int:
     parser.add_argument("--connections", default="1,4")
     parser.add_argument("--rounds", type=int, default=2, help="alternating off/on rounds (medians reported)")
     parser.add_argument("--worker-cpu-share", default="1.0", help="passed to sidecar run (1.0: no cap)")
+    parser.add_argument("--mmd-permutations", type=int, default=10_000,
+                        help="the analysis load: MMD permutations per 50-instance window")
     parser.add_argument("--pace-ms", type=int, default=1,
                         help="wait between a connection's requests (0: closed loop at full speed, which also "
                              "saturates the proxy on a 2-core machine)")
@@ -136,25 +153,34 @@ def main() -> int:
         with upstream as (upstream_port, _):
             runs: dict[tuple[str, int], list[bench_rest.Result]] = {}
             evidence: dict[str, dict[str, float]] = {}
+            worker_use: dict[tuple[str, int], list[float]] = {}
             for round_index in range(args.rounds):
                 for mode in modes:
                     part = mode if mode in PARTS else ""
                     with sidecar(directory / f"r{round_index}", upstream_port, mode == "on" or bool(part),
-                                 args.worker_cpu_share, part) as (port, admin, pid), burner(mode == "off+burner"):
+                                 args.worker_cpu_share, part, args.mmd_permutations) as (port, admin, pid), \
+                            burner(mode == "off+burner"):
                         target = bench_rest.Target(f"analysis {mode}", port, pid)
                         bench_rest.run_wrk(script, port, 4, 3)  # warm-up: reference collected, workers busy
-                        for result in bench_rest.measure(target, script, counts, args.duration, warmup=0):
-                            runs.setdefault((mode, result.connections), []).append(result)
+                        for connections in counts:
+                            used = workers_cpu(pid)
+                            [result] = bench_rest.measure(target, script, [connections], args.duration, warmup=0)
+                            share = (workers_cpu(pid) - used) / result.seconds
+                            worker_use.setdefault((mode, connections), []).append(share)
+                            runs.setdefault((mode, connections), []).append(result)
                         evidence[mode] = scrape(admin)
     load = f"each connection pausing {args.pace_ms} ms between requests" if args.pace_ms else "closed loop"
     print(f"wrk {load}, {args.duration:g} s per run, {args.rounds} rounds (medians), "
-          f"worker CPU share {args.worker_cpu_share}; {bench_rest.idle_note()}\n")
-    rows = ["| analysis | connections | p50 ms | p99 ms | req/s |", "|---|---:|---:|---:|---:|"]
+          f"MMD permutations {args.mmd_permutations}, worker CPU share {args.worker_cpu_share}; "
+          f"{bench_rest.idle_note()}\n")
+    rows = ["| analysis | connections | p50 ms | p99 ms | req/s | worker CPU |", "|---|---:|---:|---:|---:|---:|"]
     medians: dict[tuple[str, int], bench_rest.Result] = {}
     for key, results in sorted(runs.items()):
         results.sort(key=lambda r: r.p99_ms)
         medians[key] = median = results[len(results) // 2]
-        rows.append(f"| {key[0]} | {key[1]} | {median.p50_ms:.3f} | {median.p99_ms:.3f} | {median.throughput:.0f} |")
+        use = sorted(worker_use.get(key, [0.0]))[len(worker_use.get(key, [0.0])) // 2]
+        rows.append(f"| {key[0]} | {key[1]} | {median.p50_ms:.3f} | {median.p99_ms:.3f} | {median.throughput:.0f} "
+                    f"| {use:.2f} |")
     print("\n".join(rows))
     for mode, totals in evidence.items():
         print(f"\nanalysis {mode}, last round: " + ", ".join(f"{k}={v:.0f}" for k, v in sorted(totals.items())))
