@@ -24,7 +24,8 @@ PARTS = ("no-detectors", "no-store")
 def _switch_off(part: str) -> None:
     if part == "no-detectors":
         from sidecar.detect import worker
-        from sidecar.detect.results import Batch, BatchDone, Result
+        from sidecar.detect.batches import Batch
+        from sidecar.detect.results import BatchDone, Result
 
         def skip(index: int, generation: int, state: object, batch: Batch) -> tuple[list[Result], BatchDone]:
             return [], BatchDone(index, generation, batch.batch_id, len(batch.records), [], {}, {})

@@ -111,6 +111,8 @@ class Drainer:
             self.drain_once()
             if len(self.ring) and self.consumer.free_slots() <= 0:
                 await asyncio.sleep(self.flush_interval)
+            else:
+                await asyncio.sleep(0)  # requests that arrived meanwhile go before the next batch
 
     def drain_once(self) -> int:
         room = self.consumer.free_slots()

@@ -1,12 +1,11 @@
 """The analysis worker pool: spawned worker processes, models sharded by a stable hash, bounded batches in flight.
 
 The capture ring's drainer is the pool's only caller on the event loop: `free_slots()` says how many records
-the pool takes now and `submit(batch)` splits a batch by worker, pickles it and queues the bytes without blocking;
-a sender thread per worker writes them into the worker's pipe. Pickling on the loop is one short C call (about
-0.1 ms for 50 records); in the sender thread it cost a GIL hand-off per batch, and the proxy's p99 at 4 paced
-connections was 2.4-2.6x analysis-off against 1.2-1.8x now (bench/bench_analysis_load.py). Plain `pickle.dumps`
-suffices (a batch holds no file descriptors, which is what multiprocessing's ForkingPickler adds) and took 71 us
-instead of 93 us per 43-record batch inside the running sidecar.
+the pool takes now and `submit(batch)` splits a batch by worker, encodes it (`batches`: the small fields pickled
+as columns in one C call, the bodies left where they are) and queues the parts without blocking; a sender thread
+per worker writes them into the worker's pipe. Encoding on the loop keeps the sender thread from needing the GIL
+for more than a moment: pickling in that thread had cost a GIL hand-off per batch, and the proxy's p99 at 4 paced
+connections was 2.4-2.6x analysis-off against 1.2-1.8x after (bench/bench_analysis_load.py).
 
 Each worker holds at most `analysis_queue_batches` batches in flight; when any worker is full, `free_slots()` is 0
 and records wait in the ring, which drops the oldest and counts them, so the proxy never waits for the analysis.
@@ -27,7 +26,6 @@ import contextlib
 import itertools
 import logging
 import os
-import pickle
 import queue
 import threading
 import time
@@ -42,10 +40,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from sidecar.capture.records import CaptureRecord
+from sidecar.detect import batches
 from sidecar.detect import worker as worker_module
 from sidecar.detect.metrics import AnalysisMetrics
 from sidecar.detect.monitor import MonitorStore
-from sidecar.detect.results import Batch, BatchDone, Result, StoredPredictions, WorkerStarted, WorkerStopped
+from sidecar.detect.results import BatchDone, Result, StoredPredictions, WorkerStarted, WorkerStopped
 from sidecar.detect.settings import AnalysisSettings
 from sidecar.feedback.tasks import PredictionRules
 
@@ -80,17 +79,14 @@ class _Link:
         self.sender = threading.Thread(target=self._send_loop, name=f"analysis-sender-{index}", daemon=True)
 
     def _send_loop(self) -> None:
-        """Write pickled batches into the worker's pipe; may block while the worker is busy (never on the loop)."""
+        """Write encoded batches into the worker's pipe; may block while the worker is busy (never on the loop)."""
         try:
             while True:
                 item = self.outbox.get()
                 if item is _RETIRE:
                     return
                 try:
-                    if item is _STOP:
-                        self.tasks.send(None)
-                    else:
-                        self.tasks.send_bytes(item)
+                    batches.send(self.tasks.fileno(), [batches.STOP] if item is _STOP else item)
                 except (OSError, ValueError):
                     return  # the worker died: the supervisor counts what was in flight
                 if item is _STOP:
@@ -231,8 +227,7 @@ class AnalysisPool:
                 else:
                     batch_id = next(self._batch_ids)
                     link.inflight[batch_id] = len(records)
-                    task = Batch(link.generation, batch_id, [tuple(record) for record in records])
-                    link.outbox.put(pickle.dumps(task, pickle.HIGHEST_PROTOCOL))
+                    link.outbox.put(batches.encode(link.generation, batch_id, records))
         for index, reason, count in lost:
             self.metrics.records_lost(index, reason, count)
 

@@ -9,25 +9,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sidecar.capture.records import CaptureRecord
-
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
-
-
-class Batch(NamedTuple):
-    """Main -> worker: records of the models sharded to that worker, as plain tuples.
-
-    Plain tuples pickle in C; CaptureRecord instances pickle through a Python-level `__getnewargs__`, which was
-    the largest item of the sender thread's profile (and its GIL time competes with the event loop).
-    """
-
-    generation: int
-    batch_id: int
-    records: list[tuple[Any, ...]]
-
-    def capture_records(self) -> list[CaptureRecord]:
-        return [CaptureRecord._make(fields) for fields in self.records]
 
 
 class WorkerStarted(NamedTuple):

@@ -3,8 +3,8 @@
 This module is imported by the main process only to name `run` as the spawn target, so it imports nothing heavy
 at module level: numpy, scipy and the detectors load inside the worker, in `run`.
 
-Protocol (both directions over one-way pipes): the main process sends `Batch` objects and finally `None`
-(finish the queued batches, then exit); the worker sends lists of results, `WorkerStarted` first and
+Protocol (both directions over one-way pipes): the main process sends batches (`batches` frames) and finally
+`batches.STOP` (finish the queued batches, then exit); the worker sends lists of results, `WorkerStarted` first and
 `WorkerStopped` last. Each batch's `BatchDone` goes at once, alone (it frees the batch's slot in the pool); the
 other results are held and merged (`coalesce`) and go at most once per `result_interval`, in lists of bounded
 size, and before `WorkerStopped`. An end-of-file on the task pipe (the main process died) also ends the worker.
@@ -22,8 +22,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sidecar.detect import batches
+from sidecar.detect.batches import Batch
 from sidecar.detect.coalesce import ResultBuffer, thin
-from sidecar.detect.results import Batch, BatchDone, Predictions, Result, WorkerStarted, WorkerStopped
+from sidecar.detect.results import BatchDone, Predictions, Result, WorkerStarted, WorkerStopped
 from sidecar.detect.settings import AnalysisSettings
 from sidecar.feedback.tasks import PredictionRules
 
@@ -98,12 +100,12 @@ def _serve(worker: int, generation: int, state: AnalysisState, tasks: Connection
     while True:
         due = next_tick if not held else min(next_tick, sent_at + interval)
         if tasks.poll(max(0.0, due - time.monotonic())):
-            message = tasks.recv()
-            if message is None:
+            message = tasks.recv_bytes()
+            if message == batches.STOP:
                 _send_held(held, results)
                 return
             started = time.process_time()
-            found, done = _process(worker, generation, state, message)
+            found, done = _process(worker, generation, state, batches.decode(message))
             held.extend(_for_the_store(found, rules))
             results.send([done])
             if held and time.monotonic() - sent_at >= interval:
@@ -142,7 +144,7 @@ def _keep_cpu_share(busy: float, share: float) -> None:
 
 
 def _process(worker: int, generation: int, state: AnalysisState, batch: Batch) -> tuple[list[Result], BatchDone]:
-    records = batch.capture_records()
+    records = batch.records
     out, errors, analysed = state.process(records)
     now = time.time()
     lags = thin([max(0.0, now - record.time) for record in records if record.ok], MAX_LAGS)

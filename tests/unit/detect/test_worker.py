@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.detect import worker
+from sidecar.capture.records import CaptureRecord
+from sidecar.detect import batches, worker
 from sidecar.detect.results import (
-    Batch,
     BatchDone,
     DriftWindow,
     ModelStatus,
@@ -31,6 +31,10 @@ from .traffic import stream
 
 pytestmark = pytest.mark.slow
 STARTUP = 60.0
+
+
+def send_batch(tasks: Connection, generation: int, batch_id: int, records: list[CaptureRecord]) -> None:
+    tasks.send_bytes(b"".join(batches.encode(generation, batch_id, records)))
 
 
 @pytest.fixture
@@ -56,7 +60,7 @@ def test_a_worker_answers_each_batch_with_its_summary_then_the_results(
     [started] = results.recv()
     assert started == WorkerStarted(3, 7, process.pid or 0)
     records = list(stream("iris", 3, 2, seed=1))
-    tasks.send(Batch(7, 42, records))
+    send_batch(tasks, 7, 42, records)
     assert results.poll(STARTUP)
     [done] = results.recv()
     assert isinstance(done, BatchDone)
@@ -70,7 +74,7 @@ def test_a_worker_answers_each_batch_with_its_summary_then_the_results(
     assert stored.instances == [0, 1] * 3 and set(stored.tasks) == {"multiclass"}
     assert all(value in {"0", "1", "2"} for value in stored.values)
     assert any(isinstance(item, ModelStatus) for item in answer)
-    tasks.send(None)
+    tasks.send_bytes(batches.STOP)
     assert results.poll(STARTUP)
     assert results.recv() == [WorkerStopped(3, 7)]
     process.join(STARTUP)
@@ -91,14 +95,14 @@ def test_results_between_sends_are_held_merged_and_sent_once_per_interval(tmp_pa
         assert results.poll(STARTUP)
         results.recv()  # WorkerStarted
         records = list(stream("iris", 12, 5, seed=1))  # 60 instances: a reference of 10, then 5 windows of 10
-        tasks.send(Batch(1, 1, records[:2]))
+        send_batch(tasks, 1, 1, records[:2])
         assert results.poll(STARTUP)
         assert [type(item) for item in results.recv()] == [BatchDone]
         assert results.poll(STARTUP)
         first = results.recv()  # nothing sent yet: the results go at once
         assert any(isinstance(item, ModelStatus) for item in first)
         for batch_id, start in enumerate(range(2, 12, 2), start=2):
-            tasks.send(Batch(1, batch_id, records[start:start + 2]))
+            send_batch(tasks, 1, batch_id, records[start:start + 2])
         summaries = [results.recv() for _ in range(5)]  # within the interval: each batch's summary alone
         assert all(len(answer) == 1 and isinstance(answer[0], BatchDone) for answer in summaries)
         assert results.poll(10.0)
@@ -106,7 +110,7 @@ def test_results_between_sends_are_held_merged_and_sent_once_per_interval(tmp_pa
         drift = [item for item in held if isinstance(item, DriftWindow) and item.detector == "feature_drift"]
         assert [item.counts()[0] for item in drift] == [5]
         assert [len(item.ids) for item in held if isinstance(item, StoredPredictions)] == [50]
-        tasks.send(None)
+        tasks.send_bytes(batches.STOP)
         assert results.poll(STARTUP)
         assert results.recv() == [WorkerStopped(0, 1)]
     finally:
@@ -129,15 +133,14 @@ import threading
 from multiprocessing import Pipe
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from sidecar.detect import worker
-from sidecar.detect.results import Batch
+from sidecar.detect import batches, worker
 from sidecar.detect.settings import AnalysisSettings
 from tests.unit.detect.traffic import stream
 
 tasks_receive, tasks_send = Pipe(duplex=False)
 results_receive, results_send = Pipe(duplex=False)
-tasks_send.send(Batch(1, 1, list(stream("iris", 30, 10, seed=1))))
-tasks_send.send(None)
+tasks_send.send_bytes(b"".join(batches.encode(1, 1, list(stream("iris", 30, 10, seed=1)))))
+tasks_send.send_bytes(batches.STOP)
 settings = AnalysisSettings(reference_size=100, window_size=100, mmd_enabled=True, mmd_permutations=20)
 messages = []
 
