@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from sidecar.capture.records import CaptureRecord
 from sidecar.capture.ring import CaptureRing, CountingConsumer, Drainer, Tee
@@ -20,6 +21,20 @@ def test_full_ring_drops_the_oldest_and_counts_per_model() -> None:
     assert [r.prediction_id for r in ring.drain(10)] == ["id-2", "id-3", "id-4"]
     assert ring.dropped == {"a": 1, "b": 1}
     assert ring.appended == 5
+
+
+def test_records_waiting_in_the_ring_are_left_alone_by_the_garbage_collector() -> None:
+    """A backed-up ring holds thousands of records for seconds; tracked, each older-generation collection walks them."""
+    ring = CaptureRing(max_records=100, max_bytes=10_000)
+    expected = []
+    for n in range(50):
+        ring.append(record(n))
+        expected.append(tuple(record(n)))
+    gc.collect()
+    assert not [thing for thing in gc.get_objects() if isinstance(thing, CaptureRecord)]
+    drained = ring.drain(100)
+    assert all(type(item) is CaptureRecord for item in drained)
+    assert drained == expected
 
 
 def test_byte_bound_evicts_until_under_the_limit() -> None:
