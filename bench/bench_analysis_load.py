@@ -62,10 +62,14 @@ def wrk_script(directory: Path, pace_ms: int) -> Path:
 
 @contextlib.contextmanager
 def sidecar(directory: Path, upstream_port: int, analysis: bool, cpu_share: str,
-            part: str = "", permutations: int = 10_000) -> Iterator[tuple[int, int, int]]:
+            part: str = "", permutations: int = 10_000,
+            launcher: list[str] | None = None) -> Iterator[tuple[int, int, int]]:
+    """`sidecar run` with the given analysis setting; `launcher` replaces `-m sidecar` (a script whose `run`
+    command is `sidecar run`, e.g. analysis_parts.py or analysis_timeline.py)."""
     port, admin = bench_rest.free_port(), bench_rest.free_port()
     state = directory / (f"state-on-{part}" if analysis else "state-off")
-    launcher = [str(HERE / "analysis_parts.py")] if part else ["-m", "sidecar"]
+    if launcher is None:
+        launcher = [str(HERE / "analysis_parts.py")] if part else ["-m", "sidecar"]
     command = [sys.executable, *launcher, "run", "--upstream-rest", f"http://127.0.0.1:{upstream_port}",
                "--listen-rest", f"127.0.0.1:{port}", "--listen-grpc", "off", "--upstream-grpc", "off",
                "--listen-admin", f"127.0.0.1:{admin}", "--state-dir", str(state), "--log-level", "error",
