@@ -34,7 +34,7 @@ from sidecar.feedback.pending import PendingFeedback
 from sidecar.feedback.recent import RecentPredictions
 from sidecar.feedback.responses import check_bearer, error_response, inflate, json_response
 from sidecar.feedback.settings import FeedbackSettings
-from sidecar.feedback.store import PredictionRow, PredictionStore, StoredPrediction, StoreError, open_store
+from sidecar.feedback.store import PredictionStore, Row, StoredPrediction, StoreError, open_store
 from sidecar.feedback.tasks import PredictionRules
 from sidecar.proxy.local import LocalRequest, LocalResponse
 
@@ -135,7 +135,7 @@ class FeedbackService:
         else:
             self._accept(rows, records)
 
-    def _accept(self, rows: list[PredictionRow], records: dict[str, StoredPrediction]) -> None:
+    def _accept(self, rows: list[Row], records: dict[str, StoredPrediction]) -> None:
         """On the loop: queue the rows for the store writer and join held feedback for these ids."""
         if self.recent.queued_rows + len(rows) > self.settings.store_queue_max:
             self.counts.store_dropped += len(rows)
@@ -146,7 +146,7 @@ class FeedbackService:
         if waiting:
             self._spawn(self._join_held(waiting, records))
 
-    def _on_written(self, rows: Sequence[PredictionRow], ok: bool) -> None:
+    def _on_written(self, rows: Sequence[Row], ok: bool) -> None:
         """Called on the loop once the writer stored (or failed to store) `rows`."""
         if not ok:
             self.counts.store_error("write")
@@ -352,12 +352,11 @@ def _prefixed(position: int | None, message: str) -> str:
     return message if position is None else f"item {position}: {message}"
 
 
-def _rows(stored: StoredPredictions) -> tuple[list[PredictionRow], dict[str, StoredPrediction]]:
+def _rows(stored: StoredPredictions) -> tuple[list[Row], dict[str, StoredPrediction]]:
     """The store's rows and the per-id records of `stored` (the first instance's task is the record's)."""
     now = time.time()
     model = stored.model
-    rows = list(map(PredictionRow, stored.ids, stored.instances, repeat(model), stored.tasks, stored.values,
-                    repeat(now)))
+    rows: list[Row] = list(zip(stored.ids, stored.instances, repeat(model), stored.tasks, stored.values, repeat(now)))
     records: dict[str, StoredPrediction] = {}
     for prediction_id, index, task, value in zip(stored.ids, stored.instances, stored.tasks, stored.values,
                                                  strict=True):

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from sidecar.feedback.store import Key, Predicted, PredictionRow, StoredPrediction
+from sidecar.feedback.store import Key, Predicted, Row, StoredPrediction
 from sidecar.feedback.threads import StoreThread, ThreadedStore
 
 SOCKET_TIMEOUT = 5.0
@@ -105,20 +105,20 @@ class RedisStore(ThreadedStore):
     def _ttl(self, since: float) -> int:
         return max(1, math.ceil(since + self.retention - time.time()))
 
-    def _write(self, conn: _Connection, rows: list[PredictionRow]) -> None:
-        grouped: dict[str, tuple[PredictionRow, list[str]]] = {}
-        for row in rows:
-            entry = grouped.get(row.prediction_id)
+    def _write(self, conn: _Connection, rows: list[Row]) -> None:
+        grouped: dict[str, tuple[float, list[str]]] = {}
+        for prediction_id, instance, model, task, predicted, when in rows:
+            entry = grouped.get(prediction_id)
             if entry is None:
-                entry = grouped[row.prediction_id] = (row, ["m", row.model, "k", row.task, "t", repr(row.time)])
-            entry[1].extend((f"i{row.instance}", encode_predicted(row.predicted)))
+                entry = grouped[prediction_id] = (when, ["m", model, "k", task, "t", repr(when)])
+            entry[1].extend((f"i{instance}", encode_predicted(predicted)))
         items = list(grouped.items())
         for start in range(0, len(items), CHUNK):
             keys: list[str] = []
             args: list[Any] = []
-            for prediction_id, (first, fields) in items[start:start + CHUNK]:
+            for prediction_id, (first_time, fields) in items[start:start + CHUNK]:
                 keys.append(f"{self.prefix}p:{prediction_id}")
-                args += (len(fields), self._ttl(first.time), *fields)
+                args += (len(fields), self._ttl(first_time), *fields)
             conn.write(keys=keys, args=args)
 
     def _claim_many(self, conn: _Connection, key_lists: list[list[Key]]) -> list[list[bool]]:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sidecar.feedback.store import Key, PredictionRow, StoredPrediction
+from sidecar.feedback.store import Key, Row, StoredPrediction
 from sidecar.feedback.threads import StoreThread, ThreadedStore
 
 SCHEMA = """
@@ -89,7 +89,7 @@ class SqliteStore(ThreadedStore):
         return await self._writer.call_batched(_claim_many, list(keys))
 
 
-def _insert(writer: _Writer, rows: list[PredictionRow]) -> None:
+def _insert(writer: _Writer, rows: list[Row]) -> None:
     conn = writer.conn
     conn.execute("BEGIN")
     try:

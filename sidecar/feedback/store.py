@@ -19,7 +19,7 @@ Key = tuple[str, int]
 
 
 class PredictionRow(NamedTuple):
-    """One analysed instance, as stored."""
+    """One analysed instance, as stored. The stores take any tuple of these fields in this order (`Row`)."""
 
     prediction_id: str
     instance: int
@@ -27,6 +27,11 @@ class PredictionRow(NamedTuple):
     task: str
     predicted: Predicted
     time: float
+
+
+Row = tuple[str, int, str, str, Predicted, float]
+"""A `PredictionRow`'s fields as a plain tuple: what the feedback service hands the stores. CPython's garbage
+collector stops tracking a plain tuple of strings and numbers, never a NamedTuple, and `zip` builds them in C."""
 
 
 class StoredPrediction(NamedTuple):
@@ -38,7 +43,7 @@ class StoredPrediction(NamedTuple):
     instances: dict[int, Predicted]
 
 
-WrittenCallback = Callable[[Sequence["PredictionRow"], bool], None]  # (rows, stored ok), called on the loop
+WrittenCallback = Callable[[Sequence[Row], bool], None]  # (rows, stored ok), called on the loop
 
 
 class StoreError(RuntimeError):
@@ -56,7 +61,7 @@ class PredictionStore(Protocol):
     async def stop(self) -> None:
         """Write what is queued, then close."""
 
-    def put(self, rows: Sequence[PredictionRow]) -> None:
+    def put(self, rows: Sequence[Row]) -> None:
         """Queue rows for the writer thread (never blocks)."""
 
     async def flush(self) -> None:

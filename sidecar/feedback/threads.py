@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from sidecar.feedback.store import PredictionRow, StoreError, WrittenCallback
+from sidecar.feedback.store import Row, StoreError, WrittenCallback
 
 log = logging.getLogger(__name__)
 Conn = TypeVar("Conn")
@@ -51,7 +51,7 @@ class StoreThread(Generic[Conn]):
     """
 
     def __init__(self, name: str, connect: Callable[[], Conn], close: Callable[[Conn], None],
-                 write_rows: Callable[[Conn, list[PredictionRow]], None] | None = None,
+                 write_rows: Callable[[Conn, list[Row]], None] | None = None,
                  idle: Callable[[Conn], None] | None = None, idle_interval: float = 5.0) -> None:
         self.name = name
         self._connect = connect
@@ -73,7 +73,7 @@ class StoreThread(Generic[Conn]):
         self._thread.start()
         await ready
 
-    def put(self, rows: Sequence[PredictionRow]) -> None:
+    def put(self, rows: Sequence[Row]) -> None:
         self._queue.put(list(rows))
 
     def call(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -181,7 +181,7 @@ class StoreThread(Generic[Conn]):
         for call in calls:
             self._resolve(call.future, None, StoreError(f"{self.name}: {exc}"))
 
-    def _flush(self, conn: Conn, rows: list[PredictionRow]) -> None:
+    def _flush(self, conn: Conn, rows: list[Row]) -> None:
         if not rows or self._write_rows is None:
             return
         ok = True
@@ -239,7 +239,7 @@ class ThreadedStore:
         await self._reader.stop()
         await self._writer.stop()
 
-    def put(self, rows: Sequence[PredictionRow]) -> None:
+    def put(self, rows: Sequence[Row]) -> None:
         self._writer.put(rows)
 
     async def flush(self) -> None:
