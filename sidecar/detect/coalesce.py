@@ -81,7 +81,7 @@ class ResultBuffer:
         for result in self.take():
             pieces: list[Result] = [result]
             if isinstance(result, StoredPredictions) and len(result.ids) > items:
-                pieces = [_slice(result, start, start + items) for start in range(0, len(result.ids), items)]
+                pieces = [_slice(result, start, end) for start, end in _cuts(result.ids, items)]
             for piece in pieces:
                 size = _items(piece)
                 if part and weight + size > items:
@@ -92,6 +92,20 @@ class ResultBuffer:
         if part:
             parts.append(part)
         return parts
+
+
+def _cuts(ids: list[str], items: int) -> list[tuple[int, int]]:
+    """Slices of about `items` ids that never part one prediction's instances: the feedback service joins held
+    truth as soon as a prediction's id arrives, and a prediction cut in two failed to join as invalid."""
+    cuts = []
+    start = 0
+    while start < len(ids):
+        end = min(start + items, len(ids))
+        while end < len(ids) and ids[end] == ids[end - 1]:
+            end += 1
+        cuts.append((start, end))
+        start = end
+    return cuts
 
 
 def _slice(stored: StoredPredictions, start: int, end: int) -> StoredPredictions:

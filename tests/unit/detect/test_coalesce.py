@@ -114,3 +114,13 @@ def test_parts_stay_small_and_long_predictions_are_split_across_them() -> None:
     assert sum(isinstance(r, ModelStatus) for part in parts for r in part) == 1
     assert sum(isinstance(r, DriftWindow) for part in parts for r in part) == 1
     assert buffer.take_parts() == []
+
+
+def test_a_prediction_s_instances_stay_in_one_part() -> None:
+    ids = [f"p{i // 10}" for i in range(600)]  # 60 predictions of 10 instances each
+    buffer = ResultBuffer()
+    buffer.add(StoredPredictions("m", ids, [i % 10 for i in range(600)], ["multiclass"] * 600, ["1"] * 600))
+    parts = [r for part in buffer.take_parts(items=256) for r in part if isinstance(r, StoredPredictions)]
+    assert len(parts) == 3
+    assert all(r.instances == list(range(10)) * (len(r.ids) // 10) for r in parts)
+    assert [pid for r in parts for pid in r.ids] == ids
