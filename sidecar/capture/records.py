@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 PROTOCOL_REST = "rest"
@@ -42,3 +43,11 @@ class CaptureRecord(NamedTuple):
     @property
     def ok(self) -> bool:
         return self.status == 200 if self.protocol == PROTOCOL_REST else self.status == 0
+
+
+# Field positions, for code that keeps records as plain tuples (the capture ring) or as columns (analysis batches).
+MODEL_INDEX = CaptureRecord._fields.index("model")
+REQUEST_INDEX = CaptureRecord._fields.index("request")
+RESPONSE_INDEX = CaptureRecord._fields.index("response")
+as_record = partial(tuple.__new__, CaptureRecord)
+"""A CaptureRecord from its fields in order: `CaptureRecord._make` without its Python-level length check."""

@@ -18,17 +18,14 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from operator import itemgetter
 from typing import Any, Protocol
 
-from sidecar.capture.records import CaptureRecord
+from sidecar.capture.records import MODEL_INDEX, REQUEST_INDEX, RESPONSE_INDEX, CaptureRecord, as_record
 
 log = logging.getLogger(__name__)
-_MODEL = CaptureRecord._fields.index("model")
-_REQUEST = itemgetter(CaptureRecord._fields.index("request"))
-_RESPONSE = itemgetter(CaptureRecord._fields.index("response"))
-_as_record = partial(tuple.__new__, CaptureRecord)  # CaptureRecord._make without its Python-level checks
+_REQUEST = itemgetter(REQUEST_INDEX)
+_RESPONSE = itemgetter(RESPONSE_INDEX)
 
 
 class CaptureRing:
@@ -55,7 +52,7 @@ class CaptureRing:
         while len(records) > self.max_records or (self.bytes > self.max_bytes and records):
             old = records.popleft()
             self.bytes -= len(_REQUEST(old)) + len(_RESPONSE(old))
-            model = old[_MODEL]
+            model = old[MODEL_INDEX]
             self.dropped[model] = self.dropped.get(model, 0) + 1
         if self._wake is not None and len(records) >= self.batch_size:
             self._wake.set()
@@ -71,7 +68,7 @@ class CaptureRing:
             take = records.popleft
             taken = [take() for _ in range(count)]
         self.bytes -= sum(map(len, map(_REQUEST, taken))) + sum(map(len, map(_RESPONSE, taken)))
-        return list(map(_as_record, taken))
+        return list(map(as_record, taken))
 
     def attach_waker(self, event: asyncio.Event) -> None:
         self._wake = event

@@ -23,12 +23,10 @@ from collections.abc import Sequence
 from itertools import accumulate, pairwise
 from typing import NamedTuple
 
-from sidecar.capture.records import CaptureRecord
+from sidecar.capture.records import REQUEST_INDEX, RESPONSE_INDEX, CaptureRecord, as_record
 
 STOP = b""
 _HEAD_LENGTH = struct.Struct("!I")
-_REQUEST = CaptureRecord._fields.index("request")
-_RESPONSE = CaptureRecord._fields.index("response")
 _MAX_IOV = 1024  # Linux's IOV_MAX
 
 
@@ -45,8 +43,8 @@ def encode(generation: int, batch_id: int, records: Sequence[CaptureRecord]) -> 
     columns = list(zip(*records, strict=True))
     if not columns:
         return [_HEAD_LENGTH.pack(0)]
-    requests, responses = columns[_REQUEST], columns[_RESPONSE]
-    fields = columns[:_REQUEST] + columns[_RESPONSE + 1:]
+    requests, responses = columns[REQUEST_INDEX], columns[RESPONSE_INDEX]
+    fields = columns[:REQUEST_INDEX] + columns[RESPONSE_INDEX + 1:]
     head = pickle.dumps((generation, batch_id, fields, list(map(len, requests)), list(map(len, responses))),
                         pickle.HIGHEST_PROTOCOL)
     return [_HEAD_LENGTH.pack(len(head)) + head, *requests, *responses]
@@ -62,8 +60,8 @@ def decode(message: bytes) -> Batch:
     ends = list(accumulate(request_lengths + response_lengths, initial=body_start))
     bodies = [message[start:end] for start, end in pairwise(ends)]
     count = len(request_lengths)
-    rows = zip(*fields[:_REQUEST], bodies[:count], bodies[count:], *fields[_REQUEST:], strict=True)
-    return Batch(generation, batch_id, list(map(CaptureRecord._make, rows)))
+    rows = zip(*fields[:REQUEST_INDEX], bodies[:count], bodies[count:], *fields[REQUEST_INDEX:], strict=True)
+    return Batch(generation, batch_id, list(map(as_record, rows)))
 
 
 def send(fd: int, parts: list[bytes]) -> None:
