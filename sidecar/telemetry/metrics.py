@@ -12,7 +12,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -159,5 +159,11 @@ class CaptureMetrics(Collector):
 
 
 def new_registry() -> CollectorRegistry:
-    """A registry of our own (not the process-global one), so tests and embedders stay isolated."""
-    return CollectorRegistry(auto_describe=False)
+    """A registry of our own (not the process-global one), so tests and embedders stay isolated. It carries the
+    standard `process_*` (CPU, resident memory, open files), `python_gc_*` and `python_info` metrics that any
+    Python exporter offers: they are read only when scraped."""
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry

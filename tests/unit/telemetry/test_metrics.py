@@ -58,3 +58,11 @@ def test_capture_metrics_report_ring_state_and_drops() -> None:
     assert values[("sidecar_capture_drained_records_total", ())] == 7
     assert values[("sidecar_capture_dropped_total", (("model", "a"),))] == 1
     assert values[("sidecar_capture_dropped_total", (("model", OTHER_MODELS),))] == 1
+
+
+def test_the_registry_carries_the_standard_process_and_python_metrics() -> None:
+    registry = new_registry()
+    assert (registry.get_sample_value("process_resident_memory_bytes") or 0) > 0
+    assert (registry.get_sample_value("process_cpu_seconds_total") or 0) > 0
+    assert registry.get_sample_value("python_gc_collections_total", {"generation": "0"}) is not None
+    assert any(metric.name == "python_info" for metric in registry.collect())
