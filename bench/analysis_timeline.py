@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ NEAR_SECONDS = 0.0002  # an event that ended this shortly before a request began
 
 
 def _instrument(path: str) -> None:
-    """Wrap the functions the timeline records and dump the records to `path` twice a second."""
+    """Wrap the functions the timeline records; write the records to `path` when `path`.request appears (only
+    then: writing them holds the GIL for milliseconds, and their tuples would set off collections)."""
     from sidecar.capture.ring import Drainer
     from sidecar.detect.pool import AnalysisPool
     from sidecar.feedback.api import FeedbackService
@@ -47,7 +49,7 @@ def _instrument(path: str) -> None:
 
     clock = time.perf_counter
     events: list[tuple[str, float, float]] = []
-    requests: list[tuple[float, float]] = []
+    starts, stops = array("d"), array("d")  # not a tuple per request: those would set off collections themselves
 
     def timed(owner: Any, attribute: str, name: str) -> None:
         function = getattr(owner, attribute)
@@ -70,7 +72,8 @@ def _instrument(path: str) -> None:
     respond = ClientConnection.respond
 
     def responding(self: ClientConnection, request: Any, head: bytes, body: bytes, keep_alive: bool) -> None:
-        requests.append((request.started, clock()))
+        starts.append(request.started)
+        stops.append(clock())
         respond(self, request, head, body, keep_alive)
 
     ClientConnection.respond = responding  # type: ignore[method-assign]
@@ -85,16 +88,22 @@ def _instrument(path: str) -> None:
     gc.callbacks.append(collector)
 
     def dump() -> None:
+        request = Path(path + ".request")
         while True:
-            time.sleep(0.5)
-            Path(path + ".tmp").write_text(json.dumps({"events": events[-50_000:], "requests": requests[-100_000:]}))
+            time.sleep(0.1)
+            if not request.exists():
+                continue
+            Path(path + ".tmp").write_text(json.dumps({"events": events, "starts": list(starts),
+                                                       "stops": list(stops)}))
+            request.unlink()
             os.replace(path + ".tmp", path)
 
     threading.Thread(target=dump, name="timeline-dump", daemon=True).start()
 
 
 def report(timeline: dict[str, Any], begin: float, end: float) -> str:
-    requests = [(start, stop) for start, stop in timeline["requests"] if begin <= start <= end]
+    requests = [(start, stop) for start, stop in zip(timeline["starts"], timeline["stops"], strict=True)
+                if begin <= start <= end]
     events = [(name, start, stop) for name, start, stop in timeline["events"] if begin <= start <= end]
     if not requests:
         return "no requests recorded"
@@ -141,7 +150,11 @@ def measure(args: argparse.Namespace) -> str:
             begin = time.perf_counter()
             requests, _, p50, p99, _ = bench_rest.run_wrk(script, port, args.connections, args.duration)
             end = time.perf_counter()
-            time.sleep(1.0)  # the last dump
+            request = Path(f"{timeline_file}.request")
+            request.touch()
+            deadline = time.monotonic() + 30
+            while request.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
             timeline = json.loads(timeline_file.read_text())
     return (f"analysis {args.analysis}, {args.connections} connections, {args.duration:g} s: wrk saw {requests} "
             f"requests, p50 {p50:.3f} ms, p99 {p99:.3f} ms; {bench_rest.idle_note()}\n\n"

@@ -19,7 +19,7 @@ from sidecar.capture.ring import CaptureRing, Consumer, CountingConsumer, Draine
 from sidecar.config import Settings
 from sidecar.telemetry.admin import AdminServer, build_admin_app
 from sidecar.telemetry.health import Probe, UpstreamHealth, tcp_http_probe
-from sidecar.telemetry.metrics import CaptureMetrics, RequestMetrics, new_registry
+from sidecar.telemetry.metrics import CaptureMetrics, RequestMetrics, add_process_metrics, new_registry
 from sidecar.telemetry.tracing import Tracing, disabled
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class Sidecar:
                  registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.tracing = tracing or disabled()
-        self.registry = registry or new_registry()
+        self.registry = registry or add_process_metrics(new_registry())
         self.request_metrics = RequestMetrics(settings.telemetry.model_label_cap)
         self.registry.register(self.request_metrics)
         self.tee = Tee()

@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from sidecar.feedback.pending import PendingFeedback
 from sidecar.feedback.recent import RecentPredictions
 from sidecar.feedback.responses import check_bearer, error_response, inflate, json_response
 from sidecar.feedback.settings import FeedbackSettings
-from sidecar.feedback.store import PredictionStore, Row, StoredPrediction, StoreError, open_store
+from sidecar.feedback.store import PredictionColumns, PredictionStore, StoredPrediction, StoreError, open_store
 from sidecar.feedback.tasks import PredictionRules
 from sidecar.proxy.local import LocalRequest, LocalResponse
 
@@ -129,28 +128,31 @@ class FeedbackService:
         """
         if not stored.ids:
             return
-        rows, records = _rows(stored)
+        put = PredictionColumns(stored.model, stored.ids, stored.instances, stored.tasks, stored.values, time.time())
         if self._loop is not None and threading.get_ident() != self._loop_thread:
-            self._loop.call_soon_threadsafe(self._accept, rows, records)
+            self._loop.call_soon_threadsafe(self._accept, put)
         else:
-            self._accept(rows, records)
+            self._accept(put)
 
-    def _accept(self, rows: list[Row], records: dict[str, StoredPrediction]) -> None:
-        """On the loop: queue the rows for the store writer and join held feedback for these ids."""
-        if self.recent.queued_rows + len(rows) > self.settings.store_queue_max:
-            self.counts.store_dropped += len(rows)
+    def _accept(self, put: PredictionColumns) -> None:
+        """On the loop: queue the put for the store writer and join held feedback for its ids."""
+        if self.recent.queued_rows + len(put) > self.settings.store_queue_max:
+            self.counts.store_dropped += len(put)
         else:
-            self.recent.added(records, len(rows))
-            self.store.put(rows)
-        waiting = self.pending.take([pid for pid in records if pid in self.pending]) if len(self.pending) else []
+            self.recent.added(put)
+            self.store.put(put)
+        if not len(self.pending):
+            return
+        waiting = self.pending.take([pid for pid in dict.fromkeys(put.ids) if pid in self.pending])
         if waiting:
-            self._spawn(self._join_held(waiting, records))
+            records = {item.prediction_id: put.record(item.prediction_id) for item in waiting}
+            self._spawn(self._join_held(waiting, {pid: record for pid, record in records.items() if record}))
 
-    def _on_written(self, rows: Sequence[Row], ok: bool) -> None:
-        """Called on the loop once the writer stored (or failed to store) `rows`."""
+    def _on_written(self, rows: int, ok: bool) -> None:
+        """Called on the loop once the writer stored (or failed to store) `rows` rows."""
         if not ok:
             self.counts.store_error("write")
-        self.recent.written(len(rows))
+        self.recent.written(rows)
 
     # HTTP
 
@@ -350,21 +352,6 @@ class FeedbackService:
 
 def _prefixed(position: int | None, message: str) -> str:
     return message if position is None else f"item {position}: {message}"
-
-
-def _rows(stored: StoredPredictions) -> tuple[list[Row], dict[str, StoredPrediction]]:
-    """The store's rows and the per-id records of `stored` (the first instance's task is the record's)."""
-    now = time.time()
-    model = stored.model
-    rows: list[Row] = list(zip(stored.ids, stored.instances, repeat(model), stored.tasks, stored.values, repeat(now)))
-    records: dict[str, StoredPrediction] = {}
-    for prediction_id, index, task, value in zip(stored.ids, stored.instances, stored.tasks, stored.values,
-                                                 strict=True):
-        record = records.get(prediction_id)
-        if record is None:
-            record = records[prediction_id] = StoredPrediction(model, task, now, {})
-        record.instances[index] = value
-    return rows, records
 
 
 __all__ = ["FeedbackService"]

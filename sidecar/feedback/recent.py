@@ -4,6 +4,7 @@ A lookup reads the store on another thread while predictions keep arriving on th
 before the read but committed after it would be missed, and its feedback held until it expires. So every put
 stays here until it is written *and* every lookup that was already running when it was written has finished:
 a lookup checks here before and after reading the store, and whatever it missed in the store is still here.
+Puts stay the columns they arrived as (see `PredictionColumns`); an id maps to the latest put that holds it.
 All methods run on the event loop thread.
 """
 
@@ -11,41 +12,38 @@ from __future__ import annotations
 
 from collections import Counter, deque
 
-from sidecar.feedback.store import StoredPrediction
+from sidecar.feedback.store import PredictionColumns, StoredPrediction
 
 
 class RecentPredictions:
     def __init__(self) -> None:
-        self._records: dict[str, tuple[StoredPrediction, int]] = {}
-        self._puts: deque[tuple[int, int, list[str]]] = deque()  # (put number, rows, ids), oldest first
-        self._written: deque[tuple[int, int, list[str]]] = deque()  # (epoch written, put number, ids)
-        self._put_number = 0
+        self._latest: dict[str, PredictionColumns] = {}  # id -> the latest put holding it
+        self._puts: deque[PredictionColumns] = deque()  # queued, oldest first
+        self._written: deque[tuple[int, PredictionColumns]] = deque()  # (epoch written, put)
         self._epoch = 0  # advances each time a write completes
         self._lookups: Counter[int] = Counter()  # epochs at which running lookups began
         self.queued_rows = 0
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._latest)
 
     def get(self, prediction_id: str) -> StoredPrediction | None:
-        entry = self._records.get(prediction_id)
-        return entry[0] if entry is not None else None
+        put = self._latest.get(prediction_id)
+        return put.record(prediction_id) if put is not None else None
 
-    def added(self, records: dict[str, StoredPrediction], rows: int) -> None:
-        """Records of one put (of `rows` rows) are on their way to the store."""
-        self._put_number += 1
-        for prediction_id, record in records.items():
-            self._records[prediction_id] = (record, self._put_number)
-        self._puts.append((self._put_number, rows, list(records)))
-        self.queued_rows += rows
+    def added(self, put: PredictionColumns) -> None:
+        """`put` is on its way to the store."""
+        self._latest.update(dict.fromkeys(put.ids, put))
+        self._puts.append(put)
+        self.queued_rows += len(put)
 
     def written(self, rows: int) -> None:
         """The writer finished the oldest puts, `rows` rows in all (it never splits a put)."""
         while rows > 0 and self._puts:
-            number, count, ids = self._puts.popleft()
-            rows -= count
-            self.queued_rows -= count
-            self._written.append((self._epoch, number, ids))
+            put = self._puts.popleft()
+            rows -= len(put)
+            self.queued_rows -= len(put)
+            self._written.append((self._epoch, put))
         self._epoch += 1
         self._forget()
 
@@ -62,9 +60,9 @@ class RecentPredictions:
     def _forget(self) -> None:
         """Drop written puts that no running lookup could have missed (it began after they were written)."""
         oldest = min(self._lookups) if self._lookups else self._epoch + 1
+        latest = self._latest
         while self._written and self._written[0][0] < oldest:
-            _, number, ids = self._written.popleft()
-            for prediction_id in ids:
-                entry = self._records.get(prediction_id)
-                if entry is not None and entry[1] == number:
-                    del self._records[prediction_id]
+            _, put = self._written.popleft()
+            for prediction_id in put.ids:
+                if latest.get(prediction_id) is put:
+                    del latest[prediction_id]

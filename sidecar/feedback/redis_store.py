@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -105,7 +105,7 @@ class RedisStore(ThreadedStore):
     def _ttl(self, since: float) -> int:
         return max(1, math.ceil(since + self.retention - time.time()))
 
-    def _write(self, conn: _Connection, rows: list[Row]) -> None:
+    def _write(self, conn: _Connection, rows: Iterable[Row], count: int) -> None:
         grouped: dict[str, tuple[float, list[str]]] = {}
         for prediction_id, instance, model, task, predicted, when in rows:
             entry = grouped.get(prediction_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sidecar.feedback.store import Key, Row, StoredPrediction
@@ -89,7 +89,7 @@ class SqliteStore(ThreadedStore):
         return await self._writer.call_batched(_claim_many, list(keys))
 
 
-def _insert(writer: _Writer, rows: list[Row]) -> None:
+def _insert(writer: _Writer, rows: Iterable[Row], count: int) -> None:
     conn = writer.conn
     conn.execute("BEGIN")
     try:
@@ -99,7 +99,7 @@ def _insert(writer: _Writer, rows: list[Row]) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    writer.rows += len(rows)
+    writer.rows += count
     if writer.rows > writer.max_rows:
         _trim(writer, force=True)
 

@@ -14,7 +14,8 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable
+from itertools import chain
 from typing import Any, Generic, TypeVar
 
 from sidecar.feedback.store import Row, StoreError, WrittenCallback
@@ -32,6 +33,15 @@ def _nothing(_: Any) -> None:
     return None
 
 
+class _Rows:
+    """Rows queued for writing (a wrapper: the queue also carries calls and the stop mark)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: Collection[Row]) -> None:
+        self.rows = rows
+
+
 class _Call:
     __slots__ = ("args", "batched", "function", "future")
 
@@ -44,14 +54,14 @@ class _Call:
 
 
 class StoreThread(Generic[Conn]):
-    """Runs `write_rows(conn, rows)` for queued rows and `function(conn, *args)` for calls, in queue order.
+    """Runs `write_rows(conn, rows, count)` for queued rows and `function(conn, *args)` for calls, in queue order.
 
     `connect` runs in the thread (connections stay in the thread that made them); `idle(conn)` runs after each
     burst of work and at least every `idle_interval` seconds (retention trimming); `close(conn)` on stop.
     """
 
     def __init__(self, name: str, connect: Callable[[], Conn], close: Callable[[Conn], None],
-                 write_rows: Callable[[Conn, list[Row]], None] | None = None,
+                 write_rows: Callable[[Conn, Iterable[Row], int], None] | None = None,
                  idle: Callable[[Conn], None] | None = None, idle_interval: float = 5.0) -> None:
         self.name = name
         self._connect = connect
@@ -73,8 +83,8 @@ class StoreThread(Generic[Conn]):
         self._thread.start()
         await ready
 
-    def put(self, rows: Sequence[Row]) -> None:
-        self._queue.put(list(rows))
+    def put(self, rows: Collection[Row]) -> None:
+        self._queue.put(_Rows(rows))
 
     def call(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         assert self._loop is not None, "start() first"
@@ -127,14 +137,14 @@ class StoreThread(Generic[Conn]):
                 self._run_idle(conn)
                 continue
             burst = [first]
-            rows = len(first) if isinstance(first, list) else 0
+            rows = len(first.rows) if isinstance(first, _Rows) else 0
             while rows < MAX_COALESCED_ROWS:  # take what else is queued: one transaction for the lot
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 burst.append(item)
-                rows += len(item) if isinstance(item, list) else 0
+                rows += len(item.rows) if isinstance(item, _Rows) else 0
             stop = self._process(conn, burst)
             self._run_idle(conn)
             if stop:
@@ -142,7 +152,7 @@ class StoreThread(Generic[Conn]):
 
     def _process(self, conn: Conn, burst: list[Any]) -> bool:
         """Rows first, then the calls in order (consecutive batched calls of one function merged)."""
-        self._flush(conn, [row for item in burst if isinstance(item, list) for row in item])
+        self._flush(conn, [item.rows for item in burst if isinstance(item, _Rows)])
         calls = [item for item in burst if isinstance(item, _Call)]
         start = 0
         while start < len(calls):
@@ -181,19 +191,20 @@ class StoreThread(Generic[Conn]):
         for call in calls:
             self._resolve(call.future, None, StoreError(f"{self.name}: {exc}"))
 
-    def _flush(self, conn: Conn, rows: list[Row]) -> None:
-        if not rows or self._write_rows is None:
+    def _flush(self, conn: Conn, batches: list[Collection[Row]]) -> None:
+        count = sum(map(len, batches))
+        if not count or self._write_rows is None:
             return
         ok = True
         try:
-            self._write_rows(conn, rows)
+            self._write_rows(conn, chain.from_iterable(batches), count)
         except Exception as exc:
             ok = False
-            log.warning("%s: storing %d prediction instances failed: %s", self.name, len(rows), exc)
+            log.warning("%s: storing %d prediction instances failed: %s", self.name, count, exc)
         callback = self._on_written
         if callback is not None and self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(callback, rows, ok)
+                self._loop.call_soon_threadsafe(callback, count, ok)
 
     def _run_idle(self, conn: Conn) -> None:
         if self._idle is None:
@@ -239,7 +250,7 @@ class ThreadedStore:
         await self._reader.stop()
         await self._writer.stop()
 
-    def put(self, rows: Sequence[Row]) -> None:
+    def put(self, rows: Collection[Row]) -> None:
         self._writer.put(rows)
 
     async def flush(self) -> None:

@@ -159,10 +159,13 @@ class CaptureMetrics(Collector):
 
 
 def new_registry() -> CollectorRegistry:
-    """A registry of our own (not the process-global one), so tests and embedders stay isolated. It carries the
-    standard `process_*` (CPU, resident memory, open files), `python_gc_*` and `python_info` metrics that any
-    Python exporter offers: they are read only when scraped."""
-    registry = CollectorRegistry(auto_describe=False)
+    """A registry of our own (not the process-global one), so tests and embedders stay isolated."""
+    return CollectorRegistry(auto_describe=False)
+
+
+def add_process_metrics(registry: CollectorRegistry) -> CollectorRegistry:
+    """Add the standard `process_*` (CPU, resident memory, open files), `python_gc_*` and `python_info` metrics
+    that any Python exporter offers; they are read only when scraped."""
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)

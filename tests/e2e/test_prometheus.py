@@ -58,6 +58,7 @@ async def test_promtool_accepts_the_metrics_exposition(sidecar: Sidecar) -> None
         text = await response.read()
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert b"\nprocess_resident_memory_bytes " in text and b'\npython_gc_collections_total{generation="0"}' in text
 
 
 @needs_prometheus

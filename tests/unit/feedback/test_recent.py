@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import gc
+
 from sidecar.feedback.recent import RecentPredictions
-from sidecar.feedback.store import StoredPrediction
+from sidecar.feedback.store import PredictionColumns
 
 
-def record(value: str = "1") -> StoredPrediction:
-    return StoredPrediction("m", "multiclass", 0.0, {0: value})
+def put(*ids: str, value: str = "1") -> PredictionColumns:
+    return PredictionColumns("m", list(ids), [0] * len(ids), ["multiclass"] * len(ids), [value] * len(ids), 0.0)
 
 
 def test_a_put_is_visible_until_it_is_written() -> None:
     recent = RecentPredictions()
-    recent.added({"a": record(), "b": record()}, rows=2)
+    recent.added(put("a", "b"))
     assert recent.queued_rows == 2
     assert recent.get("a") is not None
     recent.written(2)
@@ -20,9 +22,9 @@ def test_a_put_is_visible_until_it_is_written() -> None:
     assert recent.queued_rows == 0 and len(recent) == 0
 
 
-def test_a_lookup_running_when_the_write_finished_still_finds_the_put() -> None:
+def test_a_written_put_stays_while_a_lookup_that_began_before_the_write_runs() -> None:
     recent = RecentPredictions()
-    recent.added({"a": record()}, rows=1)
+    recent.added(put("a"))
     ticket = recent.begin_lookup()  # its read of the store may come before the write commits
     recent.written(1)
     assert recent.get("a") is not None
@@ -30,9 +32,9 @@ def test_a_lookup_running_when_the_write_finished_still_finds_the_put() -> None:
     assert recent.get("a") is None
 
 
-def test_a_lookup_begun_after_the_write_does_not_keep_it() -> None:
+def test_lookups_that_began_after_the_write_do_not_keep_it() -> None:
     recent = RecentPredictions()
-    recent.added({"a": record()}, rows=1)
+    recent.added(put("a"))
     early = recent.begin_lookup()
     recent.written(1)
     late = recent.begin_lookup()
@@ -41,14 +43,30 @@ def test_a_lookup_begun_after_the_write_does_not_keep_it() -> None:
     recent.end_lookup(late)
 
 
-def test_writes_are_matched_to_puts_in_order_and_a_newer_put_of_an_id_survives_an_older_write() -> None:
+def test_a_later_put_of_the_same_id_survives_the_earlier_one_being_written() -> None:
     recent = RecentPredictions()
-    recent.added({"a": record("1")}, rows=1)
-    recent.added({"b": record(), "c": record()}, rows=3)
-    recent.added({"a": record("2")}, rows=1)
+    recent.added(put("a", value="1"))
+    recent.added(PredictionColumns("m", ["b", "c", "c"], [0, 0, 1], ["multiclass"] * 3, ["1"] * 3, 0.0))
+    recent.added(put("a", value="2"))
     recent.written(4)  # the first two puts
     assert recent.get("b") is None
-    assert recent.get("a") == record("2")
+    stored = recent.get("a")
+    assert stored is not None and stored.instances == {0: "2"}
     assert recent.queued_rows == 1
     recent.written(1)
     assert len(recent) == 0
+
+
+def test_a_put_adds_no_object_per_instance_for_the_garbage_collector() -> None:
+    ids = [f"id-{index}" for index in range(2000)]
+    big = PredictionColumns("m", ids, [0] * 2000, ["multiclass"] * 2000, ["1"] * 2000, 0.0)
+    recent = RecentPredictions()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        recent.added(big)
+        after = len(gc.get_objects())
+    finally:
+        gc.enable()
+    assert after - before < 20
+    assert recent.get("id-1999") is not None

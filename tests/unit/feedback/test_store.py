@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.feedback.store import PredictionRow, PredictionStore, StoreError, open_store
+from sidecar.feedback.store import PredictionColumns, PredictionRow, PredictionStore, StoreError, open_store
 
 from .redis_server import running_redis
 
@@ -48,6 +48,33 @@ async def test_stored_rows_are_found_by_prediction_id_with_their_values_and_type
     assert found["b"].time == pytest.approx(time.time(), abs=5)
 
 
+async def test_columns_are_stored_as_their_rows(store: PredictionStore) -> None:
+    store.put(PredictionColumns("m", ["a", "b", "a"], [0, 0, 1], ["multiclass", "binary", "multiclass"],
+                                ["cat", 0.75, "dog"], time.time()))
+    await store.flush()
+    found = await store.lookup(["a", "b"])
+    assert found["a"].instances == {0: "cat", 1: "dog"} and found["a"].task == "multiclass"
+    assert found["b"].instances == {0: 0.75} and found["b"].task == "binary"
+
+
+def test_columns_iterate_as_rows_and_give_one_prediction_s_record() -> None:
+    columns = PredictionColumns("m", ["a", "b", "a"], [0, 0, 1], ["multiclass", "binary", "multiclass"],
+                                ["cat", 0.75, "dog"], 12.5)
+    assert len(columns) == 3
+    assert list(columns) == [("a", 0, "m", "multiclass", "cat", 12.5), ("b", 0, "m", "binary", 0.75, 12.5),
+                             ("a", 1, "m", "multiclass", "dog", 12.5)]
+    assert ("b", 0, "m", "binary", 0.75, 12.5) in columns
+    record = columns.record("a")
+    assert record is not None and record.instances == {0: "cat", 1: "dog"}
+    assert (record.model, record.task, record.time) == ("m", "multiclass", 12.5)
+    assert columns.record("missing") is None
+
+
+def test_columns_of_different_lengths_are_refused() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        PredictionColumns("m", ["a", "b"], [0], ["binary"], [0.5], 0.0)
+
+
 async def test_a_claim_runs_after_every_put_queued_before_it(store: PredictionStore) -> None:
     store.put(rows("c", ["1"]))
     assert await store.claim([("c", 0)]) == [True]
@@ -71,7 +98,7 @@ async def test_a_lookup_of_many_ids_answers_all_of_them(store: PredictionStore) 
 async def test_the_writer_reports_written_rows_on_the_event_loop(tmp_path: Path) -> None:
     reports: list[tuple[int, bool]] = []
     store = open_store("sqlite", tmp_path, retention=3600, max_rows=1000, key_prefix="t:")
-    await store.start(lambda written, ok: reports.append((len(written), ok)))
+    await store.start(lambda written, ok: reports.append((written, ok)))
     try:
         store.put(rows("a", ["1", "2"]))
         store.put(rows("b", ["1"]))

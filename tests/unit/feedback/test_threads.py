@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import pytest
 
-from sidecar.feedback.store import PredictionRow, StoreError
+from sidecar.feedback.store import PredictionColumns, PredictionRow, Row, StoreError
 from sidecar.feedback.threads import StoreThread
 
 
@@ -20,12 +20,14 @@ class Log:
         self.closed = False
         self.fail_next_write = False
 
-    def write(self, rows: list[PredictionRow]) -> None:
+    def write(self, rows: Iterable[Row], count: int) -> None:
         self.threads.add(threading.current_thread().name)
         if self.fail_next_write:
             self.fail_next_write = False
             raise OSError("disk full")
-        self.writes.append([row.prediction_id for row in rows])
+        ids = [row[0] for row in rows]
+        assert len(ids) == count
+        self.writes.append(ids)
 
 
 def rows(*ids: str) -> list[PredictionRow]:
@@ -55,21 +57,31 @@ async def test_a_call_sees_every_row_batch_queued_before_it_in_one_write() -> No
 async def test_the_written_callback_runs_on_the_loop_with_the_outcome() -> None:
     log = Log()
     thread = make(log)
-    seen: list[tuple[list[str], bool, str]] = []
+    seen: list[tuple[int, bool, str]] = []
 
-    def written(batch: Sequence[PredictionRow], ok: bool) -> None:
-        seen.append(([row.prediction_id for row in batch], ok, threading.current_thread().name))
+    def written(count: int, ok: bool) -> None:
+        seen.append((count, ok, threading.current_thread().name))
 
     await thread.start(written)
     log.fail_next_write = True
     thread.put(rows("lost"))
     await thread.flush()
-    thread.put(rows("kept"))
+    thread.put(rows("kept", "also kept"))
     await thread.flush()
     await thread.stop()
     loop_thread = threading.current_thread().name
-    assert seen == [(["lost"], False, loop_thread), (["kept"], True, loop_thread)]
-    assert log.writes == [["kept"]]
+    assert seen == [(1, False, loop_thread), (2, True, loop_thread)]
+    assert log.writes == [["kept", "also kept"]]
+
+
+async def test_columns_are_written_as_rows_in_queue_order() -> None:
+    log = Log()
+    thread = make(log)
+    await thread.start()
+    thread.put(PredictionColumns("m", ["a", "a", "b"], [0, 1, 0], ["binary"] * 3, [0.1, 0.2, 0.3], 0.0))
+    thread.put(rows("c"))
+    await thread.stop()
+    assert [ident for batch in log.writes for ident in batch] == ["a", "a", "b", "c"]
 
 
 async def test_a_failing_call_raises_store_error_and_the_thread_carries_on() -> None:

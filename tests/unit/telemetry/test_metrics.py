@@ -7,7 +7,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.capture.records import CaptureRecord
 from sidecar.capture.ring import CaptureRing
-from sidecar.telemetry.metrics import OTHER_MODELS, CaptureMetrics, ModelLabels, RequestMetrics, new_registry
+from sidecar.telemetry.metrics import (
+    OTHER_MODELS,
+    CaptureMetrics,
+    ModelLabels,
+    RequestMetrics,
+    add_process_metrics,
+    new_registry,
+)
 
 
 def samples(registry: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -60,8 +67,8 @@ def test_capture_metrics_report_ring_state_and_drops() -> None:
     assert values[("sidecar_capture_dropped_total", (("model", OTHER_MODELS),))] == 1
 
 
-def test_the_registry_carries_the_standard_process_and_python_metrics() -> None:
-    registry = new_registry()
+def test_process_metrics_are_the_standard_process_and_python_ones() -> None:
+    registry = add_process_metrics(new_registry())
     assert (registry.get_sample_value("process_resident_memory_bytes") or 0) > 0
     assert (registry.get_sample_value("process_cpu_seconds_total") or 0) > 0
     assert registry.get_sample_value("python_gc_collections_total", {"generation": "0"}) is not None
