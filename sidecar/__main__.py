@@ -59,7 +59,6 @@ def run_command(argv: Sequence[str]) -> int:
     configure_logging(settings.general.log_level)
     install_fast_loop()
     shorten_gil_switch_interval()
-    collect_young_objects_often()
     try:
         asyncio.run(_serve(settings, tracer))
     except OSError as exc:
@@ -95,23 +94,6 @@ def shorten_gil_switch_interval() -> None:
     (bench/bench_analysis_load.py --connections 1 --rounds 3) the proxy's p99 went from 1.27 to about 0.9 ms.
     """
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-
-
-YOUNG_GENERATION_THRESHOLD = 150
-
-
-def collect_young_objects_often() -> None:
-    """Run the garbage collector's young-generation passes about 10x as often as Python's default (700), so each
-    is short.
-
-    Captured records wait in the ring as tuples, which the collector tracks until their first pass; they do not
-    start passes (each evicted record frees one as it adds one), so with the analysis saturated a pass set off by
-    other work found ~6,600 of them and took ~0.6 ms, and the older-generation pass ~3 ms. With 150, in 8 s of
-    bench/bench_analysis_load.py's saturated load at 4 connections: ~100 passes of ~0.1 ms and 10 older ones of
-    ~0.2 ms (longest 0.8 ms) instead of 9 and 1 (longest 3.2 ms); the same total time.
-    """
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, older, oldest)
 
 
 def freeze_startup_heap() -> None:
