@@ -145,8 +145,8 @@ class FeedbackService:
             return
         waiting = self.pending.take([pid for pid in dict.fromkeys(put.ids) if pid in self.pending])
         if waiting:
-            records = {item.prediction_id: put.record(item.prediction_id) for item in waiting}
-            self._spawn(self._join_held(waiting, {pid: record for pid, record in records.items() if record}))
+            found = {item.prediction_id: record for item in waiting if (record := put.record(item.prediction_id))}
+            self._spawn(self._join_held(waiting, found))
 
     def _on_written(self, rows: int, ok: bool) -> None:
         """Called on the loop once the writer stored (or failed to store) `rows` rows."""

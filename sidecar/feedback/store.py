@@ -10,7 +10,7 @@ binary probability, a regression value, or a scalar whose task is still undecide
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -35,6 +35,14 @@ Row = tuple[str, int, str, str, Predicted, float]
 plain tuple of strings and numbers, never a NamedTuple, and `zip` builds them in C."""
 
 
+class Rows(Protocol):
+    """What `put` takes: rows that know their count (a list of `Row`s, or `PredictionColumns`)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Row]: ...
+
+
 class StoredPrediction(NamedTuple):
     """Everything stored under one prediction id: its model, task, time and the predicted value per instance."""
 
@@ -45,8 +53,8 @@ class StoredPrediction(NamedTuple):
 
 
 class PredictionColumns:
-    """One model's analysed instances on their way to the store, a list per field: a `Collection[Row]` whose row
-    tuples exist only while a store's writer thread iterates it.
+    """One model's analysed instances on their way to the store, a list per field: `Rows` whose row tuples exist
+    only while a store's writer thread iterates them.
 
     Why not rows: a tuple per instance lived from its arrival on the event loop to its commit, up to a second, so
     every ~700 of them set off a young-generation collection in the main process that walked all rows still queued:
@@ -71,9 +79,6 @@ class PredictionColumns:
 
     def __iter__(self) -> Iterator[Row]:
         return zip(self.ids, self.instances, repeat(self.model), self.tasks, self.values, repeat(self.time))
-
-    def __contains__(self, row: object) -> bool:
-        return any(candidate == row for candidate in self)
 
     def record(self, prediction_id: str) -> StoredPrediction | None:
         """What these columns store under `prediction_id` (the task of its first instance), or None."""
@@ -109,7 +114,7 @@ class PredictionStore(Protocol):
     async def stop(self) -> None:
         """Write what is queued, then close."""
 
-    def put(self, rows: Collection[Row]) -> None:
+    def put(self, rows: Rows) -> None:
         """Queue rows for the writer thread (never blocks); the store keeps `rows` until written: do not change it."""
 
     async def flush(self) -> None:

@@ -14,11 +14,11 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import Any, Generic, TypeVar
 
-from sidecar.feedback.store import Row, StoreError, WrittenCallback
+from sidecar.feedback.store import Row, Rows, StoreError, WrittenCallback
 
 log = logging.getLogger(__name__)
 Conn = TypeVar("Conn")
@@ -38,7 +38,7 @@ class _Rows:
 
     __slots__ = ("rows",)
 
-    def __init__(self, rows: Collection[Row]) -> None:
+    def __init__(self, rows: Rows) -> None:
         self.rows = rows
 
 
@@ -83,7 +83,7 @@ class StoreThread(Generic[Conn]):
         self._thread.start()
         await ready
 
-    def put(self, rows: Collection[Row]) -> None:
+    def put(self, rows: Rows) -> None:
         self._queue.put(_Rows(rows))
 
     def call(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -191,7 +191,7 @@ class StoreThread(Generic[Conn]):
         for call in calls:
             self._resolve(call.future, None, StoreError(f"{self.name}: {exc}"))
 
-    def _flush(self, conn: Conn, batches: list[Collection[Row]]) -> None:
+    def _flush(self, conn: Conn, batches: list[Rows]) -> None:
         count = sum(map(len, batches))
         if not count or self._write_rows is None:
             return
@@ -250,7 +250,7 @@ class ThreadedStore:
         await self._reader.stop()
         await self._writer.stop()
 
-    def put(self, rows: Collection[Row]) -> None:
+    def put(self, rows: Rows) -> None:
         self._writer.put(rows)
 
     async def flush(self) -> None:

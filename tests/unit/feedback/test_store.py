@@ -63,7 +63,6 @@ def test_columns_iterate_as_rows_and_give_one_prediction_s_record() -> None:
     assert len(columns) == 3
     assert list(columns) == [("a", 0, "m", "multiclass", "cat", 12.5), ("b", 0, "m", "binary", 0.75, 12.5),
                              ("a", 1, "m", "multiclass", "dog", 12.5)]
-    assert ("b", 0, "m", "binary", 0.75, 12.5) in columns
     record = columns.record("a")
     assert record is not None and record.instances == {0: "cat", 1: "dog"}
     assert (record.model, record.task, record.time) == ("m", "multiclass", 12.5)
