@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 PROTOCOL_REST = "rest"
 PROTOCOL_GRPC = "grpc"
@@ -51,3 +51,6 @@ REQUEST_INDEX = CaptureRecord._fields.index("request")
 RESPONSE_INDEX = CaptureRecord._fields.index("response")
 as_record = partial(tuple.__new__, CaptureRecord)
 """A CaptureRecord from its fields in order: `CaptureRecord._make` without its Python-level length check."""
+CaptureRow = tuple[Any, ...]
+"""A record's fields as a plain tuple, in `CaptureRecord` order: how the capture ring keeps records and hands them
+to its consumers (`as_record` makes one a CaptureRecord again)."""

@@ -4,11 +4,13 @@ Shaped like OpenTelemetry's batch processor: a deque bounded by record count and
 either bound evicts the oldest records and counts them per model; a drainer task is woken when a batch is ready
 or a flush interval passes, and hands batches to a consumer only as fast as the consumer has room.
 
-The ring keeps each record as a plain tuple of its fields and hands out `CaptureRecord`s again when drained.
-Python's garbage collector stops tracking a plain tuple of strings, numbers and bytes at its first collection, but
-never a NamedTuple: with the analysis saturated the ring holds its 10,000 records for seconds, and every
-older-generation collection walked them all (2-3 ms on the event loop, several times per 8 s at 3,000 requests/s;
-bench/bench_analysis_load.py).
+The ring keeps each record as a plain tuple of its fields (`CaptureRow`) and hands those tuples to its consumer as
+they are. Python's garbage collector stops tracking a plain tuple of strings, numbers and bytes at its first
+collection, but never a NamedTuple: with the analysis saturated the ring holds its 10,000 records for seconds, and
+every older-generation collection walked them all (2-3 ms on the event loop, several times per 8 s at 3,000 requests/s;
+bench/bench_analysis_load.py). Making `CaptureRecord`s again when draining allocated a tracked object per record,
+which brought the next young-generation collection on the event loop closer; consumers that want attributes call
+`as_record` themselves.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from operator import itemgetter
-from typing import Any, Protocol
+from typing import Protocol
 
-from sidecar.capture.records import MODEL_INDEX, REQUEST_INDEX, RESPONSE_INDEX, CaptureRecord, as_record
+from sidecar.capture.records import MODEL_INDEX, REQUEST_INDEX, RESPONSE_INDEX, CaptureRecord, CaptureRow
 
 log = logging.getLogger(__name__)
 _REQUEST = itemgetter(REQUEST_INDEX)
@@ -33,7 +35,7 @@ class CaptureRing:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.batch_size = batch_size
-        self._records: deque[tuple[Any, ...]] = deque()  # plain tuples: see the module docstring
+        self._records: deque[CaptureRow] = deque()  # plain tuples: see the module docstring
         self.bytes = 0
         self.appended = 0
         self.dropped: dict[str, int] = {}
@@ -57,8 +59,8 @@ class CaptureRing:
         if self._wake is not None and len(records) >= self.batch_size:
             self._wake.set()
 
-    def drain(self, limit: int) -> list[CaptureRecord]:
-        """Take up to `limit` of the oldest records."""
+    def drain(self, limit: int) -> list[CaptureRow]:
+        """Take up to `limit` of the oldest records, as the plain tuples the ring keeps."""
         records = self._records
         count = min(limit, len(records))
         if count == len(records):
@@ -68,7 +70,7 @@ class CaptureRing:
             take = records.popleft
             taken = [take() for _ in range(count)]
         self.bytes -= sum(map(len, map(_REQUEST, taken))) + sum(map(len, map(_RESPONSE, taken)))
-        return list(map(as_record, taken))
+        return taken
 
     def attach_waker(self, event: asyncio.Event) -> None:
         self._wake = event
@@ -79,7 +81,7 @@ class Consumer(Protocol):
 
     def free_slots(self) -> int: ...
 
-    def submit(self, batch: list[CaptureRecord]) -> None: ...
+    def submit(self, batch: list[CaptureRow]) -> None: ...
 
 
 class CountingConsumer:
@@ -91,7 +93,7 @@ class CountingConsumer:
     def free_slots(self) -> int:
         return 1 << 30
 
-    def submit(self, batch: list[CaptureRecord]) -> None:
+    def submit(self, batch: list[CaptureRow]) -> None:
         self.records += len(batch)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from itertools import accumulate, pairwise
 from typing import NamedTuple
 
-from sidecar.capture.records import REQUEST_INDEX, RESPONSE_INDEX, CaptureRecord, as_record
+from sidecar.capture.records import REQUEST_INDEX, RESPONSE_INDEX, CaptureRecord, CaptureRow, as_record
 
 STOP = b""
 _HEAD_LENGTH = struct.Struct("!I")
@@ -38,7 +38,7 @@ class Batch(NamedTuple):
     records: list[CaptureRecord]
 
 
-def encode(generation: int, batch_id: int, records: Sequence[CaptureRecord]) -> list[bytes]:
+def encode(generation: int, batch_id: int, records: Sequence[CaptureRow]) -> list[bytes]:
     """The frame's parts (head first, then each body); `b"".join` of them is the message `decode` reads."""
     columns = list(zip(*records, strict=True))
     if not columns:

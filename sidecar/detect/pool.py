@@ -34,12 +34,13 @@ from collections.abc import Callable
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.capture.records import CaptureRecord
+from sidecar.capture.records import MODEL_INDEX, CaptureRow
 from sidecar.detect import batches
 from sidecar.detect import worker as worker_module
 from sidecar.detect.metrics import AnalysisMetrics
@@ -55,11 +56,24 @@ MAX_RESTART_DELAY = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 _STOP = object()  # sender: send the worker its stop message, then retire
 _RETIRE = object()  # sender: the worker is gone, retire without sending
+_MODEL = itemgetter(MODEL_INDEX)
 
 
 def shard(model: str, workers: int) -> int:
     """The worker that owns `model`: a hash that is the same in every process and every run."""
     return zlib.crc32(model.encode("utf-8", "surrogatepass")) % workers
+
+
+def split_by_worker(batch: list[CaptureRow], workers: int) -> dict[int, list[CaptureRow]]:
+    """The records of `batch` grouped by the worker owning their model, in order. A batch whose models all belong
+    to one worker (one model, the usual case) is taken whole: the loop costs about 35 us per 256 records."""
+    owners = {model: shard(model, workers) for model in set(map(_MODEL, batch))}
+    if len(set(owners.values())) <= 1:
+        return {owner: batch for owner in owners.values()}
+    groups: dict[int, list[CaptureRow]] = {}
+    for record in batch:
+        groups.setdefault(owners[record[MODEL_INDEX]], []).append(record)
+    return groups
 
 
 class _Link:
@@ -207,13 +221,10 @@ class AnalysisPool:
             free = min(limit - len(link.inflight) for link in links)
         return max(0, free) * self.batch_records
 
-    def submit(self, batch: list[CaptureRecord]) -> None:
+    def submit(self, batch: list[CaptureRow]) -> None:
         """Queue records to the workers owning their models; never blocks. Records no worker can take are lost
         and counted (a worker waiting to restart, or a caller that ignored `free_slots`)."""
-        workers = len(self._slots)
-        groups: dict[int, list[CaptureRecord]] = {}
-        for record in batch:
-            groups.setdefault(shard(record.model, workers), []).append(record)
+        groups = split_by_worker(batch, len(self._slots))
         lost: list[tuple[int, str, int]] = []
         with self._lock:
             for index, records in groups.items():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.capture.records import CaptureRecord
+from sidecar.capture.records import CaptureRow, as_record
 from sidecar.capture.ring import CaptureRing
 from sidecar.export.body import BodyPolicy, redaction_fields
 from sidecar.export.events import EventContext, events_from_record, feedback_event
@@ -36,7 +36,6 @@ from sidecar.export.settings import ExportSettings
 from sidecar.export.sink import Sink
 
 _HASH_SPACE = 1 << 64
-OPT_OUT_FIELD = "log_opt_out"  # a CaptureRecord flag the proxy sets from the opt-out header (when it has one)
 
 
 def payload_log_ring(settings: ExportSettings) -> CaptureRing:
@@ -86,7 +85,6 @@ class PayloadLog:
             self.metrics.add(sink)
         self.sampled_out = 0
         self.opted_out = 0
-        self._opt_out_types: dict[type, bool] = {}
 
     def _queue(self) -> SinkQueue:
         s = self.settings
@@ -100,13 +98,13 @@ class PayloadLog:
     def free_slots(self) -> int:
         return self.settings.payload_log_queue
 
-    def submit(self, batch: list[CaptureRecord]) -> None:
+    def submit(self, batch: list[CaptureRow]) -> None:
         now = time.monotonic()
         keep = self.sampler.keep
         per_record = int(self.requests) + int(self.responses)
         sinks = self.sinks
-        for record in batch:
-            if self._may_opt_out(type(record)) and getattr(record, OPT_OUT_FIELD, False):
+        for record in map(as_record, batch):
+            if record.log_opt_out:
                 self.opted_out += 1
                 continue
             if not keep(record.prediction_id):
@@ -119,13 +117,6 @@ class PayloadLog:
             for event in events_from_record(record, self.requests, self.responses):
                 for sink in sinks:
                     sink.put(event, now)
-
-    def _may_opt_out(self, kind: type) -> bool:
-        """Whether records of this type carry the opt-out flag (checked once per type: exceptions are slow)."""
-        known = self._opt_out_types.get(kind)
-        if known is None:
-            known = self._opt_out_types[kind] = hasattr(kind, OPT_OUT_FIELD)
-        return known
 
     def feedback_event(self, prediction_id: str, model: str, body: bytes, version: str = "") -> bool:
         """Log a feedback body for a prediction (sampled like its exchange); never blocks. True when queued."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from sidecar.capture.records import CaptureRecord
+from sidecar.capture.records import CaptureRecord, CaptureRow, as_record
 from sidecar.capture.ring import CaptureRing, CountingConsumer, Drainer, Tee
 
 
@@ -18,7 +18,7 @@ def test_full_ring_drops_the_oldest_and_counts_per_model() -> None:
     ring = CaptureRing(max_records=3, max_bytes=10_000)
     for n in range(5):
         ring.append(record(n, model="a" if n < 1 else "b"))
-    assert [r.prediction_id for r in ring.drain(10)] == ["id-2", "id-3", "id-4"]
+    assert [as_record(r).prediction_id for r in ring.drain(10)] == ["id-2", "id-3", "id-4"]
     assert ring.dropped == {"a": 1, "b": 1}
     assert ring.appended == 5
 
@@ -33,8 +33,9 @@ def test_records_waiting_in_the_ring_are_left_alone_by_the_garbage_collector() -
     gc.collect()
     assert not [thing for thing in gc.get_objects() if isinstance(thing, CaptureRecord)]
     drained = ring.drain(100)
-    assert all(type(item) is CaptureRecord for item in drained)
+    assert all(type(item) is tuple for item in drained)  # handed on as kept: nothing new for the collector
     assert drained == expected
+    assert as_record(drained[7]) == record(7)
 
 
 def test_byte_bound_evicts_until_under_the_limit() -> None:
@@ -50,7 +51,7 @@ def test_drain_takes_the_oldest_first_and_updates_bytes() -> None:
     ring = CaptureRing(max_records=10, max_bytes=1000)
     for n in range(5):
         ring.append(record(n))
-    assert [r.prediction_id for r in ring.drain(2)] == ["id-0", "id-1"]
+    assert [as_record(r).prediction_id for r in ring.drain(2)] == ["id-0", "id-1"]
     assert ring.bytes == 30
     assert len(ring) == 3
 
@@ -64,12 +65,12 @@ class FullConsumer:
     def free_slots(self) -> int:
         return 0
 
-    def submit(self, batch: list[CaptureRecord]) -> None:
+    def submit(self, batch: list[CaptureRow]) -> None:
         self.got += len(batch)
 
 
 class BrokenConsumer(CountingConsumer):
-    def submit(self, batch: list[CaptureRecord]) -> None:
+    def submit(self, batch: list[CaptureRow]) -> None:
         super().submit(batch)
         raise RuntimeError("boom")
 

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.capture.records import CaptureRecord
 from sidecar.capture.ring import CaptureRing, Drainer
-from sidecar.detect.pool import AnalysisPool, shard
+from sidecar.detect.pool import AnalysisPool, shard, split_by_worker
 from sidecar.detect.results import StoredPredictions
 from sidecar.detect.settings import AnalysisSettings
 
@@ -82,6 +82,23 @@ def test_a_model_maps_to_the_same_worker_in_every_process() -> None:
                                 env={**os.environ, "PYTHONHASHSEED": seed}).stdout
         assert output.strip() == str(here)
 
+
+
+def test_a_batch_splits_by_the_worker_owning_each_model_keeping_the_order() -> None:
+    names = [f"model-{n}" for n in range(8)]
+    owners = {name: shard(name, 3) for name in names}
+    assert len(set(owners.values())) > 1
+    records = [record for n in range(4) for name in names for record in stream(name, 1, 1, seed=n)]
+    groups = split_by_worker(records, 3)
+    assert sorted(groups) == sorted(set(owners.values()))
+    for owner, group in groups.items():
+        assert group == [record for record in records if owners[record.model] == owner]
+
+
+def test_a_batch_of_one_model_goes_whole_to_its_worker() -> None:
+    records = list(stream("iris", 5, 2, seed=1))
+    assert split_by_worker(records, 4) == {shard("iris", 4): records}
+    assert split_by_worker([], 4) == {}
 
 async def test_drift_is_raised_on_a_shifted_stream_and_not_on_a_stable_one(
         started: Callable[..., AnalysisPool]) -> None:

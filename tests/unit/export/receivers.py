@@ -69,8 +69,3 @@ def make_record(prediction_id: str = "p-1", model: str = "iris", request: bytes 
     return CaptureRecord(prediction_id, time, model, version, label, protocol, api, method, request, response,
                          status, latency, encoding)
 
-
-class OptedOutRecord(CaptureRecord):
-    """A record carrying the proposed `log_opt_out` flag (the proxy sets it from the opt-out header)."""
-
-    log_opt_out = True

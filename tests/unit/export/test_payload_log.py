@@ -14,7 +14,7 @@ from sidecar.export.payload_log import PayloadLog, Sampler, payload_log_ring
 from sidecar.export.settings import ExportSettings
 
 from .conftest import StartReceiver
-from .receivers import OptedOutRecord, make_record
+from .receivers import make_record
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -71,7 +71,7 @@ async def test_exchanges_that_opted_out_are_not_logged(tmp_path: Path) -> None:
     path = tmp_path / "payload.jsonl"
     log = PayloadLog(ExportSettings(payload_log_file=str(path)), CollectorRegistry())
     await log.start()
-    log.submit([OptedOutRecord(*make_record(prediction_id="secret")), make_record(prediction_id="public")])
+    log.submit([make_record(prediction_id="secret")._replace(log_opt_out=True), make_record(prediction_id="public")])
     await log.stop(5.0)
     assert {line["id"] for line in lines(path)} == {"public"}
     assert log.opted_out == 1

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
-from sidecar.capture.records import CaptureRecord
+from sidecar.capture.records import CaptureRecord, as_record
 from sidecar.capture.ring import CaptureRing
 from sidecar.telemetry.metrics import RequestMetrics
 from sidecar.telemetry.tracing import Tracing, with_processor
@@ -106,7 +106,7 @@ async def test_capture_goes_into_a_real_ring_in_arrival_order() -> None:
     ring = CaptureRing(max_records=100, max_bytes=1 << 20)
     async with ScriptedUpstream() as upstream, running_proxy(upstream.port, capture=ring.append) as proxy:
         await exchange(proxy.port, b"".join(post("/v1/models/m:predict", f"[{i}]".encode()) for i in range(5)), 5)
-    assert [r.request for r in ring.drain(10)] == [f"[{i}]".encode() for i in range(5)]
+    assert [as_record(r).request for r in ring.drain(10)] == [f"[{i}]".encode() for i in range(5)]
 
 
 # metrics ----------------------------------------------------------------------------------------------------
