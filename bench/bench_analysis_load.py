@@ -50,11 +50,9 @@ def body() -> str:
 def wrk_script(directory: Path, pace_ms: int) -> Path:
     """The REST bench's wrk script with our body; `pace_ms` > 0 makes each connection wait that long between
     requests (an open-ish load below the proxy's capacity, so only the analysis is saturated)."""
-    script = bench_rest.wrk_script(directory)
+    script = bench_rest.wrk_script(directory, pace_ms)
     lines = script.read_text().splitlines()
     lines[1] = f"wrk.body = [=[{body()}]=]"
-    if pace_ms > 0:
-        lines.append(f"delay = function() return {pace_ms} end")
     paced = directory / f"predict-{pace_ms}ms.lua"
     paced.write_text("\n".join(lines) + "\n")
     return paced

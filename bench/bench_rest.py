@@ -65,7 +65,9 @@ def predict_body(size: int = 1024) -> str:
     return json.dumps({"instances": [values]})
 
 
-def wrk_script(directory: Path) -> Path:
+def wrk_script(directory: Path, pace_ms: int = 0) -> Path:
+    """The wrk script: POST the predict body and print the results; `pace_ms` > 0 makes each connection wait that
+    long between requests."""
     script = directory / "predict.lua"
     script.write_text(
         'wrk.method = "POST"\n'
@@ -76,7 +78,8 @@ def wrk_script(directory: Path) -> Path:
         '  io.write(string.format("RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,\n'
         "    latency:percentile(50), latency:percentile(99),\n"
         "    e.connect + e.read + e.write + e.timeout + e.status))\n"
-        "end\n")
+        "end\n"
+        + (f"delay = function() return {pace_ms} end\n" if pace_ms > 0 else ""))
     return script
 
 
@@ -235,6 +238,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unrecorded load before each one")
     parser.add_argument("--connections", default="1,16", help="comma-separated wrk connection counts")
+    parser.add_argument("--pace-ms", type=int, default=0,
+                        help="each connection pauses this long between requests (0: back to back)")
     parser.add_argument("--upstream", choices=("auto", "nginx", "python"), default="auto")
     parser.add_argument("--service-ms", type=float, default=0.0,
                         help="model time the upstream spends per request (uses the Python upstream); 0 = instant")
@@ -255,7 +260,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-rest-") as temp:
         directory = Path(temp)
-        script = wrk_script(directory)
+        script = wrk_script(directory, args.pace_ms)
         upstream_cm = nginx_upstream(directory) if use_nginx else server_process(
             "upstream", directory, "--delay-ms", str(args.service_ms))
         with upstream_cm as (upstream_port, upstream_pid):
@@ -277,9 +282,10 @@ def main() -> int:
                 with nginx_proxy(directory, upstream_port) as (port, pid):
                     results += measure(Target("nginx-proxy", port, pid), *timing)
     upstream_name = "nginx return 200" if use_nginx else f"uvloop+httptools, {args.service_ms:g} ms per request"
+    pacing = f", each connection pausing {args.pace_ms} ms between requests" if args.pace_ms else ""
     print(f"## REST proxy benchmark\n\n{os.cpu_count()} CPUs, load average {load_before:.2f} before / "
           f"{os.getloadavg()[0]:.2f} after, {args.duration:g} s per run, wrk -t1, POST of a "
-          f"{len(predict_body())} B JSON body; upstream: {upstream_name}; aiohttp baseline on {aiohttp_loop}. "
+          f"{len(predict_body())} B JSON body{pacing}; upstream: {upstream_name}; aiohttp baseline on {aiohttp_loop}. "
           f"Server CPU is the target process's user+system time per request (direct: the upstream's). "
           f"{idle_note()}.\n")
     print(table(results))
