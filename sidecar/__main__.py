@@ -88,10 +88,11 @@ GIL_SWITCH_INTERVAL = 0.0005
 def shorten_gil_switch_interval() -> None:
     """Let the event loop thread win the GIL back within 0.5 ms instead of Python's default 5 ms.
 
-    The analysis pool's supervisor and sender threads and the prediction-store writer run in this process and
-    hold the GIL for bursts of Python work (applying one batch's results took about 1.2 ms of CPU on a 2-vCPU VM);
-    a request arriving meanwhile waited for the burst. With analysis saturated and paced load
-    (bench/bench_analysis_load.py --connections 1 --rounds 3) the proxy's p99 went from 1.27 to about 0.9 ms.
+    Threads of this process (the prediction store's writer and reader, the payload-log senders; until
+    2026-11-21 also the analysis pool's supervisor and senders) hold the GIL for bursts of Python work; a request
+    arriving meanwhile waits for the burst. When the pool still applied results on its own thread (one batch's
+    results took about 1.2 ms of CPU on a 2-vCPU VM), the proxy's p99 with analysis saturated and paced load
+    (bench/bench_analysis_load.py --connections 1 --rounds 3) went from 1.27 to about 0.9 ms with this setting.
     """
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 

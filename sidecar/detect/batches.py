@@ -4,8 +4,8 @@ Why not pickle the records: pickling copies every request and response body into
 event loop. For 256 records of about 1 KB that took 140-160 us warm and about 300 us inside the running sidecar
 (bench/bench_analysis_load.py with saturated workers), and it was the single largest cause of requests slower
 than the proxy's p99. Here the loop pickles only the small fields, as columns (`zip(*records)` and one `pickle`
-call, no Python per record), and the sender thread hands the bodies to the kernel with `os.writev` straight from
-the records' own bytes objects, with the GIL released.
+call, no Python per record), and the bodies go to the kernel with `os.writev` straight from the records' own bytes
+objects (`pipes.FrameWriter`).
 
 A frame is one multiprocessing `Connection` message, so the worker reads it with `Connection.recv_bytes`:
   4 bytes  length of the head, big-endian
@@ -16,7 +16,6 @@ An empty message (`STOP`) asks the worker to stop.
 
 from __future__ import annotations
 
-import os
 import pickle
 import struct
 from collections.abc import Sequence
@@ -27,7 +26,6 @@ from sidecar.capture.records import REQUEST_INDEX, RESPONSE_INDEX, CaptureRecord
 
 STOP = b""
 _HEAD_LENGTH = struct.Struct("!I")
-_MAX_IOV = 1024  # Linux's IOV_MAX
 
 
 class Batch(NamedTuple):
@@ -62,22 +60,3 @@ def decode(message: bytes) -> Batch:
     count = len(request_lengths)
     rows = zip(*fields[:REQUEST_INDEX], bodies[:count], bodies[count:], *fields[REQUEST_INDEX:], strict=True)
     return Batch(generation, batch_id, list(map(as_record, rows)))
-
-
-def send(fd: int, parts: list[bytes]) -> None:
-    """Write one frame to a blocking pipe, framed as `Connection.send_bytes` frames it. Blocks while the pipe is
-    full (call it off the event loop); `os.writev` releases the GIL while the kernel copies."""
-    size = sum(map(len, parts))
-    header = struct.pack("!i", size) if size < 0x7FFFFFFF else struct.pack("!iQ", -1, size)
-    pending: list[bytes | memoryview] = [header, *filter(None, parts)]  # no empty part: writev could return 0
-    index = 0
-    while index < len(pending):
-        written = os.writev(fd, pending[index:index + _MAX_IOV])
-        while written:
-            part = pending[index]
-            if written >= len(part):
-                written -= len(part)
-                index += 1
-            else:
-                pending[index] = memoryview(part)[written:]
-                written = 0

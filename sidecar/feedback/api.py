@@ -123,8 +123,8 @@ class FeedbackService:
     def add_stored(self, stored: StoredPredictions) -> None:
         """Store one model's reduced predictions and join feedback that was waiting for them. Never blocks.
 
-        Safe from any thread (the analysis pool calls it on its supervisor thread); only the short bookkeeping hops
-        onto the event loop.
+        Safe from any thread (the analysis pool calls it on the event loop); from another thread only the short
+        bookkeeping hops onto the loop.
         """
         if not stored.ids:
             return
