@@ -25,10 +25,11 @@ def _switch_off(part: str) -> None:
     if part == "no-detectors":
         from sidecar.detect import worker
         from sidecar.detect.batches import Batch
-        from sidecar.detect.results import BatchDone, Result
+        from sidecar.detect.results import LAG_BUCKETS, BatchDone, Result, bucket_counts
 
         def skip(index: int, generation: int, state: object, batch: Batch) -> tuple[list[Result], BatchDone]:
-            return [], BatchDone(index, generation, batch.batch_id, len(batch.records), [], {}, {})
+            nothing = bucket_counts([], LAG_BUCKETS)
+            return [], BatchDone(index, generation, batch.batch_id, len(batch.records), nothing, {}, {})
 
         worker._process = skip  # type: ignore[assignment]
     elif part == "no-store":

@@ -6,8 +6,8 @@ Runs `sidecar run` as bench_analysis_load.py does (nginx upstream, wrk pausing 1
 requests, one saturated worker), but through this file, which wraps a few main-process functions with timers
 before the sidecar starts. Recorded: each answered REST request's time inside the process (first byte parsed to
 answer written), the garbage collector's passes per generation, the capture drainer, batch submission to the
-workers, the supervisor reading worker results, the predictions hook and its event-loop half, and the store
-writer's flushes. It prints percentiles of the in-process time, each event's count and duration, and, for the
+workers, reading worker results and applying each message, the predictions hook and its event-loop half, and the
+store writer's flushes. It prints percentiles of the in-process time, each event's count and duration, and, for the
 requests slower than the in-process p99, how many overlapped each kind of event (or none).
 
 A diagnostic, not a benchmark: the timers cost a little themselves, and wrk's latency also holds what happens
@@ -65,7 +65,8 @@ def _instrument(path: str) -> None:
 
     timed(Drainer, "drain_once", "drain")
     timed(AnalysisPool, "submit", "submit batch")
-    timed(AnalysisPool, "_read", "read results")
+    timed(AnalysisPool, "_on_results", "read results")
+    timed(AnalysisPool, "_apply_frame", "apply a result message")
     timed(FeedbackService, "add_stored", "predictions hook")
     timed(FeedbackService, "_accept", "predictions on loop")
     timed(StoreThread, "_flush", "store flush")

@@ -175,14 +175,16 @@ def main() -> int:
     print(f"wrk {load}, {args.duration:g} s per run, {args.rounds} rounds (medians), "
           f"MMD permutations {args.mmd_permutations}, worker CPU share {args.worker_cpu_share}; "
           f"{bench_rest.idle_note()}\n")
-    rows = ["| analysis | connections | p50 ms | p99 ms | req/s | worker CPU |", "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| analysis | connections | p50 ms | p99 ms | req/s | worker CPU | p99 each round (ms, in order) |",
+            "|---|---:|---:|---:|---:|---:|---|"]
     medians: dict[tuple[str, int], bench_rest.Result] = {}
     for key, results in sorted(runs.items()):
-        results.sort(key=lambda r: r.p99_ms)
+        each = " ".join(f"{result.p99_ms:.3f}" for result in results)
+        results = sorted(results, key=lambda r: r.p99_ms)
         medians[key] = median = results[len(results) // 2]
         use = sorted(worker_use.get(key, [0.0]))[len(worker_use.get(key, [0.0])) // 2]
         rows.append(f"| {key[0]} | {key[1]} | {median.p50_ms:.3f} | {median.p99_ms:.3f} | {median.throughput:.0f} "
-                    f"| {use:.2f} |")
+                    f"| {use:.2f} | {each} |")
     print("\n".join(rows))
     for mode, totals in evidence.items():
         print(f"\nanalysis {mode}, last round: " + ", ".join(f"{k}={v:.0f}" for k, v in sorted(totals.items())))

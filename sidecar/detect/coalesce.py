@@ -7,7 +7,7 @@ bench/bench_analysis_load.py, and the proxy's p99 rose with it. Merged and sent 
 
 Merging keeps what the metrics and the drill-down read: the latest drift window of each model and detector with the
 number of windows it stands for and how many of them drifted; the latest model status; outlier and data-quality
-counts summed (outlier scores concatenated, evenly thinned to `MAX_SCORES`; the detector duration of the latest
+counts summed (outlier score bucket counts too, with the largest score; the detector duration of the latest
 batch); stored predictions concatenated per model; every model error. `BatchDone` is not held: the worker sends
 it at once, since it frees the batch's slot in the pool.
 """
@@ -24,23 +24,13 @@ from sidecar.detect.results import (
     QualityBatch,
     Result,
     StoredPredictions,
+    add_counted,
 )
 
-MAX_SCORES = 256  # outlier scores kept per model and detector per send (the histogram's sample)
-# Items (predicted instances, drift features, scores) per message: unpickling one message is a single C call that
+# Items (predicted instances, drift features) per message: unpickling one message is a single C call that
 # holds the main process's GIL, and a second's worth of predictions is about 3,000 at 3k requests/s; parts of this
 # size keep each such call short.
 PART_ITEMS = 256
-
-
-def thin(values: list[float], limit: int) -> list[float]:
-    """At most `limit` of `values`, evenly spaced, first and last included."""
-    if len(values) <= limit:
-        return values
-    if limit <= 1:
-        return values[-limit:] if limit else []
-    step = (len(values) - 1) / (limit - 1)
-    return [values[round(i * step)] for i in range(limit)]
 
 
 class ResultBuffer:
@@ -118,8 +108,6 @@ def _items(result: Result) -> int:
         return len(result.ids)
     if isinstance(result, DriftWindow):
         return max(1, len(result.features))
-    if isinstance(result, OutlierBatch):
-        return max(1, len(result.scores) // 8)  # floats unpickle far faster than named tuples
     return 1
 
 
@@ -145,7 +133,9 @@ def _merge(previous: Result, latest: Result) -> Result:
     if isinstance(previous, OutlierBatch) and isinstance(latest, OutlierBatch):
         return latest._replace(instances=previous.instances + latest.instances,
                                outliers=previous.outliers + latest.outliers,
-                               scores=thin(previous.scores + latest.scores, MAX_SCORES))
+                               scores=add_counted(previous.scores, latest.scores),
+                               max_score=max((score for score in (previous.max_score, latest.max_score)
+                                              if score is not None), default=None))
     if isinstance(previous, QualityBatch) and isinstance(latest, QualityBatch):
         counts = dict(previous.counts)
         for key, count in latest.counts.items():

@@ -14,7 +14,10 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from sidecar.detect.counted_histogram import CountedHistogram
 from sidecar.detect.results import (
+    LAG_BUCKETS,
+    SCORE_BUCKETS,
     BatchDone,
     DriftWindow,
     FeatureStat,
@@ -28,10 +31,8 @@ from sidecar.telemetry.metrics import OTHER_MODELS, ModelLabels
 
 ALL_FEATURES = "__all__"
 OTHER_FEATURES = "__other__"
-LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 DETECTOR_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     30.0)
-SCORE_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 25.0, 50.0, 100.0, 1000.0)
 
 
 class FeatureLabels:
@@ -93,16 +94,15 @@ class AnalysisMetrics:
                                 registry=r)
         self.outlier_checks = Counter("sidecar_outlier_checked_instances", "Instances scored by outlier detectors.",
                                       ["model", "detector"], registry=r)
-        self.outlier_score = Histogram("sidecar_outlier_score", "Outlier scores of analysed instances (a sample "
-                                       "of at most 256 per model and detector each time a worker sends "
-                                       "results).", ["model", "detector"], buckets=SCORE_BUCKETS, registry=r)
+        self.outlier_score = CountedHistogram("sidecar_outlier_score", "Outlier scores of analysed instances.",
+                                              ["model", "detector"], SCORE_BUCKETS, registry=r)
         self.outlier_threshold = Gauge("sidecar_outlier_threshold", "Score above which an instance is an outlier.",
                                        ["model", "detector"], registry=r)
         self.quality_issues = Counter("sidecar_data_quality_issues", "Instances with a data-quality issue, per "
                                       "feature (or input, for shape/dtype/missing inputs) and issue.",
                                       ["model", "feature", "issue"], registry=r)
-        self.lag = Histogram("sidecar_analysis_lag_seconds", "Time from capture to the analysis result.",
-                             buckets=LAG_BUCKETS, registry=r)
+        self.lag = CountedHistogram("sidecar_analysis_lag_seconds", "Time from capture to the analysis result.",
+                                    [], LAG_BUCKETS, registry=r)
         self.restarts = Counter("sidecar_worker_restarts", "Analysis worker processes restarted after they died.",
                                 ["worker"], registry=r)
         self.lost_records = Counter("sidecar_analysis_lost_records", "Records handed to the analysis but never "
@@ -140,8 +140,7 @@ class AnalysisMetrics:
         for model, count in done.analysed.items():
             if count:
                 self.analysed.labels(self.models(model)).inc(count)
-        for lag in done.lags:
-            self.lag.observe(lag)
+        self.lag.add((), done.lags)
 
     def _drift(self, window: DriftWindow) -> None:
         model = self.models(window.model)
@@ -173,9 +172,7 @@ class AnalysisMetrics:
         self.outlier_checks.labels(model, batch.detector).inc(batch.instances)
         self.outliers.labels(model, batch.detector).inc(batch.outliers)
         self.outlier_threshold.labels(model, batch.detector).set(batch.threshold)
-        histogram = self.outlier_score.labels(model, batch.detector)
-        for score in batch.scores:
-            histogram.observe(score)
+        self.outlier_score.add((model, batch.detector), batch.scores)
         self.detector_duration.labels(batch.detector).observe(batch.duration)
 
     def _quality(self, batch: QualityBatch) -> None:

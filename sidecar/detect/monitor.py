@@ -92,7 +92,7 @@ class MonitorStore:
                 entry["outliers"] += result.outliers
                 entry["threshold"] = result.threshold
                 entry["latest_batch"] = {"instances": result.instances, "outliers": result.outliers,
-                                         "max_score": max(result.scores, default=None)}
+                                         "max_score": result.max_score}
             elif isinstance(result, QualityBatch):
                 view.quality_instances += result.instances
                 for (feature, issue), count in result.counts.items():

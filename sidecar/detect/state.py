@@ -50,6 +50,7 @@ from sidecar.detect.reference import (
 from sidecar.detect.results import (
     CLASSIFICATION,
     REGRESSION,
+    SCORE_BUCKETS,
     DriftWindow,
     FeatureStat,
     ModelError,
@@ -60,12 +61,12 @@ from sidecar.detect.results import (
     QualityBatch,
     ReferenceStatus,
     Result,
+    bucket_counts,
 )
 from sidecar.detect.settings import AnalysisSettings, ModelConfig
 from sidecar.detect.windows import CountWindows, TimeWindows, Window, make_windows
 
 log = logging.getLogger(__name__)
-MAX_SCORES_PER_RESULT = 1000  # outlier scores sent per batch for the histogram (a uniform sample beyond)
 T = TypeVar("T")
 
 
@@ -401,10 +402,10 @@ class ModelState:
                 continue
             threshold = float(detector.threshold)
             outliers = int(np.count_nonzero(scores > threshold))
-            sample = scores if scores.size <= MAX_SCORES_PER_RESULT else scores[
-                np.linspace(0, scores.size - 1, MAX_SCORES_PER_RESULT).astype(np.int64)]
+            finite = scores[np.isfinite(scores)]
             results.append(OutlierBatch(self.model, name, int(rows.shape[0]), outliers, threshold,
-                                        [float(s) for s in sample if math.isfinite(s)], duration))
+                                        bucket_counts(finite.tolist(), SCORE_BUCKETS),
+                                        float(finite.max()) if finite.size else None, duration))
         return results
 
     def _evaluate(self, window: Window) -> list[Result]:

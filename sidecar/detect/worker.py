@@ -24,8 +24,16 @@ from typing import TYPE_CHECKING
 
 from sidecar.detect import batches
 from sidecar.detect.batches import Batch
-from sidecar.detect.coalesce import ResultBuffer, thin
-from sidecar.detect.results import BatchDone, Predictions, Result, WorkerStarted, WorkerStopped
+from sidecar.detect.coalesce import ResultBuffer
+from sidecar.detect.results import (
+    LAG_BUCKETS,
+    BatchDone,
+    Predictions,
+    Result,
+    WorkerStarted,
+    WorkerStopped,
+    bucket_counts,
+)
 from sidecar.detect.settings import AnalysisSettings
 from sidecar.feedback.tasks import PredictionRules
 
@@ -33,9 +41,6 @@ if TYPE_CHECKING:
     from sidecar.detect.state import AnalysisState
 
 TICK_SECONDS = 1.0
-# Capture-to-result lags sent per batch, an even sample: each becomes a histogram observation in the main process,
-# on the GIL the event loop needs (150 per batch, 20 batches a second, showed in the proxy's p99).
-MAX_LAGS = 32
 log = logging.getLogger(__name__)
 
 
@@ -147,5 +152,5 @@ def _process(worker: int, generation: int, state: AnalysisState, batch: Batch) -
     records = batch.records
     out, errors, analysed = state.process(records)
     now = time.time()
-    lags = thin([max(0.0, now - record.time) for record in records if record.ok], MAX_LAGS)
+    lags = bucket_counts([max(0.0, now - record.time) for record in records if record.ok], LAG_BUCKETS)
     return out, BatchDone(worker, generation, batch.batch_id, len(batch.records), lags, errors, analysed)

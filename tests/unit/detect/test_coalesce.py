@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.detect.coalesce import MAX_SCORES, ResultBuffer, thin
+from sidecar.detect.coalesce import ResultBuffer
 from sidecar.detect.results import (
+    LAG_BUCKETS,
+    SCORE_BUCKETS,
     BatchDone,
     DriftWindow,
     ModelError,
@@ -14,6 +16,7 @@ from sidecar.detect.results import (
     QualityBatch,
     ReferenceStatus,
     StoredPredictions,
+    bucket_counts,
 )
 
 
@@ -50,15 +53,16 @@ def test_models_and_detectors_are_kept_apart() -> None:
         ("a", "feature_drift", (2, 1)), ("b", "feature_drift", (1, 0)), ("a", "mmd", (1, 0))]
 
 
-def test_outlier_counts_add_up_and_scores_stay_a_bounded_sample() -> None:
+def test_outlier_counts_and_score_buckets_add_up_and_the_largest_score_is_kept() -> None:
     buffer = ResultBuffer()
-    buffer.add(OutlierBatch("m", "mahalanobis", 800, 8, 3.0, [1.0] * 800, 0.002))
-    buffer.add(OutlierBatch("m", "mahalanobis", 700, 3, 3.5, [2.0] * 700, 0.004))
+    buffer.add(OutlierBatch("m", "mahalanobis", 800, 8, 3.0, bucket_counts([1.0] * 800, SCORE_BUCKETS), 1.0, 0.002))
+    buffer.add(OutlierBatch("m", "mahalanobis", 700, 3, 3.5, bucket_counts([2.0] * 700, SCORE_BUCKETS), 2.0, 0.004))
+    buffer.add(OutlierBatch("m", "mahalanobis", 0, 0, 3.5, bucket_counts([], SCORE_BUCKETS), None, 0.005))
     [merged] = buffer.take()
     assert isinstance(merged, OutlierBatch)
-    assert (merged.instances, merged.outliers, merged.threshold, merged.duration) == (1500, 11, 3.5, 0.004)
-    assert len(merged.scores) == MAX_SCORES
-    assert merged.scores[0] == 1.0 and merged.scores[-1] == 2.0
+    assert (merged.instances, merged.outliers, merged.threshold, merged.duration) == (1500, 11, 3.5, 0.005)
+    assert merged.scores == bucket_counts([1.0] * 800 + [2.0] * 700, SCORE_BUCKETS)
+    assert merged.max_score == 2.0
 
 
 def test_quality_counts_add_up_per_feature_and_issue() -> None:
@@ -94,33 +98,4 @@ def test_the_latest_status_wins_and_every_error_is_kept() -> None:
 
 def test_batch_done_is_never_held() -> None:
     with pytest.raises(ValueError, match="BatchDone"):
-        ResultBuffer().add(BatchDone(0, 0, 1, 1, [], {}, {}))
-
-
-def test_thinning_keeps_the_ends_and_spaces_the_rest_evenly() -> None:
-    values = [float(i) for i in range(101)]
-    assert thin(values, 5) == [0.0, 25.0, 50.0, 75.0, 100.0]
-    assert thin(values, 200) is values
-    assert thin(values, 1) == [100.0] and thin(values, 0) == []
-
-
-def test_parts_stay_small_and_long_predictions_are_split_across_them() -> None:
-    buffer = ResultBuffer()
-    ids = [f"p{i}" for i in range(600)]
-    buffer.extend([status("m", 100), stored("m", ids), window("m", 1, False)])
-    parts = buffer.take_parts(items=256)
-    assert all(sum(len(r.ids) if isinstance(r, StoredPredictions) else 1 for r in part) <= 256 for part in parts)
-    assert [pid for part in parts for r in part if isinstance(r, StoredPredictions) for pid in r.ids] == ids
-    assert sum(isinstance(r, ModelStatus) for part in parts for r in part) == 1
-    assert sum(isinstance(r, DriftWindow) for part in parts for r in part) == 1
-    assert buffer.take_parts() == []
-
-
-def test_a_prediction_s_instances_stay_in_one_part() -> None:
-    ids = [f"p{i // 10}" for i in range(600)]  # 60 predictions of 10 instances each
-    buffer = ResultBuffer()
-    buffer.add(StoredPredictions("m", ids, [i % 10 for i in range(600)], ["multiclass"] * 600, ["1"] * 600))
-    parts = [r for part in buffer.take_parts(items=256) for r in part if isinstance(r, StoredPredictions)]
-    assert len(parts) == 3
-    assert all(r.instances == list(range(10)) * (len(r.ids) // 10) for r in parts)
-    assert [pid for r in parts for pid in r.ids] == ids
+        ResultBuffer().add(BatchDone(0, 0, 1, 1, bucket_counts([], LAG_BUCKETS), {}, {}))

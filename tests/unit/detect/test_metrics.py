@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.detect.metrics import ALL_FEATURES, OTHER_FEATURES, AnalysisMetrics, worst_features
 from sidecar.detect.results import (
+    LAG_BUCKETS,
+    SCORE_BUCKETS,
     BatchDone,
     DriftWindow,
     FeatureStat,
@@ -14,6 +17,7 @@ from sidecar.detect.results import (
     OutlierBatch,
     QualityBatch,
     ReferenceStatus,
+    bucket_counts,
 )
 from sidecar.telemetry.metrics import OTHER_MODELS
 
@@ -34,11 +38,13 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None
 def test_decode_errors_lags_and_analysed_instances_come_from_batch_summaries() -> None:
     registry = CollectorRegistry()
     metrics = AnalysisMetrics(registry, max_feature_labels=5)
-    metrics.apply(BatchDone(0, 1, 7, 3, [0.01, 0.2], {("iris", "rest", "json"): 2}, {"iris": 40}))
+    lags = bucket_counts([0.01, 0.2], LAG_BUCKETS)
+    metrics.apply(BatchDone(0, 1, 7, 3, lags, {("iris", "rest", "json"): 2}, {"iris": 40}))
     assert value(registry, "sidecar_decode_errors_total", model="iris", protocol="rest", reason="json") == 2
     assert value(registry, "sidecar_analysed_instances_total", model="iris") == 40
     assert value(registry, "sidecar_analysis_lag_seconds_count") == 2
     assert value(registry, "sidecar_analysis_lag_seconds_bucket", le="0.025") == 1
+    assert value(registry, "sidecar_analysis_lag_seconds_sum") == pytest.approx(0.21)
 
 
 def test_the_reference_gauges_follow_the_model_status() -> None:
@@ -79,11 +85,14 @@ def test_ties_in_p_value_rank_the_larger_effect_first() -> None:
 def test_outlier_batches_count_and_fill_the_score_histogram() -> None:
     registry = CollectorRegistry()
     metrics = AnalysisMetrics(registry, max_feature_labels=5)
-    metrics.apply(OutlierBatch("iris", "mahalanobis", 10, 2, 3.5, [1.0, 2.0, 4.0, 9.0], 0.001))
+    scores = [1.0, 2.0, 4.0, 9.0] * 300  # every score counts, however many
+    metrics.apply(OutlierBatch("iris", "mahalanobis", 10, 2, 3.5, bucket_counts(scores, SCORE_BUCKETS), 9.0, 0.001))
     labels = {"model": "iris", "detector": "mahalanobis"}
     assert value(registry, "sidecar_outliers_total", **labels) == 2
     assert value(registry, "sidecar_outlier_checked_instances_total", **labels) == 10
-    assert value(registry, "sidecar_outlier_score_count", **labels) == 4
+    assert value(registry, "sidecar_outlier_score_count", **labels) == 1200
+    assert value(registry, "sidecar_outlier_score_bucket", le="2.0", **labels) == 600
+    assert value(registry, "sidecar_outlier_score_sum", **labels) == 4800
     assert value(registry, "sidecar_outlier_threshold", **labels) == 3.5
     assert value(registry, "sidecar_detector_duration_seconds_count", detector="mahalanobis") == 1
 

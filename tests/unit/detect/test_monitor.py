@@ -6,6 +6,8 @@ import json
 
 from sidecar.detect.monitor import MonitorStore
 from sidecar.detect.results import (
+    LAG_BUCKETS,
+    SCORE_BUCKETS,
     BatchDone,
     DriftWindow,
     FeatureStat,
@@ -14,6 +16,7 @@ from sidecar.detect.results import (
     OutlierBatch,
     QualityBatch,
     ReferenceStatus,
+    bucket_counts,
 )
 
 
@@ -43,11 +46,12 @@ def test_a_snapshot_holds_reference_windows_detectors_outliers_and_quality() -> 
     store.apply(status(100, True))
     store.apply(drift(0, True))
     store.apply(drift(1, False))
-    store.apply(OutlierBatch("iris", "mahalanobis", 10, 1, 4.2, [1.0, 5.0], 0.001))
-    store.apply(OutlierBatch("iris", "mahalanobis", 5, 2, 4.2, [6.0], 0.001))
+    store.apply(OutlierBatch("iris", "mahalanobis", 10, 1, 4.2, bucket_counts([1.0, 5.0], SCORE_BUCKETS), 5.0, 0.001))
+    store.apply(OutlierBatch("iris", "mahalanobis", 5, 2, 4.2, bucket_counts([6.0], SCORE_BUCKETS), 6.0, 0.001))
     store.apply(QualityBatch("iris", 15, {("x[0]", "nan"): 2, ("x", "shape"): 3}, 0.0))
     store.apply(QualityBatch("iris", 5, {("x[0]", "nan"): 1}, 0.0))
-    store.apply(BatchDone(0, 1, 3, 2, [0.1], {("iris", "grpc", "protobuf"): 1}, {"iris": 20}))
+    store.apply(BatchDone(0, 1, 3, 2, bucket_counts([0.1], LAG_BUCKETS), {("iris", "grpc", "protobuf"): 1},
+                          {"iris": 20}))
     store.apply(ModelError("iris", "output_drift: ValueError: bad"))
     snapshot = store.snapshot("iris")
     assert snapshot is not None
@@ -74,7 +78,7 @@ def test_a_snapshot_holds_reference_windows_detectors_outliers_and_quality() -> 
 
 def test_a_model_seen_only_through_decode_errors_is_listed() -> None:
     store = MonitorStore()
-    store.apply(BatchDone(0, 1, 3, 2, [], {("broken", "rest", "json"): 2}, {}))
+    store.apply(BatchDone(0, 1, 3, 2, bucket_counts([], LAG_BUCKETS), {("broken", "rest", "json"): 2}, {}))
     snapshot = store.snapshot("broken")
     assert snapshot is not None
     assert snapshot["reference"] is None

@@ -12,6 +12,7 @@ import pytest
 
 from sidecar.capture.records import CaptureRecord
 from sidecar.detect.results import (
+    SCORE_BUCKETS,
     DriftWindow,
     ModelError,
     ModelStatus,
@@ -19,6 +20,7 @@ from sidecar.detect.results import (
     Predictions,
     QualityBatch,
     Result,
+    bucket_counts,
 )
 from sidecar.detect.settings import AnalysisSettings
 from sidecar.detect.state import AnalysisState
@@ -167,7 +169,10 @@ def test_outliers_are_counted_per_batch_after_the_reference(tmp_path: Path) -> N
     [batch] = of_type(run(state, [rest_record("iris", far)]), OutlierBatch)
     assert batch.detector == "mahalanobis"
     assert (batch.instances, batch.outliers) == (5, 5)
-    assert min(batch.scores) > batch.threshold
+    assert sum(batch.scores.counts) == 5  # every score counted, all above the threshold:
+    assert sum(number for bound, number in zip(SCORE_BUCKETS, batch.scores.counts, strict=False)
+               if bound <= batch.threshold) == 0
+    assert batch.max_score is not None and batch.max_score > batch.threshold
 
 
 def test_time_windows_are_evaluated_when_their_bucket_ends(tmp_path: Path) -> None:
@@ -221,7 +226,8 @@ def test_an_autoencoder_configured_for_a_model_scores_its_instances(tmp_path: Pa
     [batch] = [b for b in of_type(run(state, [rest_record("iris", np.full((3, FEATURES), 6.0))]), OutlierBatch)
                if b.detector == "autoencoder"]
     assert (batch.instances, batch.outliers) == (3, 3)
-    assert batch.scores == pytest.approx([36.0] * 3)
+    assert batch.scores.counts == bucket_counts([36.0] * 3, SCORE_BUCKETS).counts
+    assert batch.scores.total == pytest.approx(108.0) and batch.max_score == pytest.approx(36.0)
     broken = run(state, list(stream("broken", 21, 10, seed=1)))
     assert any(isinstance(r, ModelError) and r.error.startswith("autoencoder: ValueError") for r in broken)
     assert {b.detector for b in of_type(broken, OutlierBatch)} == {"mahalanobis"}

@@ -66,7 +66,7 @@ def test_a_worker_answers_each_batch_with_its_summary_then_the_results(
     assert isinstance(done, BatchDone)
     assert (done.worker, done.generation, done.batch_id, done.records) == (3, 7, 42, 3)
     assert done.analysed == {"iris": 6} and done.decode_errors == {}
-    assert len(done.lags) == 3 and all(lag >= 0 for lag in done.lags)
+    assert sum(done.lags.counts) == 3 and done.lags.total >= 0
     assert results.poll(STARTUP)
     answer = results.recv()  # nothing was sent before: the results follow at once
     [stored] = [item for item in answer if isinstance(item, StoredPredictions)]  # reduced for the feedback store
