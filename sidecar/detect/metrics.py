@@ -2,25 +2,24 @@
 
 Label cardinality stays bounded: model names go through `ModelLabels` (the first `model_label_cap` models keep
 their name, later ones fold into `__other__`); per-feature drift gauges exist only for the `max_feature_labels`
-worst features of the latest window of each model and detector (older label sets are removed), plus the
-detector-level series `feature="__all__"`; data-quality counters give the first `max_feature_labels` features of
-a model with issues their own label and fold the rest into `__other__`.
+worst features of the latest window of each model and detector (`feature_gauges`: older label sets disappear),
+plus the detector-level series `feature="__all__"`; data-quality counters give the first `max_feature_labels`
+features of a model with issues their own label and fold the rest into `__other__`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sidecar.detect.counted_histogram import CountedHistogram
+from sidecar.detect.feature_gauges import ALL_FEATURES, WorstFeatureGauges
 from sidecar.detect.results import (
     LAG_BUCKETS,
     SCORE_BUCKETS,
     BatchDone,
     DriftWindow,
-    FeatureStat,
     ModelError,
     ModelStatus,
     OutlierBatch,
@@ -29,7 +28,6 @@ from sidecar.detect.results import (
 )
 from sidecar.telemetry.metrics import OTHER_MODELS, ModelLabels
 
-ALL_FEATURES = "__all__"
 OTHER_FEATURES = "__other__"
 DETECTOR_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     30.0)
@@ -52,16 +50,6 @@ class FeatureLabels:
         return OTHER_FEATURES
 
 
-def worst_features(features: list[FeatureStat], count: int) -> list[FeatureStat]:
-    """The `count` features most indicative of drift: lowest adjusted p-value, then largest effect size."""
-    def key(item: FeatureStat) -> tuple[float, float]:
-        p_value = item.adjusted_p_value if item.adjusted_p_value == item.adjusted_p_value else 1.0
-        effect = item.effect_size if item.effect_size == item.effect_size else 0.0
-        return p_value, -abs(effect)
-
-    return sorted(features, key=key)[:count]
-
-
 class AnalysisMetrics:
     """All analysis metrics, registered on the given registry. `apply` is safe from any thread."""
 
@@ -70,7 +58,6 @@ class AnalysisMetrics:
         self.max_feature_labels = max_feature_labels
         self.quality_features = FeatureLabels(max_feature_labels)
         self._lock = threading.Lock()
-        self._exported: dict[tuple[str, str], set[str]] = {}
         r = registry
         self.decode_errors = Counter("sidecar_decode_errors", "Captured exchanges the analysis could not decode, "
                                      "by reason.", ["model", "protocol", "reason"], registry=r)
@@ -84,12 +71,7 @@ class AnalysisMetrics:
                                     registry=r)
         self.drift_windows = Counter("sidecar_drift_windows_drifted", "Evaluated windows that drifted.",
                                      ["model", "detector"], registry=r)
-        self.drift_p_value = Gauge("sidecar_drift_p_value", "Latest window's p-value after multiple-testing "
-                                   "correction, for the worst features (feature=\"__all__\": the detector's).",
-                                   ["model", "detector", "feature"], registry=r)
-        self.drift_effect_size = Gauge("sidecar_drift_effect_size", "Latest window's effect size for the worst "
-                                       "features (feature=\"__all__\": the detector's distance).",
-                                       ["model", "detector", "feature"], registry=r)
+        self.worst_features = WorstFeatureGauges(registry=r)
         self.outliers = Counter("sidecar_outliers", "Instances scored as outliers.", ["model", "detector"],
                                 registry=r)
         self.outlier_checks = Counter("sidecar_outlier_checked_instances", "Instances scored by outlier detectors.",
@@ -151,21 +133,8 @@ class AnalysisMetrics:
         if drifted:
             self.drift_windows.labels(model, detector).inc(drifted)
         self.detector_duration.labels(detector).observe(window.duration)
-        worst = worst_features(window.features, self.max_feature_labels)
-        with self._lock:
-            previous = self._exported.get((model, detector), set())
-            current = {item.name for item in worst} | {ALL_FEATURES}
-            for feature in previous - current:
-                for gauge in (self.drift_p_value, self.drift_effect_size):
-                    with contextlib.suppress(KeyError):
-                        gauge.remove(model, detector, feature)
-            self._exported[(model, detector)] = current
-            for item in worst:
-                self.drift_p_value.labels(model, detector, item.name).set(item.adjusted_p_value)
-                self.drift_effect_size.labels(model, detector, item.name).set(item.effect_size)
-            self.drift_p_value.labels(model, detector, ALL_FEATURES).set(window.p_value)
-            if window.distance is not None:
-                self.drift_effect_size.labels(model, detector, ALL_FEATURES).set(window.distance)
+        self.worst_features.set(model, detector, window.p_value, window.distance,
+                                window.features.worst[:self.max_feature_labels])
 
     def _outliers(self, batch: OutlierBatch) -> None:
         model = self.models(batch.model)
@@ -193,4 +162,4 @@ class AnalysisMetrics:
             self.lost_records.labels(str(worker), reason).inc(count)
 
 
-__all__ = ["ALL_FEATURES", "OTHER_FEATURES", "OTHER_MODELS", "AnalysisMetrics", "FeatureLabels", "worst_features"]
+__all__ = ["ALL_FEATURES", "OTHER_FEATURES", "OTHER_MODELS", "AnalysisMetrics", "FeatureLabels"]

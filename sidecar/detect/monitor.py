@@ -156,5 +156,5 @@ def _render_drift(window: DriftWindow, counts: list[int]) -> dict[str, Any]:
         "windows_evaluated": counts[0],
         "windows_drifted": counts[1],
         "duration_seconds": window.duration,
-        "features": [item._asdict() for item in window.features],
+        "features": [item._asdict() for item in window.features.all()],
     }

@@ -56,6 +56,7 @@ from sidecar.detect.results import (
     ModelError,
     ModelStatus,
     OutlierBatch,
+    PackedFeatures,
     PredictedInstance,
     Predictions,
     QualityBatch,
@@ -427,7 +428,8 @@ class ModelState:
             except Exception as exc:
                 results.append(self._error(name, exc))
                 continue
-            results.append(_drift_window(self.model, name, window, verdict, duration))
+            results.append(_drift_window(self.model, name, window, verdict, duration,
+                                         self.settings.max_feature_labels))
         return results
 
     def _error(self, detector: str, exc: BaseException) -> ModelError:
@@ -477,14 +479,16 @@ def _quality_items(counts: Any) -> Iterable[tuple[tuple[int, str], int]]:
             yield (column, issue), int(count)
 
 
-def _drift_window(model: str, detector: str, window: Window, verdict: Any, duration: float) -> DriftWindow:
+def _drift_window(model: str, detector: str, window: Window, verdict: Any, duration: float,
+                  labelled_features: int) -> DriftWindow:
     features = [FeatureStat(str(item.name), str(item.kind), _float(item.statistic), _float(item.p_value),
                             _float(item.adjusted_p_value), _float(item.effect_size), bool(item.drift),
                             plain(item.reference or {}), plain(item.current or {}))
                 for item in (getattr(verdict, "features", None) or [])]
     distance = getattr(verdict, "distance", None)
     return DriftWindow(model, detector, window.describe(), bool(verdict.drift), _float(verdict.p_value),
-                       _float(verdict.threshold), None if distance is None else _float(distance), features, duration)
+                       _float(verdict.threshold), None if distance is None else _float(distance),
+                       PackedFeatures.of(features, labelled_features), duration)
 
 
 class AnalysisState:

@@ -13,6 +13,7 @@ from sidecar.detect.results import (
     ModelError,
     ModelStatus,
     OutlierBatch,
+    PackedFeatures,
     QualityBatch,
     ReferenceStatus,
     StoredPredictions,
@@ -22,7 +23,7 @@ from sidecar.detect.results import (
 
 def window(model: str, index: int, drift: bool, detector: str = "feature_drift") -> DriftWindow:
     return DriftWindow(model, detector, {"index": index, "instances": 50, "start": 1.0, "end": 2.0}, drift,
-                       0.01 if drift else 0.5, 0.05, None, [], 0.001 * index)
+                       0.01 if drift else 0.5, 0.05, None, PackedFeatures.of([], 0), 0.001 * index)
 
 
 def status(model: str, instances: int) -> ModelStatus:

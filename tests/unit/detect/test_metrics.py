@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.detect.metrics import ALL_FEATURES, OTHER_FEATURES, AnalysisMetrics, worst_features
+from sidecar.detect.metrics import ALL_FEATURES, OTHER_FEATURES, AnalysisMetrics
 from sidecar.detect.results import (
     LAG_BUCKETS,
     SCORE_BUCKETS,
@@ -15,6 +15,7 @@ from sidecar.detect.results import (
     ModelError,
     ModelStatus,
     OutlierBatch,
+    PackedFeatures,
     QualityBatch,
     ReferenceStatus,
     bucket_counts,
@@ -28,7 +29,7 @@ def feature(name: str, adjusted: float, effect: float = 0.1) -> FeatureStat:
 
 def window(model: str, features: list[FeatureStat], drift: bool = True) -> DriftWindow:
     return DriftWindow(model, "feature_drift", {"index": 0, "instances": 50, "start": 1.0, "end": 2.0}, drift,
-                       min(f.adjusted_p_value for f in features), 0.05, None, features, 0.002)
+                       min(f.adjusted_p_value for f in features), 0.05, None, PackedFeatures.of(features, 20), 0.002)
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -74,12 +75,6 @@ def test_drift_gauges_cover_only_the_worst_features_of_the_latest_window() -> No
     assert value(registry, "sidecar_drift_p_value", feature="c", **labels) == 0.5
     assert value(registry, "sidecar_drift_p_value", feature="a", **labels) is None  # stale label set removed
     assert value(registry, "sidecar_drift_effect_size", feature="a", **labels) is None
-
-
-def test_ties_in_p_value_rank_the_larger_effect_first() -> None:
-    ranked = worst_features([feature("small", 0.01, 0.1), feature("large", 0.01, -0.9), feature("nan", float("nan"))],
-                            2)
-    assert [item.name for item in ranked] == ["large", "small"]
 
 
 def test_outlier_batches_count_and_fill_the_score_histogram() -> None:

@@ -14,6 +14,7 @@ from sidecar.detect.results import (
     ModelError,
     ModelStatus,
     OutlierBatch,
+    PackedFeatures,
     QualityBatch,
     ReferenceStatus,
     bucket_counts,
@@ -31,7 +32,7 @@ def status(instances: int, complete: bool) -> ModelStatus:
 def drift(number: int, drifted: bool) -> DriftWindow:
     stat = FeatureStat("x[0]", "numeric", 0.4, 0.001, 0.002, 1.3, True, {"mean": 0.0}, {"mean": 2.0})
     return DriftWindow("iris", "feature_drift", {"index": number, "instances": 50, "start": 1.0, "end": 2.0},
-                       drifted, 0.002, 0.05, None, [stat], 0.01)
+                       drifted, 0.002, 0.05, None, PackedFeatures.of([stat], 20), 0.01)
 
 
 def test_an_unknown_model_has_no_snapshot() -> None:
