@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sidecar.detect.mmd import MMDDrift, draw_permutations, resolve_backend, tensorflow_sees_gpu
+from sidecar.detect.mmd import (
+    PERMUTATION_BLOCK,
+    MMDDrift,
+    draw_permutations,
+    resolve_backend,
+    tensorflow_sees_gpu,
+)
 
 
 def naive_gamma(pooled: np.ndarray) -> float:
@@ -50,6 +56,16 @@ def test_statistic_and_p_value_equal_a_naive_loop_with_the_same_permutations(
     assert result.distance == pytest.approx(observed, rel=1e-9, abs=1e-12)
     assert result.p_value == p_value
     assert result.drift == (p_value < 0.05)
+
+
+def test_permutations_tested_in_several_blocks_are_the_ones_drawn_all_at_once() -> None:
+    rng = np.random.default_rng(5)
+    ref, cur = rng.normal(size=(14, 3)), rng.normal(size=(8, 3)) + 0.4
+    permutations = 2 * PERMUTATION_BLOCK + 76  # three blocks, the last one partial
+    result = MMDDrift(ref, permutations=permutations, backend="numpy", seed=3).test(cur)
+    observed, p_value = naive_test(ref, cur, permutations, seed=3)
+    assert result.distance == pytest.approx(observed, rel=1e-9, abs=1e-12)
+    assert result.p_value == p_value
 
 
 def test_a_fixed_bandwidth_gives_the_gaussian_kernel_with_that_sigma() -> None:
