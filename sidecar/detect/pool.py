@@ -318,8 +318,13 @@ class AnalysisPool:
                  slot.index, link.process.exitcode, delay)
         await asyncio.sleep(delay)
         while not self._stopping:
+            starting = asyncio.ensure_future(self._start_worker(slot))
             try:
-                await self._start_worker(slot)
+                await asyncio.shield(starting)
+            except asyncio.CancelledError:  # stop() began: let the spawn finish, so its worker is told to stop
+                with contextlib.suppress(Exception):
+                    await starting
+                raise
             except Exception:
                 log.exception("restarting analysis worker %d failed; retrying", slot.index)
                 await asyncio.sleep(MAX_RESTART_DELAY)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -149,6 +152,29 @@ async def test_a_killed_worker_is_restarted_and_keeps_its_reference_from_disk(
     assert snapshot["reference"]["restored"] is True
     assert snapshot["reference"]["instances"] == 100
     assert sample(registry, "sidecar_drift_detected", model="iris", detector="feature_drift") == 0
+
+
+async def test_stopping_while_a_worker_is_being_respawned_leaves_no_process_behind(
+        started: Callable[..., AnalysisPool], monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = started(CollectorRegistry(), workers=1)
+    await pool.start()
+    [pid] = pool.worker_pids()
+    assert pid is not None
+    spawning = threading.Event()
+    spawn = pool._spawn
+
+    def slow_spawn(index: int, generation: int) -> Any:  # holds the respawn open long enough to stop during it
+        spawning.set()
+        time.sleep(0.5)
+        return spawn(index, generation)
+
+    monkeypatch.setattr(pool, "_spawn", slow_spawn)
+    os.kill(pid, signal.SIGKILL)
+    await eventually(spawning.is_set)
+    await pool.stop(STARTUP)
+    await asyncio.sleep(1.0)  # a spawn that stop() let go of would have started its process by now
+    assert pool.alive() == 0
+    assert multiprocessing.active_children() == []
 
 
 async def test_records_wait_and_drop_at_the_ring_while_the_workers_are_saturated(
