@@ -2,11 +2,11 @@
 
     SIDECAR_BENCH_PART=PART python bench/analysis_parts.py run [sidecar run options]
 
-PART is `no-detectors` (workers take every batch and answer at once without decoding or detecting: what shipping
-batches costs) or `no-store` (predictions are not handed to the feedback store). bench_analysis_load.py --parts
-runs these next to analysis off and on. The switches replace sidecar internals, so this is a diagnostic, not a
-configuration. They are applied at import: the spawned workers import this file again as their main module, which
-is how the worker-side switch reaches them.
+PART is `no-detectors` (workers read every batch from the ring and answer at once without decoding or
+detecting: what shipping records costs) or `no-store` (predictions are not handed to the feedback store).
+bench_analysis_load.py --parts runs these next to analysis off and on. The switches replace sidecar internals, so
+this is a diagnostic, not a configuration. They are applied at import: the spawned workers import this file again
+as their main module, which is how the worker-side switch reaches them.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ PARTS = ("no-detectors", "no-store")
 
 def _switch_off(part: str) -> None:
     if part == "no-detectors":
+        from sidecar.capture.records import CaptureRecord
         from sidecar.detect import worker
-        from sidecar.detect.batches import Batch
         from sidecar.detect.results import LAG_BUCKETS, BatchDone, Result, bucket_counts
 
-        def skip(index: int, generation: int, state: object, batch: Batch) -> tuple[list[Result], BatchDone]:
+        def skip(index: int, generation: int, state: object, batch_id: int,
+                 records: list[CaptureRecord]) -> tuple[list[Result], BatchDone]:
             nothing = bucket_counts([], LAG_BUCKETS)
-            return [], BatchDone(index, generation, batch.batch_id, len(batch.records), nothing, {}, {})
+            return [], BatchDone(index, generation, batch_id, len(records), nothing, {}, {})
 
         worker._process = skip  # type: ignore[assignment]
     elif part == "no-store":

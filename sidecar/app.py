@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.capture.ring import CaptureRing, Consumer, CountingConsumer, Drainer, Tee
+from sidecar.capture.ring import CaptureRing, CountingConsumer, Drainer, Tee
 from sidecar.config import Settings
 from sidecar.telemetry.admin import AdminServer, build_admin_app
 from sidecar.telemetry.health import Probe, UpstreamHealth, tcp_http_probe
@@ -38,8 +38,6 @@ class Sidecar:
         self.request_metrics = RequestMetrics(settings.telemetry.model_label_cap)
         self.registry.register(self.request_metrics)
         self.tee = Tee()
-        self.analysis_ring: CaptureRing | None = None
-        self.analysis_drainer: Drainer | None = None
         self.pool: Any = None
         self.feedback: Any = None
         self.payload_log: Any = None
@@ -98,28 +96,26 @@ class Sidecar:
 
     async def _start_analysis(self, state_dir: Path) -> None:
         capture = self.settings.capture
-        ring = CaptureRing(capture.capture_max_records, capture.capture_max_bytes, capture.capture_batch_size)
-        consumer: Consumer
+        models = self.request_metrics.models
         if self.settings.analysis.analysis_enabled:
             from sidecar.detect.pool import AnalysisPool
 
             feedback = self.feedback
-            self.pool = AnalysisPool(self.settings.analysis, state_dir, self.registry,
-                                     on_predictions=feedback.add_stored if feedback is not None else None,
-                                     model_label_cap=self.settings.telemetry.model_label_cap,
-                                     batch_records=capture.capture_batch_size,
-                                     prediction_rules=feedback.rules if feedback is not None else None)
-            await self.pool.start()
-            self._stoppers.append(("analysis", self.pool.stop))
-            consumer = self.pool
-        else:
-            consumer = CountingConsumer()
-        drainer = Drainer(ring, consumer, capture.capture_flush_interval)
+            pool = self.pool = AnalysisPool(self.settings.analysis, state_dir, self.registry,
+                                            on_predictions=feedback.add_stored if feedback is not None else None,
+                                            model_label_cap=self.settings.telemetry.model_label_cap, capture=capture,
+                                            prediction_rules=feedback.rules if feedback is not None else None)
+            await pool.start()
+            self._stoppers.append(("analysis", pool.stop))
+            self.registry.register(CaptureMetrics(pool, lambda: pool.drained, models))
+            self.tee.add(pool)
+            return
+        ring = CaptureRing(capture.capture_max_records, capture.capture_max_bytes, capture.capture_batch_size)
+        drainer = Drainer(ring, CountingConsumer(), capture.capture_flush_interval)  # the capture metrics still count
         drainer.start()
         self._stoppers.append(("capture drainer", drainer.stop))
-        self.registry.register(CaptureMetrics(ring, lambda: drainer.drained, self.request_metrics.models))
+        self.registry.register(CaptureMetrics(ring, lambda: drainer.drained, models))
         self.tee.add(ring)
-        self.analysis_ring, self.analysis_drainer = ring, drainer
 
     async def _start_payload_log(self) -> None:
         export = self.settings.export

@@ -36,7 +36,7 @@ class CaptureRing:
         self.max_bytes = max_bytes
         self.batch_size = batch_size
         self._records: deque[CaptureRow] = deque()  # plain tuples: see the module docstring
-        self.bytes = 0
+        self.bytes_waiting = 0
         self.appended = 0
         self.dropped: dict[str, int] = {}
         self._wake: asyncio.Event | None = None
@@ -49,11 +49,11 @@ class CaptureRing:
         size = len(record.request) + len(record.response)
         records = self._records
         records.append(tuple(record))
-        self.bytes += size
+        self.bytes_waiting += size
         self.appended += 1
-        while len(records) > self.max_records or (self.bytes > self.max_bytes and records):
+        while len(records) > self.max_records or (self.bytes_waiting > self.max_bytes and records):
             old = records.popleft()
-            self.bytes -= len(_REQUEST(old)) + len(_RESPONSE(old))
+            self.bytes_waiting -= len(_REQUEST(old)) + len(_RESPONSE(old))
             model = old[MODEL_INDEX]
             self.dropped[model] = self.dropped.get(model, 0) + 1
         if self._wake is not None and len(records) >= self.batch_size:
@@ -69,7 +69,7 @@ class CaptureRing:
         else:
             take = records.popleft
             taken = [take() for _ in range(count)]
-        self.bytes -= sum(map(len, map(_REQUEST, taken))) + sum(map(len, map(_RESPONSE, taken)))
+        self.bytes_waiting -= sum(map(len, map(_REQUEST, taken))) + sum(map(len, map(_RESPONSE, taken)))
         return taken
 
     def attach_waker(self, event: asyncio.Event) -> None:
@@ -155,13 +155,19 @@ class Drainer:
             pass
 
 
+class CaptureTarget(Protocol):
+    """Where the request path's captures go: `append` never waits (a ring, or the analysis pool's shared rings)."""
+
+    def append(self, record: CaptureRecord) -> None: ...
+
+
 class Tee:
     """Fans one append out to several independent rings (analysis, payload log, ...), each with its own bounds."""
 
-    def __init__(self, *rings: CaptureRing) -> None:
-        self.rings: list[CaptureRing] = list(rings)
+    def __init__(self, *rings: CaptureTarget) -> None:
+        self.rings: list[CaptureTarget] = list(rings)
 
-    def add(self, ring: CaptureRing) -> None:
+    def add(self, ring: CaptureTarget) -> None:
         self.rings.append(ring)
 
     def append(self, record: CaptureRecord) -> None:

@@ -1,19 +1,21 @@
-"""The analysis worker pool: spawned worker processes, models sharded by a stable hash, bounded batches in flight.
+"""The analysis worker pool: spawned worker processes, models sharded by a stable hash, each with its capture ring.
+
+The pool is where the proxies' captures go (`append`, through the `Tee`): each record is written once into the
+shared-memory ring of the worker that owns its model (`sidecar.capture.shared_ring`), and a record that does not
+fit is dropped and counted, so the proxy never waits for the analysis. Every `capture_batch_size` records, and
+every `capture_flush_interval` for the rest, the pool tells the worker which range of its ring to read (`batches`:
+a few bytes through a pipe); each worker has at most `analysis_queue_batches` batches in flight, and records wait
+in the ring meanwhile.
 
 Everything the pool does in the main process runs on the event loop, in short non-blocking steps, with no thread
-of its own (see `pipes` for why): the capture ring's drainer calls `free_slots()` (how many records the pool takes
-now) and `submit(batch)`, which splits a batch by worker, encodes it (`batches`: the small fields pickled as
-columns in one C call, the bodies left where they are) and hands the frame to the worker's `FrameWriter`, which
-writes what the pipe takes and the rest when the loop sees room. Results are read when the loop sees them arrive,
-and a worker's exit when its process sentinel turns readable. Only spawning a process runs in a thread.
-
-Each worker holds at most `analysis_queue_batches` batches in flight; when any worker is full, `free_slots()` is 0
-and records wait in the ring, which drops the oldest and counts them, so the proxy never waits for the analysis.
+of its own (see `pipes` for why). Results are read when the loop sees them arrive, and a worker's exit when its
+process sentinel turns readable. Only spawning a process runs in a thread.
 
 Results are applied to the metrics and the monitor store; predictions, reduced by the workers with
 `prediction_rules`, go to `on_predictions` (on the loop, so it must be quick). A worker that exits is restarted
-(counted, with a growing delay when it keeps dying quickly); its batches in flight are lost and counted. Model
-state survives restarts through the state directory (saved references).
+(counted, with a growing delay when it keeps dying quickly); its batches in flight are lost and counted, and the
+records that were still waiting go to the next one. Model state survives restarts through the state directory
+(saved references).
 
 This module imports no numpy: the main process stays light; workers import the numeric stack themselves.
 """
@@ -32,13 +34,14 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing import get_context
 from multiprocessing.process import BaseProcess
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.capture.records import MODEL_INDEX, CaptureRow
+from sidecar.capture.records import CaptureRecord
+from sidecar.capture.settings import CaptureSettings
+from sidecar.capture.shared_ring import SharedRingWriter
 from sidecar.detect import batches
 from sidecar.detect import worker as worker_module
 from sidecar.detect.metrics import AnalysisMetrics
@@ -54,24 +57,12 @@ QUICK_EXIT_SECONDS = 30.0  # a worker that dies sooner than this after starting 
 MAX_RESTART_DELAY = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 EXIT_WAIT_SECONDS = 5.0  # after a kill, how long stop() waits to see the exits
-_MODEL = itemgetter(MODEL_INDEX)
+MAX_OWNERS_CACHED = 10_000  # model -> worker lookups kept for the request path
 
 
 def shard(model: str, workers: int) -> int:
     """The worker that owns `model`: a hash that is the same in every process and every run."""
     return zlib.crc32(model.encode("utf-8", "surrogatepass")) % workers
-
-
-def split_by_worker(batch: list[CaptureRow], workers: int) -> dict[int, list[CaptureRow]]:
-    """The records of `batch` grouped by the worker owning their model, in order. A batch whose models all belong
-    to one worker (one model, the usual case) is taken whole: the loop costs about 35 us per 256 records."""
-    owners = {model: shard(model, workers) for model in set(map(_MODEL, batch))}
-    if len(set(owners.values())) <= 1:
-        return {owner: batch for owner in owners.values()}
-    groups: dict[int, list[CaptureRow]] = {}
-    for record in batch:
-        groups.setdefault(owners[record[MODEL_INDEX]], []).append(record)
-    return groups
 
 
 class _Link:
@@ -84,11 +75,12 @@ class _Link:
         self.process = process
         self.tasks = tasks
         self.results = results
-        self.inflight: dict[int, int] = {}  # batch id -> records
+        self.inflight: dict[int, tuple[int, int]] = {}  # batch id -> (where it ends in the ring, records)
         self.frames: deque[bytes] = deque()  # result messages read, not applied yet
         self.applying = False  # an `_apply_next` is scheduled
         self.started = time.monotonic()
         self.ready = False
+        self.ended = False  # its exit has been seen: nothing more goes to it
 
 
 class _Slot:
@@ -101,19 +93,33 @@ class _Slot:
 
 
 class AnalysisPool:
-    """Worker processes running the detectors; a capture-ring consumer (`free_slots`, `submit`). Every method
-    runs on the event loop that called `start`."""
+    """Worker processes running the detectors, fed by `append`. Every method runs on the event loop that called
+    `start`. For the capture metrics it reads like a ring: `len()` (records waiting), `bytes`, `max_records`,
+    `max_bytes`, `appended`, `dropped` (per model) and `drained` (records handed to the workers)."""
 
     def __init__(self, settings: AnalysisSettings, state_dir: Path, registry: CollectorRegistry,
                  on_predictions: PredictionsHook | None = None, *, model_label_cap: int = 100,
-                 batch_records: int = 256, prediction_rules: PredictionRules | None = None) -> None:
+                 capture: CaptureSettings | None = None, prediction_rules: PredictionRules | None = None) -> None:
         settings.check()
+        capture = capture or CaptureSettings()
         self.settings = settings
         self.state_dir = Path(state_dir)
         self.on_predictions = on_predictions
         # how the workers reduce predictions for the hook; none are sent when nobody takes them
         self.prediction_rules = None if on_predictions is None else prediction_rules or PredictionRules()
-        self.batch_records = batch_records
+        self.batch_records = capture.capture_batch_size
+        self.flush_interval = capture.capture_flush_interval
+        self.max_records = capture.capture_max_records
+        self.max_bytes = capture.capture_max_bytes
+        self._rings = [SharedRingWriter(max(1024, self.max_bytes // settings.workers),
+                                        max(1, self.max_records // settings.workers), self.batch_records)
+                       for _ in range(settings.workers)]
+        self.appended = 0
+        self.dropped: dict[str, int] = {}
+        self.drained = 0
+        self._owners: dict[str, int] = {}
+        self._publishing = False  # a `_publish_all` is scheduled
+        self._flusher: asyncio.Task[None] | None = None
         self.metrics = AnalysisMetrics(registry, settings.max_feature_labels, model_label_cap)
         self.store = MonitorStore()
         self._context = get_context("spawn")
@@ -134,6 +140,7 @@ class AnalysisPool:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for slot in self._slots:
             await self._start_worker(slot)
+        self._flusher = self._loop.create_task(self._flush(), name="analysis-flush")
 
     async def wait_ready(self, timeout: float) -> bool:
         """True once every worker has reported it started (imports done), False after `timeout` seconds."""
@@ -148,6 +155,10 @@ class AnalysisPool:
         """Let workers finish the batches they hold, within `timeout` seconds; then kill what is left."""
         deadline = time.monotonic() + max(0.0, timeout)
         self._stopping = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
         for slot in self._slots:
             if slot.restarting is not None:
                 slot.restarting.cancel()
@@ -155,6 +166,7 @@ class AnalysisPool:
                     await slot.restarting
                 slot.restarting = None
             if slot.link is not None:
+                self._publish(slot, partial=True, limit=None)  # what waits in the ring goes before the stop
                 slot.link.tasks.send([batches.STOP])
         while time.monotonic() < deadline and self.alive():
             await asyncio.sleep(0.02)
@@ -168,6 +180,9 @@ class AnalysisPool:
         for slot in self._slots:  # exits not seen in time: let go of them anyway
             if slot.link is not None:
                 self._exited(slot, slot.link)
+        for slot, ring in zip(self._slots, self._rings, strict=True):
+            self.metrics.records_lost(slot.index, "shutdown", ring.records)
+            ring.close()
 
     def worker_pids(self) -> list[int | None]:
         """Process id of each worker (None while it waits to restart)."""
@@ -177,33 +192,66 @@ class AnalysisPool:
         """Workers running (started and not yet seen to exit)."""
         return sum(1 for slot in self._slots if slot.link is not None)
 
-    # -- consumer protocol ----------------------------------------------------------------------------------
+    # -- capture ---------------------------------------------------------------------------------------------
 
-    def free_slots(self) -> int:
-        """Records the pool takes now: one batch per free in-flight slot of the busiest worker."""
+    def append(self, record: CaptureRecord) -> None:
+        """Capture one exchange for the analysis: on the request path, so it only copies the record into the ring
+        of the worker owning its model. A record that does not fit is dropped and counted."""
+        self.appended += 1
+        model = record.model
+        owner = self._owners.get(model)
+        if owner is None:
+            owner = self._owner(model)
         if self._stopping:
-            return 0
-        links = [slot.link for slot in self._slots if slot.link is not None]
-        if not links:
-            return 0
-        free = min(self.settings.analysis_queue_batches - len(link.inflight) for link in links)
-        return max(0, free) * self.batch_records
+            self.metrics.records_lost(owner, "shutdown", 1)
+            return
+        ring = self._rings[owner]
+        if not ring.append(record):
+            self.dropped[model] = self.dropped.get(model, 0) + 1
+        elif ring.unpublished >= self.batch_records and not self._publishing:
+            self._publishing = True
+            assert self._loop is not None, "start() first"
+            self._loop.call_soon(self._publish_all)
 
-    def submit(self, batch: list[CaptureRow]) -> None:
-        """Queue records to the workers owning their models; never blocks. Records no worker can take are lost
-        and counted (a worker waiting to restart, or a caller that ignored `free_slots`)."""
-        for index, records in split_by_worker(batch, len(self._slots)).items():
-            link = self._slots[index].link
-            if self._stopping:
-                self.metrics.records_lost(index, "shutdown", len(records))
-            elif link is None:
-                self.metrics.records_lost(index, "restarting", len(records))
-            elif len(link.inflight) >= self.settings.analysis_queue_batches:
-                self.metrics.records_lost(index, "overflow", len(records))
-            else:
-                batch_id = next(self._batch_ids)
-                link.inflight[batch_id] = len(records)
-                link.tasks.send(batches.encode(link.generation, batch_id, records))
+    def _owner(self, model: str) -> int:
+        if len(self._owners) >= MAX_OWNERS_CACHED:
+            self._owners.clear()
+        owner = self._owners[model] = shard(model, len(self._slots))
+        return owner
+
+    def __len__(self) -> int:
+        return sum(ring.records for ring in self._rings)
+
+    @property
+    def bytes_waiting(self) -> int:
+        return sum(ring.bytes_waiting for ring in self._rings)
+
+    def _publish_all(self, partial: bool = False) -> None:
+        self._publishing = False
+        for slot in self._slots:
+            self._publish(slot, partial)
+
+    def _publish(self, slot: _Slot, partial: bool, limit: int | None = -1) -> None:
+        """Tell the slot's worker which records to read next: whole batches, and with `partial` the rest too,
+        while it has fewer than `limit` batches in flight (`analysis_queue_batches` by default, None: no limit)."""
+        link = slot.link
+        if link is None:
+            return
+        ring = self._rings[slot.index]
+        most = self.settings.analysis_queue_batches if limit == -1 else limit
+        while ring.unpublished >= (1 if partial else self.batch_records) and (
+                most is None or len(link.inflight) < most):
+            start, end, records = ring.publish()
+            batch_id = next(self._batch_ids)
+            link.inflight[batch_id] = (end, records)
+            link.tasks.send([batches.encode(batches.Batch(link.generation, batch_id, start, end, records))])
+            self.drained += records
+
+    async def _flush(self) -> None:
+        """Every flush interval, hand the workers what waits in their rings, whole batch or not."""
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            self._publish_all(partial=True)
 
     # -- monitor ---------------------------------------------------------------------------------------------
 
@@ -234,8 +282,8 @@ class AnalysisPool:
         results_receive, results_send = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_module.run, name=f"sidecar-analysis-{index}", daemon=True,
-            args=(index, generation, self.settings, str(self.state_dir), tasks_receive, results_send,
-                  self._log_level, self.prediction_rules))
+            args=(index, generation, self.settings, str(self.state_dir), self._rings[index].handle, tasks_receive,
+                  results_send, self._log_level, self.prediction_rules))
         try:
             process.start()
         finally:
@@ -292,6 +340,7 @@ class AnalysisPool:
         loop = self._loop
         assert loop is not None
         loop.remove_reader(link.process.sentinel)
+        link.ended = True
         frames, _ = link.results.read()  # results sent before the exit still count: the pipe holds less than one read
         link.frames.extend(frames)
         while link.frames:
@@ -300,7 +349,7 @@ class AnalysisPool:
             loop.remove_reader(link.results.fd)
             link.results.close()
         link.tasks.close()
-        lost = sum(link.inflight.values())
+        lost = self._rings[slot.index].reset()
         link.inflight.clear()
         slot.link = None
         self.metrics.records_lost(slot.index, "shutdown" if self._stopping else "worker_exit", lost)
@@ -337,7 +386,7 @@ class AnalysisPool:
         for message in messages:
             try:
                 if isinstance(message, BatchDone):
-                    link.inflight.pop(message.batch_id, None)
+                    self._batch_done(link, message.batch_id)
                 elif isinstance(message, WorkerStarted):
                     link.ready = True
                     continue
@@ -351,6 +400,16 @@ class AnalysisPool:
                 self.store.apply(message)
             except Exception:  # telemetry must never stop the analysis
                 log.exception("applying an analysis result failed")
+
+
+    def _batch_done(self, link: _Link, batch_id: int) -> None:
+        """The worker is done with a batch: its part of the ring is free, and the next batch can go."""
+        done = link.inflight.pop(batch_id, None)
+        slot = self._slots[link.index]
+        if done is not None and slot.link is link:
+            self._rings[link.index].release(*done)
+            if not (self._stopping or link.ended):
+                self._publish(slot, partial=False)
 
 
 def _call_hook(hook: PredictionsHook, predictions: StoredPredictions) -> None:

@@ -253,9 +253,11 @@ class ModelState:
                  for block in blocks], axis=0)
             times = np.concatenate([block[2] for block in blocks])
             analysed = inputs.shape[0]
+            results.extend(self._analyse(inputs, outputs, times))
+            # after `_analyse`: a batch that completes the reference has its later instances checked against the
+            # reference's range (its own instances lie inside that range)
             results.append(self._quality(inputs, issues, instances))
             issues = {}
-            results.extend(self._analyse(inputs, outputs, times))
         if issues:
             results.append(QualityBatch(self.model, instances, issues, 0.0))
         results.extend(self._pending)

@@ -3,8 +3,9 @@
 This module is imported by the main process only to name `run` as the spawn target, so it imports nothing heavy
 at module level: numpy, scipy and the detectors load inside the worker, in `run`.
 
-Protocol (both directions over one-way pipes): the main process sends batches (`batches` frames) and finally
-`batches.STOP` (finish the queued batches, then exit); the worker sends lists of results, `WorkerStarted` first and
+Protocol (both directions over one-way pipes): the main process sends batches (`batches`: which range of the
+worker's shared capture ring to read) and finally `batches.STOP` (finish the queued batches, then exit); the worker
+sends lists of results, `WorkerStarted` first and
 `WorkerStopped` last. Each batch's `BatchDone` goes at once, alone (it frees the batch's slot in the pool); the
 other results are held and merged (`coalesce`) and go at most once per `result_interval`, in lists of bounded
 size, and before `WorkerStopped`. An end-of-file on the task pipe (the main process died) also ends the worker.
@@ -22,8 +23,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sidecar.capture.records import CaptureRecord
+from sidecar.capture.shared_ring import RingHandle, SharedRingReader
 from sidecar.detect import batches
-from sidecar.detect.batches import Batch
 from sidecar.detect.coalesce import ResultBuffer
 from sidecar.detect.results import (
     LAG_BUCKETS,
@@ -44,10 +46,12 @@ TICK_SECONDS = 1.0
 log = logging.getLogger(__name__)
 
 
-def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str, tasks: Connection,
-        results: Connection, log_level: int = logging.WARNING, prediction_rules: PredictionRules | None = None) -> None:
-    """Worker main loop (the spawn target). Predictions are reduced with `prediction_rules` and sent as
-    `StoredPredictions`; without rules (nobody stores them) they are not sent."""
+def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str, ring: RingHandle,
+        tasks: Connection, results: Connection, log_level: int = logging.WARNING,
+        prediction_rules: PredictionRules | None = None) -> None:
+    """Worker main loop (the spawn target). Records are read from `ring` as batches name them. Predictions are
+    reduced with `prediction_rules` and sent as `StoredPredictions`; without rules (nobody stores them) they are not
+    sent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
     lower_priority(settings.worker_priority)
     single_threaded_math()
@@ -55,13 +59,15 @@ def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str
     from sidecar.detect.state import AnalysisState
 
     state = AnalysisState(worker, settings, Path(state_dir))
+    reader = SharedRingReader(ring)
     try:
         results.send([WorkerStarted(worker, generation, os.getpid())])
-        _serve(worker, generation, state, tasks, results, prediction_rules)
+        _serve(worker, generation, state, reader, tasks, results, prediction_rules)
         results.send([WorkerStopped(worker, generation)])
     except (BrokenPipeError, EOFError, ConnectionResetError):
         pass  # the main process is gone: nothing left to report to
     finally:
+        reader.close()
         tasks.close()
         results.close()
 
@@ -96,8 +102,8 @@ def lower_priority(priority: str) -> None:
         os.nice(19 if priority == "idle" else 10)
 
 
-def _serve(worker: int, generation: int, state: AnalysisState, tasks: Connection, results: Connection,
-           rules: PredictionRules | None = None) -> None:
+def _serve(worker: int, generation: int, state: AnalysisState, reader: SharedRingReader, tasks: Connection,
+           results: Connection, rules: PredictionRules | None = None) -> None:
     interval = state.settings.result_interval
     held = ResultBuffer()
     sent_at = -math.inf
@@ -110,7 +116,8 @@ def _serve(worker: int, generation: int, state: AnalysisState, tasks: Connection
                 _send_held(held, results)
                 return
             started = time.process_time()
-            found, done = _process(worker, generation, state, batches.decode(message))
+            batch = batches.decode(message)
+            found, done = _process(worker, generation, state, batch.batch_id, reader.read(batch.start, batch.end))
             held.extend(_for_the_store(found, rules))
             results.send([done])
             if held and time.monotonic() - sent_at >= interval:
@@ -148,9 +155,9 @@ def _keep_cpu_share(busy: float, share: float) -> None:
         time.sleep(busy * (1.0 - share) / share)
 
 
-def _process(worker: int, generation: int, state: AnalysisState, batch: Batch) -> tuple[list[Result], BatchDone]:
-    records = batch.records
+def _process(worker: int, generation: int, state: AnalysisState, batch_id: int,
+             records: list[CaptureRecord]) -> tuple[list[Result], BatchDone]:
     out, errors, analysed = state.process(records)
     now = time.time()
     lags = bucket_counts([max(0.0, now - record.time) for record in records if record.ok], LAG_BUCKETS)
-    return out, BatchDone(worker, generation, batch.batch_id, len(batch.records), lags, errors, analysed)
+    return out, BatchDone(worker, generation, batch_id, len(records), lags, errors, analysed)

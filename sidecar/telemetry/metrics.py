@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-
-from sidecar.capture.ring import CaptureRing
 
 OTHER_MODELS = "__other__"
 DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -119,10 +118,24 @@ class RequestMetrics(Collector):
         yield errors
 
 
+class CaptureRingStats(Protocol):
+    """What the capture metrics read: the deque ring (`CaptureRing`) or the analysis pool's shared rings."""
+
+    max_records: int
+    max_bytes: int
+    appended: int
+    dropped: dict[str, int]
+
+    def __len__(self) -> int: ...
+
+    @property
+    def bytes_waiting(self) -> int: ...
+
+
 class CaptureMetrics(Collector):
     """Ring occupancy and drops, read from the rings at scrape time."""
 
-    def __init__(self, ring: CaptureRing, drained: Callable[[], int], models: ModelLabels) -> None:
+    def __init__(self, ring: CaptureRingStats, drained: Callable[[], int], models: ModelLabels) -> None:
         self.ring = ring
         self.drained = drained
         self.models = models
@@ -132,7 +145,7 @@ class CaptureMetrics(Collector):
         records.add_metric([], len(self.ring))
         yield records
         size = GaugeMetricFamily("sidecar_capture_ring_bytes", "Payload bytes waiting in the capture ring.")
-        size.add_metric([], self.ring.bytes)
+        size.add_metric([], self.ring.bytes_waiting)
         yield size
         for name, doc, value in (
             ("sidecar_capture_ring_max_records", "Capture ring bound on records.", self.ring.max_records),
@@ -148,7 +161,7 @@ class CaptureMetrics(Collector):
         drained.add_metric([], self.drained())
         yield drained
         dropped = CounterMetricFamily("sidecar_capture_dropped", "Captured records dropped because the ring was "
-                                      "full (oldest first).", labels=["model"])
+                                      "full.", labels=["model"])
         folded: dict[str, int] = {}
         for model, count in list(self.ring.dropped.items()):
             label = self.models(model)

@@ -73,10 +73,12 @@ def rest_call(testbed: TestbedProcess, prediction_id: str, model: str, verb: str
 
 
 async def feed(pool: AnalysisPool, records: list[CaptureRecord]) -> None:
+    """Capture the records as the proxies do, never faster than the ring has room for."""
     for record_ in records:
-        while pool.free_slots() <= 0:
+        while len(pool) >= pool.max_records // 2:
             await asyncio.sleep(0.01)
-        pool.submit([record_])
+        pool.append(record_)
+        await asyncio.sleep(0)
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 120.0,

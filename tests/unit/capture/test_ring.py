@@ -43,7 +43,7 @@ def test_byte_bound_evicts_until_under_the_limit() -> None:
     for n in range(4):
         ring.append(record(n, size=10))
     assert len(ring) == 2
-    assert ring.bytes == 20
+    assert ring.bytes_waiting == 20
     assert sum(ring.dropped.values()) == 2
 
 
@@ -52,7 +52,7 @@ def test_drain_takes_the_oldest_first_and_updates_bytes() -> None:
     for n in range(5):
         ring.append(record(n))
     assert [as_record(r).prediction_id for r in ring.drain(2)] == ["id-0", "id-1"]
-    assert ring.bytes == 30
+    assert ring.bytes_waiting == 30
     assert len(ring) == 3
 
 

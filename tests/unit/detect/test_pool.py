@@ -1,4 +1,5 @@
-"""The worker pool with real spawned workers: sharding, drift end to end, restarts, backpressure, shutdown."""
+"""The worker pool with real spawned workers: captures in shared rings, sharding, drift end to end, restarts,
+records dropped at a full ring, shutdown."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.capture.records import CaptureRecord
-from sidecar.capture.ring import CaptureRing, Drainer
-from sidecar.detect.pool import AnalysisPool, shard, split_by_worker
+from sidecar.capture.settings import CaptureSettings
+from sidecar.detect.pool import AnalysisPool, shard
 from sidecar.detect.results import StoredPredictions
 from sidecar.detect.settings import AnalysisSettings
 
@@ -28,6 +29,7 @@ from .traffic import stream
 
 pytestmark = pytest.mark.slow
 STARTUP = 60.0  # spawned workers import numpy and scipy; a busy machine can take a while
+CAPTURE = CaptureSettings(capture_max_bytes=4 << 20, capture_batch_size=10, capture_flush_interval=0.01)
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 60.0) -> None:
@@ -49,10 +51,10 @@ async def started(tmp_path: Path) -> AsyncIterator[Callable[..., AnalysisPool]]:
     pools: list[AnalysisPool] = []
 
     def make(registry: CollectorRegistry, hook: Callable[[StoredPredictions], None] | None = None,
-             **settings: object) -> AnalysisPool:
+             capture: CaptureSettings = CAPTURE, **settings: object) -> AnalysisPool:
         values = {"reference_size": 100, "window_size": 100, **settings}
         pool = AnalysisPool(AnalysisSettings(**values), tmp_path / "state", registry,  # type: ignore[arg-type]
-                            on_predictions=hook)
+                            on_predictions=hook, capture=capture)
         pools.append(pool)
         return pool
 
@@ -61,17 +63,12 @@ async def started(tmp_path: Path) -> AsyncIterator[Callable[..., AnalysisPool]]:
         await pool.stop(5.0)
 
 
-async def submit_all(pool: AnalysisPool, records: list[CaptureRecord], batch: int = 10) -> None:
-    """Submit as the ring's drainer would: only as many records as the pool has room for."""
-    position = 0
-    while position < len(records):
-        room = pool.free_slots()
-        if room <= 0:
-            await asyncio.sleep(0.01)
-            continue
-        take = min(room, batch)
-        pool.submit(records[position:position + take])
-        position += take
+async def append_all(pool: AnalysisPool, records: list[CaptureRecord]) -> None:
+    """Capture records as the proxies do, letting the loop run between them; none may be dropped."""
+    for record in records:
+        pool.append(record)
+        await asyncio.sleep(0)
+    assert pool.dropped == {}
 
 
 def test_a_model_maps_to_the_same_worker_in_every_process() -> None:
@@ -87,22 +84,6 @@ def test_a_model_maps_to_the_same_worker_in_every_process() -> None:
 
 
 
-def test_a_batch_splits_by_the_worker_owning_each_model_keeping_the_order() -> None:
-    names = [f"model-{n}" for n in range(8)]
-    owners = {name: shard(name, 3) for name in names}
-    assert len(set(owners.values())) > 1
-    records = [record for n in range(4) for name in names for record in stream(name, 1, 1, seed=n)]
-    groups = split_by_worker(records, 3)
-    assert sorted(groups) == sorted(set(owners.values()))
-    for owner, group in groups.items():
-        assert group == [record for record in records if owners[record.model] == owner]
-
-
-def test_a_batch_of_one_model_goes_whole_to_its_worker() -> None:
-    records = list(stream("iris", 5, 2, seed=1))
-    assert split_by_worker(records, 4) == {shard("iris", 4): records}
-    assert split_by_worker([], 4) == {}
-
 async def test_drift_is_raised_on_a_shifted_stream_and_not_on_a_stable_one(
         started: Callable[..., AnalysisPool]) -> None:
     registry = CollectorRegistry()
@@ -111,7 +92,7 @@ async def test_drift_is_raised_on_a_shifted_stream_and_not_on_a_stable_one(
     assert await pool.wait_ready(STARTUP)
     reference = [*stream("stable", 10, 10, seed=1), *stream("shifted", 10, 10, seed=2)]
     later = [*stream("stable", 10, 10, seed=3), *stream("shifted", 10, 10, seed=4, shift=2.5)]
-    await submit_all(pool, reference + later)
+    await append_all(pool, reference + later)
     checks = "sidecar_drift_checks_total"
     await eventually(lambda: sample(registry, checks, model="stable", detector="feature_drift") == 1
                      and sample(registry, checks, model="shifted", detector="feature_drift") == 1)
@@ -136,7 +117,7 @@ async def test_a_killed_worker_is_restarted_and_keeps_its_reference_from_disk(
     pool = started(registry, workers=1)
     await pool.start()
     assert await pool.wait_ready(STARTUP)
-    await submit_all(pool, list(stream("iris", 10, 10, seed=1)))
+    await append_all(pool, list(stream("iris", 10, 10, seed=1)))
     await eventually(lambda: (pool.monitor("iris") or {}).get("reference", {}).get("complete") is True)
     [pid] = pool.worker_pids()
     assert pid is not None
@@ -144,7 +125,7 @@ async def test_a_killed_worker_is_restarted_and_keeps_its_reference_from_disk(
     await eventually(lambda: sample(registry, "sidecar_worker_restarts_total", worker="0") == 1)
     assert await pool.wait_ready(STARTUP)
     assert pool.worker_pids() != [pid]
-    await submit_all(pool, list(stream("iris", 10, 10, seed=2)))
+    await append_all(pool, list(stream("iris", 10, 10, seed=2)))
     await eventually(lambda: sample(registry, "sidecar_drift_checks_total", model="iris",
                                     detector="feature_drift") == 1)
     snapshot = pool.monitor("iris")
@@ -180,35 +161,53 @@ async def test_stopping_while_a_worker_is_being_respawned_leaves_no_process_behi
 async def test_records_wait_and_drop_at_the_ring_while_the_workers_are_saturated(
         started: Callable[..., AnalysisPool]) -> None:
     registry = CollectorRegistry()
-    pool = started(registry, workers=1, analysis_queue_batches=1)
+    stored: list[str] = []
+    capture = CaptureSettings(capture_max_records=30, capture_batch_size=10, capture_flush_interval=0.01)
+    pool = started(registry, workers=1, analysis_queue_batches=1, capture=capture,
+                   hook=lambda predictions: stored.extend(predictions.ids))
     await pool.start()
     assert await pool.wait_ready(STARTUP)
     [pid] = pool.worker_pids()
     assert pid is not None
-    ring = CaptureRing(max_records=30, max_bytes=1 << 30, batch_size=10)
-    drainer = Drainer(ring, pool, flush_interval=0.01)
-    drainer.start()
     os.kill(pid, signal.SIGSTOP)  # a worker that has fallen behind
     try:
         records = list(stream("iris", 100, 1, seed=1))
         for record in records[:10]:
-            ring.append(record)
-        await eventually(lambda: drainer.drained == 10)
-        assert pool.free_slots() == 0
+            pool.append(record)
+        await eventually(lambda: pool.drained == 10)  # one batch in flight: the most this worker may hold
         for record in records[10:]:
-            ring.append(record)
+            pool.append(record)
             await asyncio.sleep(0)
         await asyncio.sleep(0.2)
-        assert drainer.drained == 10
-        assert ring.dropped == {"iris": 60}
+        assert pool.drained == 10
+        assert len(pool) == 30 and pool.bytes_waiting > 0  # 10 in flight and 20 waiting: the ring's bound
+        assert pool.dropped == {"iris": 70}  # the records that did not fit; those in the ring stay
+        assert pool.appended == 100
     finally:
         os.kill(pid, signal.SIGCONT)
-    await eventually(lambda: drainer.drained == 40 and len(ring) == 0)
-    await drainer.stop()
-    await eventually(lambda: sample(registry, "sidecar_analysed_instances_total", model="iris") == 40)
+    await eventually(lambda: pool.drained == 30 and len(pool) == 0)
+    await eventually(lambda: sample(registry, "sidecar_analysed_instances_total", model="iris") == 30)
+    assert pool.bytes_waiting == 0
+    await eventually(lambda: len(stored) == 30)
+    assert stored == [record.prediction_id for record in records[:30]]
     assert sample(registry, "sidecar_worker_restarts_total", worker="0") == 0
     assert registry.get_sample_value("sidecar_analysis_lost_records_total",
                                      {"worker": "0", "reason": "overflow"}) is None
+
+
+async def test_the_ring_is_reused_as_the_worker_reads_it(started: Callable[..., AnalysisPool]) -> None:
+    registry = CollectorRegistry()
+    capture = CaptureSettings(capture_max_bytes=64 << 10, capture_batch_size=10, capture_flush_interval=0.01)
+    pool = started(registry, workers=1, capture=capture)
+    await pool.start()
+    records = list(stream("iris", 300, 1, seed=3))  # about 0.5 MB: eight times round a 64 KiB ring
+    for record in records:
+        while len(pool) >= 40:  # wait for room instead of dropping
+            await asyncio.sleep(0.01)
+        pool.append(record)
+        await asyncio.sleep(0)
+    assert pool.dropped == {}
+    await eventually(lambda: sample(registry, "sidecar_analysed_instances_total", model="iris") == 300)
 
 
 async def test_predictions_reach_the_hook_reduced_on_the_event_loop_thread(
@@ -217,7 +216,7 @@ async def test_predictions_reach_the_hook_reduced_on_the_event_loop_thread(
     pool = started(CollectorRegistry(), workers=1, hook=lambda p: seen.append((p, threading.current_thread())))
     await pool.start()
     records = list(stream("iris", 3, 4, seed=1, prefix="req"))
-    await submit_all(pool, records)
+    await append_all(pool, records)
     await eventually(lambda: sum(len(p.ids) for p, _ in seen) == 12)
     assert {thread for _, thread in seen} == {threading.current_thread()}  # no pool thread takes the GIL
     rows = sorted((pid, index, task, value) for p, _ in seen
@@ -235,13 +234,13 @@ async def test_stop_lets_workers_finish_their_batches(started: Callable[..., Ana
     pool = started(registry, workers=2, analysis_queue_batches=8)
     await pool.start()
     records = [*stream("a", 20, 5, seed=1), *stream("b", 20, 5, seed=2)]
-    await submit_all(pool, records)
+    await append_all(pool, records)
     await pool.stop(STARTUP)
     assert pool.alive() == 0
-    assert pool.free_slots() == 0
     assert sample(registry, "sidecar_analysed_instances_total", model="a") == 100
     assert sample(registry, "sidecar_analysed_instances_total", model="b") == 100
-    pool.submit(records[:2])
+    pool.append(records[0])
+    pool.append(records[1])
     assert sum(sample(registry, "sidecar_analysis_lost_records_total", worker=str(w), reason="shutdown")
                for w in (0, 1)) == 2
 
@@ -254,7 +253,8 @@ async def test_stop_kills_workers_that_miss_the_deadline(started: Callable[..., 
     [pid] = pool.worker_pids()
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
-    pool.submit(list(stream("iris", 2, 2, seed=1)))
+    for record in stream("iris", 2, 2, seed=1):
+        pool.append(record)
     await pool.stop(0.2)
     assert pool.alive() == 0
     assert sample(registry, "sidecar_analysis_lost_records_total", worker="0", reason="shutdown") == 2
@@ -275,8 +275,9 @@ async def main():
     await pool.start()
     body = json.dumps({"instances": [[1.0, 2.0]] * 5}).encode()
     answer = json.dumps({"predictions": [[0.5, 0.5]] * 5}).encode()
-    pool.submit([CaptureRecord(str(n), time.time(), "m", "", "", "rest", "tfserving", "predict", body, answer,
-                               200, 0.001) for n in range(4)])
+    for n in range(4):
+        pool.append(CaptureRecord(str(n), time.time(), "m", "", "", "rest", "tfserving", "predict", body, answer,
+                                  200, 0.001))
     await pool.stop(60.0)
     print(registry.get_sample_value("sidecar_analysed_instances_total", {"model": "m"}))
     print("numpy" in sys.modules, "scipy" in sys.modules, "tensorflow" in sys.modules)

@@ -163,6 +163,19 @@ def test_data_quality_counts_nan_out_of_range_and_schema_changes(tmp_path: Path)
                       ("input", "shape"): 2}
 
 
+def test_a_batch_that_completes_the_reference_checks_its_later_instances_against_its_range(
+        tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    reference = list(stream("iris", small().reference_size // 10, 10, seed=1))
+    far = np.full((3, FEATURES), 1e6)
+    batch = [*reference, rest_record("iris", far, outputs=np.full((3, 3), 1 / 3))]  # one batch, as the pool sends
+    counts: dict[tuple[str, str], int] = {}
+    for quality in of_type(run(state, batch), QualityBatch):
+        for key, count in quality.counts.items():
+            counts[key] = counts.get(key, 0) + count
+    assert counts == {(f"input[{column}]", "above_range"): 3 for column in range(FEATURES)}
+
+
 def test_outliers_are_counted_per_batch_after_the_reference(tmp_path: Path) -> None:
     state = AnalysisState(0, small(outlier_fpr=0.01), tmp_path)
     run(state, list(stream("iris", 20, 10, seed=1)))

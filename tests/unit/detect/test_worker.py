@@ -1,4 +1,5 @@
-"""The worker process protocol: batches in, result lists out, a clean stop, and no TensorFlow unless configured."""
+"""The worker process protocol: batches (ranges of its shared capture ring) in, result lists out, a clean stop, and
+no TensorFlow unless configured."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.capture.records import CaptureRecord
+from sidecar.capture.shared_ring import SharedRingWriter
 from sidecar.detect import batches, worker
 from sidecar.detect.results import (
     BatchDone,
@@ -33,34 +35,47 @@ pytestmark = pytest.mark.slow
 STARTUP = 60.0
 
 
-def send_batch(tasks: Connection, generation: int, batch_id: int, records: list[CaptureRecord]) -> None:
-    tasks.send_bytes(b"".join(batches.encode(generation, batch_id, records)))
+Spawned = tuple[BaseProcess, Connection, Connection, SharedRingWriter]
+
+
+def send_batch(tasks: Connection, ring: SharedRingWriter, generation: int, batch_id: int,
+               records: list[CaptureRecord]) -> None:
+    """What the pool does: write the records into the worker's ring, then tell the worker where they are."""
+    assert all(ring.append(record) for record in records)
+    start, end, count = ring.publish()
+    tasks.send_bytes(batches.encode(batches.Batch(generation, batch_id, start, end, count)))
 
 
 @pytest.fixture
-def spawned(tmp_path: Path) -> Iterator[tuple[BaseProcess, Connection, Connection]]:
+def ring() -> Iterator[SharedRingWriter]:
+    writer = SharedRingWriter(1 << 20, 10_000, batch_records=10_000)
+    yield writer
+    writer.close()
+
+
+@pytest.fixture
+def spawned(tmp_path: Path, ring: SharedRingWriter) -> Iterator[Spawned]:
     context = get_context("spawn")
     tasks_receive, tasks_send = context.Pipe(duplex=False)
     results_receive, results_send = context.Pipe(duplex=False)
     process = context.Process(target=worker.run, args=(3, 7, AnalysisSettings(reference_size=10, window_size=10),
-                                                       str(tmp_path), tasks_receive, results_send, logging.WARNING,
-                                                       PredictionRules()), daemon=True)
+                                                       str(tmp_path), ring.handle, tasks_receive, results_send,
+                                                       logging.WARNING, PredictionRules()), daemon=True)
     process.start()
     tasks_receive.close()
     results_send.close()
-    yield process, tasks_send, results_receive
+    yield process, tasks_send, results_receive, ring
     process.kill()
     process.join(5)
 
 
-def test_a_worker_answers_each_batch_with_its_summary_then_the_results(
-        spawned: tuple[BaseProcess, Connection, Connection]) -> None:
-    process, tasks, results = spawned
+def test_a_worker_answers_each_batch_with_its_summary_then_the_results(spawned: Spawned) -> None:
+    process, tasks, results, ring = spawned
     assert results.poll(STARTUP)
     [started] = results.recv()
     assert started == WorkerStarted(3, 7, process.pid or 0)
     records = list(stream("iris", 3, 2, seed=1))
-    send_batch(tasks, 7, 42, records)
+    send_batch(tasks, ring, 7, 42, records)
     assert results.poll(STARTUP)
     [done] = results.recv()
     assert isinstance(done, BatchDone)
@@ -81,13 +96,14 @@ def test_a_worker_answers_each_batch_with_its_summary_then_the_results(
     assert process.exitcode == 0
 
 
-def test_results_between_sends_are_held_merged_and_sent_once_per_interval(tmp_path: Path) -> None:
+def test_results_between_sends_are_held_merged_and_sent_once_per_interval(tmp_path: Path,
+                                                                          ring: SharedRingWriter) -> None:
     context = get_context("spawn")
     tasks_receive, tasks = context.Pipe(duplex=False)
     results, results_send = context.Pipe(duplex=False)
     settings = AnalysisSettings(reference_size=10, window_size=10, result_interval=3.0)
-    process = context.Process(target=worker.run, args=(0, 1, settings, str(tmp_path), tasks_receive, results_send,
-                                                       logging.WARNING, PredictionRules()), daemon=True)
+    process = context.Process(target=worker.run, args=(0, 1, settings, str(tmp_path), ring.handle, tasks_receive,
+                                                       results_send, logging.WARNING, PredictionRules()), daemon=True)
     process.start()
     tasks_receive.close()
     results_send.close()
@@ -95,14 +111,14 @@ def test_results_between_sends_are_held_merged_and_sent_once_per_interval(tmp_pa
         assert results.poll(STARTUP)
         results.recv()  # WorkerStarted
         records = list(stream("iris", 12, 5, seed=1))  # 60 instances: a reference of 10, then 5 windows of 10
-        send_batch(tasks, 1, 1, records[:2])
+        send_batch(tasks, ring, 1, 1, records[:2])
         assert results.poll(STARTUP)
         assert [type(item) for item in results.recv()] == [BatchDone]
         assert results.poll(STARTUP)
         first = results.recv()  # nothing sent yet: the results go at once
         assert any(isinstance(item, ModelStatus) for item in first)
         for batch_id, start in enumerate(range(2, 12, 2), start=2):
-            send_batch(tasks, 1, batch_id, records[start:start + 2])
+            send_batch(tasks, ring, 1, batch_id, records[start:start + 2])
         summaries = [results.recv() for _ in range(5)]  # within the interval: each batch's summary alone
         assert all(len(answer) == 1 and isinstance(answer[0], BatchDone) for answer in summaries)
         assert results.poll(10.0)
@@ -118,8 +134,8 @@ def test_results_between_sends_are_held_merged_and_sent_once_per_interval(tmp_pa
         process.join(5)
 
 
-def test_a_worker_exits_when_its_task_pipe_closes(spawned: tuple[BaseProcess, Connection, Connection]) -> None:
-    process, tasks, results = spawned
+def test_a_worker_exits_when_its_task_pipe_closes(spawned: Spawned) -> None:
+    process, tasks, results, _ = spawned
     assert results.poll(STARTUP)
     results.recv()
     tasks.close()  # what the worker sees when the main process dies
@@ -128,18 +144,23 @@ def test_a_worker_exits_when_its_task_pipe_closes(spawned: tuple[BaseProcess, Co
 
 
 SCRIPT = """
+import os
 import sys
 import threading
 from multiprocessing import Pipe
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
+from sidecar.capture.shared_ring import RingHandle, SharedRingWriter
 from sidecar.detect import batches, worker
 from sidecar.detect.settings import AnalysisSettings
 from tests.unit.detect.traffic import stream
 
 tasks_receive, tasks_send = Pipe(duplex=False)
 results_receive, results_send = Pipe(duplex=False)
-tasks_send.send_bytes(b"".join(batches.encode(1, 1, list(stream("iris", 30, 10, seed=1)))))
+ring = SharedRingWriter(1 << 20, 1000, 1000)
+for record in stream("iris", 30, 10, seed=1):
+    ring.append(record)
+tasks_send.send_bytes(batches.encode(batches.Batch(1, 1, *ring.publish())))
 tasks_send.send_bytes(batches.STOP)
 settings = AnalysisSettings(reference_size=100, window_size=100, mmd_enabled=True, mmd_permutations=20)
 messages = []
@@ -153,7 +174,7 @@ def read():
 
 reader = threading.Thread(target=read)
 reader.start()
-worker.run(0, 1, settings, sys.argv[1], tasks_receive, results_send)
+worker.run(0, 1, settings, sys.argv[1], RingHandle(os.dup(ring.fd), ring.size), tasks_receive, results_send)
 reader.join()
 print(sorted({getattr(m, "detector", "") for m in messages} - {""}))
 print("tensorflow" in sys.modules)
