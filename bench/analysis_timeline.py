@@ -5,10 +5,10 @@
 Runs `sidecar run` as bench_analysis_load.py does (nginx upstream, wrk pausing 1 ms between a connection's
 requests, one saturated worker), but through this file, which wraps a few main-process functions with timers
 before the sidecar starts. Recorded: each answered REST request's time inside the process (first byte parsed to
-answer written), the garbage collector's passes per generation, the capture drainer, batch submission to the
-workers, reading worker results and applying each message, the predictions hook and its event-loop half, and the
-store writer's flushes. It prints percentiles of the in-process time, each event's count and duration, and, for the
-requests slower than the in-process p99, how many overlapped each kind of event (or none).
+answer written), the garbage collector's passes per generation, handing batches to the workers, reading worker
+results and applying each message, the predictions hook and its event-loop half, and the store writer's flushes.
+It prints percentiles of the in-process time, each event's count and duration, and, for the requests slower than
+the in-process p99, how many overlapped each kind of event (or none).
 
 A diagnostic, not a benchmark: the timers cost a little themselves, and wrk's latency also holds what happens
 outside the process (the kernel waking threads on busy vCPUs), which no timer here sees. The spawned workers import
@@ -41,7 +41,6 @@ NEAR_SECONDS = 0.0002  # an event that ended this shortly before a request began
 def _instrument(path: str) -> None:
     """Wrap the functions the timeline records; write the records to `path` when `path`.request appears (only
     then: writing them holds the GIL for milliseconds, and their tuples would set off collections)."""
-    from sidecar.capture.ring import Drainer
     from sidecar.detect.pool import AnalysisPool
     from sidecar.feedback.api import FeedbackService
     from sidecar.feedback.threads import StoreThread
@@ -63,8 +62,7 @@ def _instrument(path: str) -> None:
 
         setattr(owner, attribute, wrapper)
 
-    timed(Drainer, "drain_once", "drain")
-    timed(AnalysisPool, "submit", "submit batch")
+    timed(AnalysisPool, "_publish_all", "hand batches to the workers")
     timed(AnalysisPool, "_on_results", "read results")
     timed(AnalysisPool, "_apply_frame", "apply a result message")
     timed(FeedbackService, "add_stored", "predictions hook")

@@ -17,7 +17,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sidecar.capture.ring import CaptureRing
+from rest_servers import discard_all, shared_ring
+
+from sidecar.capture.records import CaptureRecord
 from sidecar.proxy.rest import RestProxy
 from sidecar.proxy.rest_connection import ClientConnection
 from sidecar.proxy.settings import ProxySettings
@@ -66,9 +68,13 @@ class MemoryTransport:
 
 
 async def measure(requests: int) -> float:
-    ring = CaptureRing(max_records=10_000, max_bytes=256 * 1024**2)
+    ring = shared_ring()
+
+    def capture(record: CaptureRecord) -> None:
+        ring.append(record)
+
     proxy = RestProxy(ProxySettings(upstream_rest=("127.0.0.1", 9), listen_rest=("127.0.0.1", 0)),
-                      capture=ring.append, metrics=RequestMetrics(), tracing=disabled())
+                      capture=capture, metrics=RequestMetrics(), tracing=disabled())
     await proxy.start()
     upstream = UpstreamConnection(proxy.pool)
     upstream.connection_made(MemoryTransport())  # type: ignore[arg-type]
@@ -80,8 +86,8 @@ async def measure(requests: int) -> float:
     for _ in range(requests):
         client.data_received(REQUEST)
         upstream.data_received(RESPONSE)
-        if len(ring) > 5000:
-            ring.drain(10_000)
+        if ring.records > 5000:
+            discard_all(ring)
     elapsed = time.process_time() - started
     assert client_transport.written > requests * len(ANSWER) and not client_transport.closed
     await proxy.stop()

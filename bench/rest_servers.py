@@ -2,7 +2,8 @@
 
 KIND is one of
 - `upstream`: an instant-answer model-server stand-in (uvloop + httptools), used when nginx is not installed;
-- `sidecar`: the real RestProxy under uvloop, capturing into a CaptureRing drained by a CountingConsumer;
+- `sidecar`: the real RestProxy under uvloop, capturing into a shared capture ring as `sidecar run` does with
+  analysis on (`discard_all` stands in for the worker that would read it);
 - `aiohttp`: the baseline, a plain aiohttp web server forwarding through one aiohttp ClientSession;
 - `byte-relay`: a reference, a bare uvloop byte relay (one upstream connection per client connection, no parsing,
   no headers added): what any Python forwarder costs at the least. `--busy-us N --busy-when before|after` makes
@@ -19,8 +20,13 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if TYPE_CHECKING:
+    from sidecar.capture.records import CaptureRecord
+    from sidecar.capture.shared_ring import SharedRingWriter
 
 ANSWER = b'{"predictions": [[0.12, 0.34, 0.54]]}'
 
@@ -80,25 +86,47 @@ async def run_upstream(port: int, delay: float) -> None:
     await _until_signalled()
 
 
+def shared_ring() -> SharedRingWriter:
+    """The analysis capture ring at `sidecar run`'s defaults (one worker)."""
+    from sidecar.capture.settings import CaptureSettings
+    from sidecar.capture.shared_ring import SharedRingWriter
+
+    settings = CaptureSettings()
+    return SharedRingWriter(settings.capture_max_bytes, settings.capture_max_records, settings.capture_batch_size)
+
+
+def discard_all(ring: SharedRingWriter) -> int:
+    """Free the ring as if a worker had read everything in it; the records freed."""
+    freed = 0
+    while ring.unpublished:
+        _, end, records = ring.publish()
+        ring.release(end, records)
+        freed += records
+    return freed
+
+
 async def run_sidecar(port: int, upstream: tuple[str, int]) -> None:
-    from sidecar.capture.ring import CaptureRing, CountingConsumer, Drainer
     from sidecar.proxy.rest import RestProxy
     from sidecar.proxy.settings import ProxySettings
     from sidecar.telemetry.metrics import RequestMetrics
     from sidecar.telemetry.tracing import disabled
 
-    ring = CaptureRing(max_records=10_000, max_bytes=256 * 1024**2)
-    consumer = CountingConsumer()
-    drainer = Drainer(ring, consumer, flush_interval=0.05)
-    drainer.start()
+    ring = shared_ring()
+    freed = 0
+
+    def capture(record: CaptureRecord) -> None:
+        ring.append(record)
+
     proxy = RestProxy(ProxySettings(upstream_rest=upstream, listen_rest=("127.0.0.1", port)),
-                      capture=ring.append, metrics=RequestMetrics(), tracing=disabled())
+                      capture=capture, metrics=RequestMetrics(), tracing=disabled())
     await proxy.start()
     _announce(proxy.port)
-    await _until_signalled()
+    stop = asyncio.ensure_future(_until_signalled())
+    while not stop.done():
+        await asyncio.wait([stop], timeout=0.05)
+        freed += discard_all(ring)
     await proxy.stop()
-    await drainer.stop()
-    print(f"captured {ring.appended} drained {consumer.records}", file=sys.stderr, flush=True)
+    print(f"captured {freed + ring.records} records", file=sys.stderr, flush=True)
 
 
 class _Busy:

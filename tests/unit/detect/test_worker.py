@@ -4,6 +4,7 @@ no TensorFlow unless configured."""
 from __future__ import annotations
 
 import logging
+import platform
 import subprocess
 import sys
 import time
@@ -190,6 +191,10 @@ def test_analysis_with_the_numpy_detectors_never_imports_tensorflow(tmp_path: Pa
     assert detectors == "['feature_drift', 'mahalanobis', 'mmd', 'output_drift']"
     assert tensorflow == "False"
     assert predictions == "[]"  # started without prediction rules: nobody stores them, none are sent
+
+
+def test_the_heap_keeps_freed_memory_wherever_glibc_allocates() -> None:
+    assert worker.keep_heap_memory() is (platform.libc_ver()[0] == "glibc")
 
 
 def test_a_cpu_share_below_one_pauses_in_proportion_to_the_batch_cpu_time() -> None:
