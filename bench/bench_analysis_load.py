@@ -3,7 +3,7 @@
 Runs the real `sidecar run` (uvloop, REST only) in front of an instant upstream (nginx `return 200`, else a
 uvloop stand-in), twice: with analysis off (capture still on, drained into a counter) and with analysis on at
 settings that keep the one worker busy all the time (windows of 50 instances, MMD with `--mmd-permutations`, by
-default 10,000: about 650 records a second, less than wrk's paced 850 at one connection). wrk sends a decodable
+default 10,000: about 900 records a second, about what wrk's paced single connection sends). wrk sends a decodable
 1-instance, 120-feature JSON predict body. For each run it prints p50/p99/throughput at the chosen concurrencies,
 the worker's CPU use during the measured run and, from /metrics, the records captured, analysed and dropped at the
 ring: a worker near 1.0 CPU with records left waiting or dropped is saturated.

@@ -3,10 +3,11 @@
 Why: records used to wait in a deque on the event loop and travel to the worker in batches: drained, their small
 fields pickled (about 144 us per 256 records inside the running sidecar) and the bodies written through a 64 KiB
 pipe in several steps, each waking the worker and then the loop again. With one saturated worker and 4 paced
-connections (bench/bench_analysis_load.py) the proxy's p99 was 1.2-1.3x its p99 with analysis off; the worker's
-computation alone, in an unrelated idle-priority process, accounted for 1.04-1.08x. A prototype that wrote each
-record into shared memory on the request path and let the worker find it there measured 0.97x in the same
-interleaved runs. Writing a record costs the request about 1.5 us (measured with `python -m timeit`).
+connections (bench/bench_analysis_load.py) the proxy's p99 was 1.2-1.5x its p99 with analysis off. Written here
+once on the request path, and found by the worker where they are, interleaved runs measured 1.05x and 1.16x before
+the worker's heap was fixed (see `worker.keep_heap_memory`) and the benchmark 0.99x after. Writing a record costs
+the request about 1.4 us (`python -m timeit`; bench/rest_hotpath.py: 13.7 -> 15.1 us of proxy work per request),
+against 0.46 us for the deque.
 
 Layout: one anonymous memory file of `size` bytes per worker. Records are written back to back; a record never
 straddles the end of the buffer (the space left is skipped, marked by a zero length when it has room for one).
