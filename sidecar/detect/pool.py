@@ -94,7 +94,7 @@ class _Slot:
 
 class AnalysisPool:
     """Worker processes running the detectors, fed by `append`. Every method runs on the event loop that called
-    `start`. For the capture metrics it reads like a ring: `len()` (records waiting), `bytes`, `max_records`,
+    `start`. For the capture metrics it reads like a ring: `len()` (records waiting), `bytes_waiting`, `max_records`,
     `max_bytes`, `appended`, `dropped` (per model) and `drained` (records handed to the workers)."""
 
     def __init__(self, settings: AnalysisSettings, state_dir: Path, registry: CollectorRegistry,
@@ -166,7 +166,7 @@ class AnalysisPool:
                     await slot.restarting
                 slot.restarting = None
             if slot.link is not None:
-                self._publish(slot, partial=True, limit=None)  # what waits in the ring goes before the stop
+                self._publish(slot, partial=True, limited=False)  # what waits in the ring goes before the stop
                 slot.link.tasks.send([batches.STOP])
         while time.monotonic() < deadline and self.alive():
             await asyncio.sleep(0.02)
@@ -231,16 +231,16 @@ class AnalysisPool:
         for slot in self._slots:
             self._publish(slot, partial)
 
-    def _publish(self, slot: _Slot, partial: bool, limit: int | None = -1) -> None:
-        """Tell the slot's worker which records to read next: whole batches, and with `partial` the rest too,
-        while it has fewer than `limit` batches in flight (`analysis_queue_batches` by default, None: no limit)."""
+    def _publish(self, slot: _Slot, partial: bool, limited: bool = True) -> None:
+        """Tell the slot's worker which records to read next: whole batches, and with `partial` the rest too;
+        `limited`: only while it has fewer than `analysis_queue_batches` batches in flight."""
         link = slot.link
         if link is None:
             return
         ring = self._rings[slot.index]
-        most = self.settings.analysis_queue_batches if limit == -1 else limit
+        most = self.settings.analysis_queue_batches
         while ring.unpublished >= (1 if partial else self.batch_records) and (
-                most is None or len(link.inflight) < most):
+                not limited or len(link.inflight) < most):
             start, end, records = ring.publish()
             batch_id = next(self._batch_ids)
             link.inflight[batch_id] = (end, records)
@@ -400,7 +400,6 @@ class AnalysisPool:
                 self.store.apply(message)
             except Exception:  # telemetry must never stop the analysis
                 log.exception("applying an analysis result failed")
-
 
     def _batch_done(self, link: _Link, batch_id: int) -> None:
         """The worker is done with a batch: its part of the ring is free, and the next batch can go."""

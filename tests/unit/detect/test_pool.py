@@ -192,7 +192,7 @@ async def test_records_wait_and_drop_at_the_ring_while_the_workers_are_saturated
     assert stored == [record.prediction_id for record in records[:30]]
     assert sample(registry, "sidecar_worker_restarts_total", worker="0") == 0
     assert registry.get_sample_value("sidecar_analysis_lost_records_total",
-                                     {"worker": "0", "reason": "overflow"}) is None
+                                     {"worker": "0", "reason": "worker_exit"}) is None
 
 
 async def test_the_ring_is_reused_as_the_worker_reads_it(started: Callable[..., AnalysisPool]) -> None:
