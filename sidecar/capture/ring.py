@@ -1,16 +1,19 @@
 """Bounded capture ring: O(1) append that never awaits, drop-oldest with counts, drained in batches.
 
+It feeds the payload log, and counts the captures when analysis is off; the analysis has its own ring in shared
+memory (`shared_ring`).
+
 Shaped like OpenTelemetry's batch processor: a deque bounded by record count and payload bytes; appending past
 either bound evicts the oldest records and counts them per model; a drainer task is woken when a batch is ready
 or a flush interval passes, and hands batches to a consumer only as fast as the consumer has room.
 
 The ring keeps each record as a plain tuple of its fields (`CaptureRow`) and hands those tuples to its consumer as
 they are. Python's garbage collector stops tracking a plain tuple of strings, numbers and bytes at its first
-collection, but never a NamedTuple: with the analysis saturated the ring holds its 10,000 records for seconds, and
-every older-generation collection walked them all (2-3 ms on the event loop, several times per 8 s at 3,000 requests/s;
-bench/bench_analysis_load.py). Making `CaptureRecord`s again when draining allocated a tracked object per record,
-which brought the next young-generation collection on the event loop closer; consumers that want attributes call
-`as_record` themselves.
+collection, but never a NamedTuple: a ring whose consumer falls behind holds its 10,000 records for seconds, and
+every older-generation collection walked them all (2-3 ms on the event loop, several times per 8 s at 3,000
+requests/s, when the analysis still read from this ring; bench/bench_analysis_load.py). Making `CaptureRecord`s
+again when draining allocated a tracked object per record, which brought the next young-generation collection on
+the event loop closer; consumers that want attributes call `as_record` themselves.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Why no thread: a sender thread per worker wrote the batches and a supervisor thr
 of them woke it took the GIL from the event loop, and a thread that the kernel descheduled while holding it stalled
 the loop for milliseconds: with one saturated worker and 4 paced connections (bench/analysis_timeline.py), reading
 results took up to 8.6 ms and the slowest 0.1% of requests spent 3.6 ms or more inside the process. Here the loop
-itself writes a frame in steps of at most a pipe's buffer (64 KiB, about 15 us of copying) whenever the pipe has
-room, and reads results when they arrive.
+itself writes the task messages (a few dozen bytes each since the records travel in shared memory) whenever the
+pipe has room, and reads results when they arrive.
 
 Frames are `multiprocessing.Connection`'s (a 4-byte big-endian signed length, or -1 and an 8-byte length, then the
 payload), so the workers keep using `Connection.recv_bytes` and `Connection.send`.
@@ -47,12 +47,13 @@ class FrameWriter:
     def pending_bytes(self) -> int:
         return sum(map(len, self._pending))
 
-    def send(self, parts: list[bytes]) -> None:
-        """Queue one frame whose payload is `parts` joined (an empty list sends an empty frame) and write what fits."""
+    def send(self, payload: bytes) -> None:
+        """Queue one frame (an empty payload is an empty frame) and write what the pipe takes now."""
         if self.closed:
             return
-        self._pending.append(frame_header(sum(map(len, parts))))
-        self._pending.extend(filter(None, parts))  # no empty part: writev could return 0 for it
+        self._pending.append(frame_header(len(payload)))
+        if payload:  # no empty part: writev could return 0 for it
+            self._pending.append(payload)
         if not self._watching:
             self._write()
 

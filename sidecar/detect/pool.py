@@ -167,7 +167,7 @@ class AnalysisPool:
                 slot.restarting = None
             if slot.link is not None:
                 self._publish(slot, partial=True, limited=False)  # what waits in the ring goes before the stop
-                slot.link.tasks.send([batches.STOP])
+                slot.link.tasks.send(batches.STOP)
         while time.monotonic() < deadline and self.alive():
             await asyncio.sleep(0.02)
         for slot in self._slots:
@@ -244,7 +244,7 @@ class AnalysisPool:
             start, end, records = ring.publish()
             batch_id = next(self._batch_ids)
             link.inflight[batch_id] = (end, records)
-            link.tasks.send([batches.encode(batches.Batch(link.generation, batch_id, start, end, records))])
+            link.tasks.send(batches.encode(batches.Batch(link.generation, batch_id, start, end, records)))
             self.drained += records
 
     async def _flush(self) -> None:
@@ -274,7 +274,7 @@ class AnalysisPool:
         loop.add_reader(link.results.fd, self._on_results, link)
         loop.add_reader(process.sentinel, self._on_exit, slot, link)
         if self._stopping:  # stop() began while this worker was starting
-            link.tasks.send([batches.STOP])
+            link.tasks.send(batches.STOP)
 
     def _spawn(self, index: int, generation: int) -> tuple[BaseProcess, int, int]:
         """Start a worker process; its task pipe's writing end and its result pipe's reading end, as plain fds."""

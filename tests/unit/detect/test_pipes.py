@@ -13,7 +13,7 @@ from sidecar.detect import batches
 from sidecar.detect.pipes import FrameReader, FrameWriter, frame_header
 
 
-async def through_a_pipe(frames: list[list[bytes]]) -> list[bytes]:
+async def through_a_pipe(frames: list[bytes]) -> list[bytes]:
     """What a worker's `Connection.recv_bytes` reads, frame by frame, after a `FrameWriter` was given `frames`."""
     receive, send = Pipe(duplex=False)
     received: list[bytes] = []
@@ -25,8 +25,8 @@ async def through_a_pipe(frames: list[list[bytes]]) -> list[bytes]:
     reader = threading.Thread(target=read)
     writer = FrameWriter(os.dup(send.fileno()), asyncio.get_running_loop())
     send.close()
-    for parts in frames:
-        writer.send(parts)  # returns at once, whatever the pipe can take
+    for frame in frames:
+        writer.send(frame)  # returns at once, whatever the pipe can take
     reader.start()
     while reader.is_alive():
         await asyncio.sleep(0.01)
@@ -36,14 +36,18 @@ async def through_a_pipe(frames: list[list[bytes]]) -> list[bytes]:
     return received
 
 
-async def test_a_frame_larger_than_the_pipe_with_more_parts_than_one_writev_takes_arrives_whole() -> None:
-    parts = [bytes([n % 256]) * 350 for n in range(3001)]  # about 1 MB
-    [frame] = await through_a_pipe([parts])
-    assert frame == b"".join(parts)
+async def test_a_frame_larger_than_the_pipe_arrives_whole() -> None:
+    payload = b"".join(bytes([n % 256]) * 350 for n in range(3001))  # about 1 MB
+    assert await through_a_pipe([payload]) == [payload]
+
+
+async def test_more_frames_than_one_writev_takes_arrive_in_order() -> None:
+    frames = [batches.encode(batches.Batch(1, n, 0, n, 1)) for n in range(1500)]  # 3,000 parts with their headers
+    assert await through_a_pipe(frames) == frames
 
 
 async def test_frames_keep_their_order_and_the_stop_message_is_an_empty_frame() -> None:
-    frames = await through_a_pipe([[b"first"], [bytes(200_000)], [batches.STOP], [b"last", b"", b"!"]])
+    frames = await through_a_pipe([b"first", bytes(200_000), batches.STOP, b"last!"])
     assert frames == [b"first", bytes(200_000), b"", b"last!"]
 
 
@@ -52,7 +56,7 @@ async def test_sending_never_blocks_even_when_nobody_reads() -> None:
     writer = FrameWriter(os.dup(send.fileno()), asyncio.get_running_loop())
     send.close()
     for _ in range(20):
-        writer.send([bytes(100_000)])  # 2 MB into a pipe that holds 64 KiB
+        writer.send(bytes(100_000))  # 2 MB into a pipe that holds 64 KiB
     assert writer.pending_bytes > 1_000_000
     writer.close()
     receive.close()
@@ -63,10 +67,10 @@ async def test_a_pipe_whose_reader_is_gone_drops_what_it_holds() -> None:
     writer = FrameWriter(os.dup(send.fileno()), asyncio.get_running_loop())
     send.close()
     receive.close()
-    writer.send([b"lost"])
+    writer.send(b"lost")
     assert writer.pending_bytes == 0
     writer.close()
-    writer.send([b"after close"])
+    writer.send(b"after close")
     assert writer.pending_bytes == 0
 
 
