@@ -66,6 +66,7 @@ from sidecar.detect.results import (
 )
 from sidecar.detect.settings import AnalysisSettings, ModelConfig
 from sidecar.detect.windows import CountWindows, TimeWindows, Window, make_windows
+from sidecar.detect.yielding import yield_point
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,9 +147,12 @@ def _finite_rows(matrix: np.ndarray) -> np.ndarray:
 
 
 def _timed(call: Callable[[], T]) -> tuple[T, float]:
+    """`call()` and how long it took; a yield point after it (see `yielding`)."""
     start = time.perf_counter()
     value = call()
-    return value, time.perf_counter() - start
+    duration = time.perf_counter() - start
+    yield_point()
+    return value, duration
 
 
 def plain(value: Any) -> Any:
@@ -514,6 +518,7 @@ class AnalysisState:
         errors: dict[tuple[str, str, str], int] = {}
         by_model: dict[str, list[tuple[CaptureRecord, Exchange]]] = {}
         for record in records:
+            yield_point()
             if not record.ok:
                 continue  # failed calls carry no prediction; the request metrics count them
             try:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Iterable
 
 import pytest
 
 from sidecar.feedback.store import PredictionColumns, PredictionRow, Row, StoreError
-from sidecar.feedback.threads import StoreThread
+from sidecar.feedback.threads import WRITER_NICE, StoreThread, paced
 
 
 class Log:
@@ -114,3 +116,33 @@ async def test_stop_writes_what_is_still_queued() -> None:
         thread.put(rows(f"id{index}"))
     await thread.stop()
     assert sum(len(batch) for batch in log.writes) == 100
+
+
+def test_paced_rows_are_all_the_rows_in_order_with_a_pause_after_each_group() -> None:
+    started = time.monotonic()
+    out = list(paced(iter(range(7)), every=3, pause=0.02))
+    assert out == list(range(7))
+    assert time.monotonic() - started >= 0.04  # two full groups of 3, two pauses
+
+
+def thread_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_a_writer_thread_runs_below_the_process_priority_and_a_reader_thread_at_it() -> None:
+    seen: dict[str, int] = {}
+
+    def write(conn: Log, rows: Iterable[Row], count: int) -> None:
+        seen["writer"] = thread_nice()
+
+    writer: StoreThread[Log] = StoreThread("writer", Log, lambda conn: None, write_rows=write)
+    reader: StoreThread[Log] = StoreThread("reader", Log, lambda conn: None)
+    await writer.start()
+    await reader.start()
+    writer.put(rows("a"))
+    await writer.flush()
+    seen["reader"] = await reader.call(lambda conn: thread_nice())
+    await writer.stop()
+    await reader.stop()
+    process = os.getpriority(os.PRIO_PROCESS, 0)
+    assert seen == {"writer": min(19, process + WRITER_NICE), "reader": process}
