@@ -2,10 +2,10 @@
 
 Workers run at SCHED_IDLE so that they take only the CPU time the proxy leaves. Yet on Linux 6.18 (EEVDF, HZ=250)
 scheduler traces showed the proxy's event loop, woken onto the CPU where a busy worker ran, left waiting behind the
-worker until the next tick, up to 4 ms at a time: 1.3-47 ms in all per 4-second trace (bench/sched_trace.py at
-the saturated-analysis load, four traces). `sched_yield` with nothing waiting is one cheap system call; with the
-loop waiting, the loop runs at once. With a yield point in each MMD permutation block (0.6 ms of work), each
-decoded record and each detector run, four such traces showed 0-0.3 ms behind the worker, and one 2.9 ms wait.
+worker until the next tick, up to 4 ms at a time: 0.1-47 ms in all per 4-second trace, median 2.3 ms over 19
+traces (bench/sched_trace.py at the saturated-analysis load). `sched_yield` with nothing waiting is one cheap system
+call; with the loop waiting, the loop runs at once. With a yield point in each MMD permutation block (0.6 ms of
+work), each decoded record and each detector run: under 0.3 ms in 7 of 9 traces, 1.1 and 2.9 ms in the others.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ Results come back to the loop with `call_soon_threadsafe`.
 
 Writer threads yield to the event loop, which shares their process and GIL: they run at a lower CPU priority
 (`WRITER_NICE`, Linux only) and pause briefly every `PACE_ROWS` rows (`paced`). Without both, the SQLite writer,
-woken once a second with about 900 rows (bench/bench_analysis_load.py's saturated analysis), took the loop's CPU and
-GIL for up to 2 ms at a time; bench/sched_trace.py shows how long the loop waited behind it.
+woken once a second with about 900 rows (bench/bench_analysis_load.py's saturated analysis), took the loop's CPU for
+up to 2 ms at a time, binding rows under the GIL; bench/sched_trace.py shows how long the loop waited behind it.
 """
 
 from __future__ import annotations
