@@ -15,10 +15,10 @@ Why blocks (`PERMUTATION_BLOCK` on the CPU): all 10,000 permutations of a 250-ro
 100 MB per window (the drawn orders, G and G @ K, 20 MB each) through the L3 cache that the proxy's vCPU shares.
 Next to an idle-priority process testing such windows, the proxy's p99 at 4 paced connections was 1.30x its
 value alone; with blocks of 512, whose matrices stay in one core's L2, 1.02x (scratch A/B with
-bench/bench_analysis_load.py's load, 5 rounds each). Blocks of 128 are faster still and leave a yield point (see
-`yielding`) every 0.6 ms: 10,000 permutations of 200 + 50 rows took 49 ms against 69 with 512 (1000 + 1000 rows,
-100 permutations: 45 against 137 ms; 1000 permutations: 199 against 179 ms). The permutations drawn, and so the
-p-value, are the same whatever the block size.
+bench/bench_analysis_load.py's load, 5 rounds each). Blocks of 128 leave a yield point (see `yielding`) every 0.6 ms
+of a 250-row window and are faster there: 10,000 permutations of 200 + 50 rows of 120 features took 50 ms against
+66 with 512; for 1000 + 1000 rows, 1000 permutations took 213 ms against 188 (100, the default, are one block
+either way). The permutations drawn, and so the p-value, are the same whatever the block size.
 
 Backends: "numpy" (float64 BLAS), "tensorflow" (the same algorithm in float64 TensorFlow ops, on the GPU when
 one is visible) and "auto" (TensorFlow when TensorFlow sees a GPU, else numpy). TensorFlow is imported only when
