@@ -1,4 +1,9 @@
-"""Canonical array forms handed to the analysis: float64, int64, bool, or object arrays of str."""
+"""Canonical array forms handed to the analysis: float64, int64, bool, or object arrays of strings.
+
+String tensors are object arrays whose elements are `str` for values that are valid UTF-8 and `bytes` for
+values that are not (binary payloads: PNG/JPEG images, serialized protos). Replacing invalid sequences would
+destroy those payloads, so no byte is ever replaced; see `text_or_bytes`.
+"""
 
 from __future__ import annotations
 
@@ -30,13 +35,17 @@ def canonical(array: np.ndarray) -> np.ndarray:
     raise DecodeError("dtype", f"unexpected array dtype {array.dtype}")
 
 
-def text(value: bytes) -> str:
-    return value.decode("utf-8", "replace")
+def text_or_bytes(value: bytes) -> str | bytes:
+    """The value as `str` when it is valid UTF-8, else the exact bytes (an encoded image, a serialized proto)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(value)
 
 
 def text_array(values: Iterable[bytes]) -> np.ndarray:
-    """Bytes to a 1-D object array of str (UTF-8, invalid sequences replaced by U+FFFD)."""
-    return object_array([value.decode("utf-8", "replace") for value in values])
+    """Bytes to a 1-D object array of `text_or_bytes` values."""
+    return object_array([text_or_bytes(value) for value in values])
 
 
 def object_array(items: Sequence[object]) -> np.ndarray:

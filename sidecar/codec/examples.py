@@ -4,6 +4,9 @@ Each example maps feature names to a value list of one kind (float, int64 or byt
 merged into every example; a feature present in both keeps the example's value (TF Serving serialises the
 context first, so the example's entry wins the protobuf map merge).
 
+bytes_list values (and REST `{"b64": ...}` values) are `str` when valid UTF-8 and the exact `bytes` otherwise
+(an encoded image), like every string in the codec.
+
 Columns: a feature with exactly one value in every example gives (n,); the same k values everywhere gives
 (n, k). Absent features and differing lengths are padded to the longest list, with NaN for numbers (int
 features then become float64) or None for strings, so missing values stay visible to data-quality checks.
@@ -23,11 +26,11 @@ from sidecar.codec.jsonvalues import b64_text, is_b64
 
 FLOAT, INT, BYTES = "float", "int", "bytes"
 FeatureValues = tuple[str | None, Sequence[Any] | np.ndarray]
-"""(kind, or None when the list is empty; the values: a list or a 1-D float64/int64/str-object array)."""
+"""(kind, or None when the list is empty; the values: a list or a 1-D float64/int64/object array of str|bytes)."""
 Row = dict[str, FeatureValues]
 
 _NO_VALUES: FeatureValues = (None, ())
-_JSON_KINDS: dict[type, str] = {float: FLOAT, int: INT, bool: INT, str: BYTES}
+_JSON_KINDS: dict[type, str] = {float: FLOAT, int: INT, bool: INT, str: BYTES, bytes: BYTES}  # bytes: decoded b64
 
 
 def feature_columns(rows: list[Row]) -> dict[str, np.ndarray]:

@@ -22,9 +22,10 @@ class Exchange:
 
     Every array in `inputs` and `outputs` has the leading instance axis (n_instances, ...). Numbers are
     float64, int64 or bool (uint64 becomes float64, every float width becomes float64); strings are object
-    arrays of `str` (bytes decoded as UTF-8 with errors="replace"). `outputs` is empty when the exchange
-    failed. `classes` holds classification labels (n, k) as str, else None. Names are in sorted order.
-    Missing tf.Example values are NaN (numbers) or None (strings); see `sidecar.codec.examples`.
+    arrays holding `str` for values that are valid UTF-8 and the exact `bytes` for values that are not (binary
+    payloads such as PNG/JPEG images). `outputs` is empty when the exchange failed. `classes` holds
+    classification labels (n, k) as str, else None. Names are in sorted order. Missing tf.Example values are
+    NaN (numbers) or None (strings); see `sidecar.codec.examples`.
     """
 
     inputs: dict[str, np.ndarray]

@@ -1,8 +1,8 @@
 """JSON bodies and JSON values to arrays (TF Serving REST and Open Inference Protocol REST).
 
 Python's json accepts the bare `NaN`, `Infinity` and `-Infinity` tokens TF Serving reads and writes. Binary
-strings arrive as `{"b64": "..."}` (exactly that one key); their bytes are decoded as UTF-8 with replacement
-like every other string.
+strings arrive as `{"b64": "..."}` (exactly that one key); their decoded bytes become `str` when they are valid
+UTF-8 and stay `bytes` otherwise (an encoded image keeps its exact bytes), like every string in the codec.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sidecar.codec.arrays import FLOAT64, INT64, TEXT, canonical, object_array, text
+from sidecar.codec.arrays import FLOAT64, INT64, TEXT, canonical, object_array, text_or_bytes
 from sidecar.codec.errors import DecodeError
 
 
@@ -38,10 +38,11 @@ def is_b64(value: Any) -> bool:
     return type(value) is dict and len(value) == 1 and type(value.get("b64")) is str
 
 
-def b64_text(value: dict[str, str]) -> str:
+def b64_text(value: dict[str, str]) -> str | bytes:
+    """The bytes of a `{"b64": ...}` value: `str` when they are valid UTF-8, else `bytes`."""
     encoded = value["b64"]
     try:
-        return text(base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True))
+        return text_or_bytes(base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True))
     except (binascii.Error, ValueError) as exc:
         raise DecodeError("json", "invalid base64 in a b64 value") from exc
 
@@ -66,7 +67,7 @@ def _strings_or_numbers(array: np.ndarray) -> np.ndarray:
     if all(type(item) is str for item in items):
         return array.astype(TEXT, copy=False)
     if any(type(item) is str or type(item) is dict for item in items):
-        strings = []
+        strings: list[str | bytes] = []
         for item in items:
             if type(item) is str:
                 strings.append(item)

@@ -6,6 +6,7 @@ Both encodings TF Serving writes are read, with TensorFlow's own semantics (tens
 - the typed field of the dtype (float_val, int_val, half_val, ...). A field holding fewer values than the
   shape repeats its last value (one value broadcasts to the whole shape), an empty field means zeros (or
   empty strings), extra values are ignored.
+DT_STRING elements are `str` when valid UTF-8 and the exact `bytes` otherwise (an encoded image).
 A dimension of -1 (unknown) is inferred from the value count when it is the only one; an unknown rank gives a
 1-D array. Complex, resource and variant tensors raise DecodeError("unsupported").
 """
@@ -17,7 +18,7 @@ import math
 import numpy as np
 
 from sidecar._proto import tf_pb2
-from sidecar.codec.arrays import BOOL, bfloat16_to_float, canonical, object_array, text_array
+from sidecar.codec.arrays import BOOL, bfloat16_to_float, canonical, object_array, text_array, text_or_bytes
 from sidecar.codec.errors import DecodeError
 
 MAX_FILLED_ELEMENTS = 1 << 26
@@ -73,7 +74,10 @@ def tensor_to_array(tensor: tf_pb2.TensorProto) -> np.ndarray:
             raise DecodeError("shape", f"tensor_content holds {count} values for shape {list(shape)}")
         values = np.frombuffer(content, dtype=element)
     else:
-        typed = np.asarray(getattr(tensor, field))
+        field_values = getattr(tensor, field)
+        # uint64 values past 2**63 would become floats through numpy's default type; narrow ints wrap (TF does)
+        typed = np.asarray(field_values, dtype=element) if element.kind == "u" and element.itemsize == 8 else (
+            np.asarray(field_values))
         shape = _shape(tensor, len(typed))
         values = _filled(typed, math.prod(shape)).astype(element, copy=False)
     return _finish(values, dtype).reshape(shape)
@@ -101,7 +105,7 @@ def _strings(tensor: tf_pb2.TensorProto) -> np.ndarray:
     if len(raw) == total:
         return text_array(raw).reshape(shape)
     _check_fill(total)
-    head = [value.decode("utf-8", "replace") for value in raw[:total]]
+    head = [text_or_bytes(value) for value in raw[:total]]
     fill = head[-1] if head else ""
     return object_array(head + [fill] * (total - len(head))).reshape(shape)
 

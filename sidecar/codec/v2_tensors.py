@@ -2,6 +2,7 @@
 
 Raw buffers (gRPC raw_input_contents / raw_output_contents, REST binary-data extension) are row-major and
 little-endian; BOOL is one byte per element; BYTES elements each carry a 4-byte little-endian length prefix.
+BYTES elements (contents or raw) are `str` when valid UTF-8 and the exact `bytes` otherwise (an encoded image).
 FP16 and BF16 have no typed contents field and travel as raw bytes (or JSON numbers over REST). UINT64
 becomes float64 like everywhere in the codec, so its JSON data may hold any number.
 """
@@ -14,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sidecar._proto import v2_pb2
-from sidecar.codec.arrays import bfloat16_to_float, canonical, object_array, text_array
+from sidecar.codec.arrays import bfloat16_to_float, canonical, object_array, text_array, text_or_bytes
 from sidecar.codec.errors import DecodeError
 from sidecar.codec.jsonvalues import KIND_BOOL, KIND_FLOAT, KIND_INT, KIND_TEXT, typed_json_array
 
@@ -89,8 +90,8 @@ def from_raw(type_name: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
     return _reshaped(array if array.flags.writeable else array.copy(), shape)
 
 
-def _length_prefixed(raw: bytes) -> list[str]:
-    items = []
+def _length_prefixed(raw: bytes) -> list[str | bytes]:
+    items: list[str | bytes] = []
     pos = 0
     while pos < len(raw):
         if pos + 4 > len(raw):
@@ -99,7 +100,7 @@ def _length_prefixed(raw: bytes) -> list[str]:
         pos += 4
         if pos + size > len(raw):
             raise DecodeError("shape", "a BYTES element runs past its buffer")
-        items.append(raw[pos:pos + size].decode("utf-8", "replace"))
+        items.append(text_or_bytes(raw[pos:pos + size]))
         pos += size
     return items
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from typing import Any
 
 from sidecar.capture.records import API_TFSERVING, API_V2, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
@@ -47,3 +49,13 @@ def v2_grpc(request: Any, response: Any = None, *, status: int = 0) -> CaptureRe
     response_bytes = b"" if response is None else response if isinstance(response, bytes) else \
         response.SerializeToString()
     return record(PROTOCOL_GRPC, API_V2, "infer", request_bytes, response_bytes, status=status)
+
+
+def png_bytes(width: int = 3, height: int = 2) -> bytes:
+    """A small valid RGB PNG (built with zlib, so codec tests need no imaging library): binary, not UTF-8."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes((x * 80 + y * 30) % 256 for x in range(width * 3)) for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
@@ -12,6 +13,8 @@ import tensorflow as tf
 from sidecar._proto import tf_pb2
 from sidecar.codec import DecodeError
 from sidecar.codec.examples import example_row, feature_columns, json_example_row, merged_rows
+
+from .support import png_bytes
 
 
 def tf_example(**features: Any) -> tf_pb2.Example:
@@ -59,6 +62,17 @@ def test_missing_features_and_ragged_lists_are_padded_with_missing_markers() -> 
     np.testing.assert_array_equal(result["v"], [[1, 2], [3, np.nan], [np.nan, np.nan]])
 
 
+def test_bytes_list_values_that_are_not_utf8_keep_their_exact_bytes() -> None:
+    image = png_bytes()
+
+    single = columns(tf_example(image=[image], tag=[b"cat"]), tf_example(image=[b"plain"], tag=[b"\xff"]))
+    padded = columns(tf_example(image=[image, image[:8]]), tf_example(n=[1]))
+
+    assert single["image"].tolist() == [image, "plain"]
+    assert single["tag"].tolist() == ["cat", b"\xff"]
+    assert padded["image"].tolist() == [[image, image[:8]], [None, None]]
+
+
 def test_context_features_are_merged_into_every_example_and_examples_win() -> None:
     result = columns(tf_example(cuisine=[b"Pizzeria"]), tf_example(cuisine=[b"Taqueria"], query=[b"tacos"]),
                      context=tf_example(query=[b"pizza"]))
@@ -91,6 +105,15 @@ def test_json_examples_follow_tf_servings_value_rules() -> None:
     assert result["b"].dtype == np.int64 and result["b"].tolist() == [1, 0]
     assert result["s"].tolist() == ["x", "y"]
     assert result["bin"].tolist() == ["xy", "z"]
+
+
+def test_json_example_b64_images_keep_their_exact_bytes() -> None:
+    image = png_bytes()
+    encoded = {"b64": base64.b64encode(image).decode()}
+
+    result = feature_columns([json_example_row({"image": encoded}), json_example_row({"image": [encoded, "x"]})])
+
+    assert result["image"].tolist() == [[image, None], [image, "x"]]
 
 
 @pytest.mark.parametrize(("example", "reason"), [

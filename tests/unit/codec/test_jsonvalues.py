@@ -45,13 +45,20 @@ def test_integers_beyond_int64_become_float64() -> None:
     assert json_array([2**70, 1]).tolist() == [float(2**70), 1.0]
 
 
-def test_strings_and_b64_values_are_str_objects() -> None:
+def test_b64_values_that_are_not_utf8_keep_their_exact_bytes() -> None:
     encoded = base64.b64encode(b"\x00binary\xff").decode()
 
     values = json_array([["plain", {"b64": encoded}], [{"b64": encoded.rstrip("=")}, "é"]])
 
     assert values.dtype == object
-    assert values.tolist() == [["plain", "\x00binary\ufffd"], ["\x00binary\ufffd", "é"]]
+    assert values.tolist() == [["plain", b"\x00binary\xff"], [b"\x00binary\xff", "é"]]
+
+
+def test_b64_values_that_are_utf8_become_str() -> None:
+    values = json_array([{"b64": base64.b64encode("café".encode()).decode()}, {"b64": ""}, "plain"])
+
+    assert values.tolist() == ["café", "", "plain"]
+    assert [type(value) for value in values] == [str, str, str]
 
 
 def test_a_scalar_value_is_zero_dimensional() -> None:

@@ -134,10 +134,10 @@ def test_bool_and_string_tensors_from_make_tensor_proto() -> None:
     assert decoded_words.tolist() == [["cat", "dog"], ["émile", ""]]
 
 
-def test_string_bytes_that_are_not_utf8_are_replaced() -> None:
+def test_string_bytes_that_are_not_utf8_keep_their_exact_bytes() -> None:
     decoded = decode(tf.make_tensor_proto(np.array([b"\xff\xfeok", b"plain"], dtype=object)))
 
-    assert decoded.tolist() == ["\ufffd\ufffdok", "plain"]
+    assert decoded.tolist() == [b"\xff\xfeok", "plain"]
 
 
 def test_scalar_tensor_has_no_dimensions() -> None:
@@ -262,6 +262,17 @@ def test_string_tensor_content_uses_tensorflows_string_list_coding() -> None:
     oracle = tf.io.parse_tensor(proto.SerializeToString(), tf.string).numpy()
     assert decoded.tolist() == [[s.decode() for s in row] for row in oracle.tolist()]
     assert decoded.tolist() == [["a", "bc"], ["", "x" * 129]]
+
+
+def test_binary_strings_keep_their_bytes_in_tensor_content_and_when_broadcast() -> None:
+    image = b"\x89PNG\r\n\x1a\n\x00\x00"
+    content = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING, tensor_shape=shape_proto(2), tensor_content=b"\x0a\x02" + image + b"ok")
+    broadcast = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape_proto(3), string_val=[image])
+
+    assert decode(content).tolist() == [image, "ok"]
+    assert tf.io.parse_tensor(content.SerializeToString(), tf.string).numpy().tolist() == [image, b"ok"]
+    assert decode(broadcast).tolist() == [image] * 3
 
 
 @pytest.mark.parametrize("content", [b"\x01\x05abc", b"\x01", b"\x80\x80\x80\x80\x80\x80"])

@@ -12,7 +12,7 @@ from tensorflow_serving.apis import classification_pb2, input_pb2, predict_pb2, 
 
 from sidecar.codec import DecodeError, decode_exchange
 
-from .support import tfs_grpc
+from .support import png_bytes, tfs_grpc
 
 BFLOAT16 = np.dtype(tf.bfloat16.as_numpy_dtype)
 
@@ -78,7 +78,7 @@ def test_predict_with_inputs_of_every_dtype() -> None:
     for name, values in inputs.items():
         decoded = exchange.inputs[name]
         if name == "text":
-            assert decoded.tolist() == ["café", "", "\ufffd"]
+            assert decoded.tolist() == ["café", "", b"\xff"]
             continue
         kind = "f" if values.dtype == BFLOAT16 or values.dtype.kind == "f" or values.dtype == np.uint64 else \
             values.dtype.kind
@@ -86,6 +86,19 @@ def test_predict_with_inputs_of_every_dtype() -> None:
         np.testing.assert_array_equal(decoded, values.astype(np.float64 if kind == "f" else decoded.dtype), name)
     np.testing.assert_array_equal(exchange.outputs["probs"], outputs["probs"].astype(np.float64))
     assert exchange.outputs["label"].tolist() == [1, 0, 1]
+
+
+def test_a_png_in_string_val_arrives_as_its_exact_bytes() -> None:
+    image = png_bytes()
+    request = predict_request(image_bytes=np.array([image, image[:16], b"caption"], dtype=object))
+    assert list(request.inputs["image_bytes"].string_val) == [image, image[:16], b"caption"]
+
+    response = predict_response(thumb=np.array([image, b"", b"\x00"], dtype=object))
+
+    exchange = decode_exchange(tfs_grpc("predict", request, response))
+
+    assert exchange.inputs["image_bytes"].tolist() == [image, image[:16], "caption"]
+    assert exchange.outputs["thumb"].tolist() == [image, "", "\x00"]
 
 
 def test_predict_response_in_typed_fields_with_broadcast() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from sidecar.codec import DecodeError, decode_exchange
 
-from .support import tfs_rest
+from .support import png_bytes, tfs_rest
 
 
 def b64(data: bytes) -> dict[str, str]:
@@ -53,7 +53,7 @@ def test_row_format_with_named_inputs_and_several_outputs() -> None:
     assert exchange.n_instances == 2
     assert exchange.inputs["x"].tolist() == [[1.0, 2.0], [3.0, 4.0]]
     assert exchange.inputs["tag"].tolist() == ["a", "b"]
-    assert exchange.inputs["img"].tolist() == ["\ufffdPNG", "GIF8"]
+    assert exchange.inputs["img"].tolist() == [b"\x89PNG", "GIF8"]
     assert exchange.outputs["probs"].tolist() == [[0.1, 0.9], [0.8, 0.2]]
     assert exchange.outputs["label"].tolist() == ["yes", "no"]
     assert exchange.outputs["thumb_bytes"].tolist() == ["\x01", "\x02"]
@@ -65,6 +65,19 @@ def test_row_format_of_b64_values_is_one_unnamed_string_input() -> None:
 
     assert exchange.inputs["input"].tolist() == ["one", "two"]
     assert exchange.outputs["output"].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("layout", ["instances", "inputs"])
+def test_a_png_sent_as_b64_arrives_as_its_exact_bytes(layout: str) -> None:
+    image = png_bytes()
+    request = {"instances": [{"image_bytes": b64(image), "key": "k1"}, {"image_bytes": b64(image[:20]), "key": "k2"}]} \
+        if layout == "instances" else {"inputs": {"image_bytes": [b64(image), b64(image[:20])], "key": ["k1", "k2"]}}
+
+    exchange = decode_exchange(tfs_rest("predict", request, {"predictions": [0, 1]}))
+
+    assert exchange.inputs["image_bytes"].dtype == object
+    assert exchange.inputs["image_bytes"].tolist() == [image, image[:20]]
+    assert exchange.inputs["key"].tolist() == ["k1", "k2"]
 
 
 def test_columnar_format_with_one_unnamed_input_and_output() -> None:

@@ -16,7 +16,7 @@ from sidecar._proto import v2_pb2
 from sidecar.capture.records import API_V2, PROTOCOL_GRPC
 from sidecar.codec import DecodeError, decode_exchange
 
-from .support import record, v2_grpc, v2_rest
+from .support import png_bytes, record, v2_grpc, v2_rest
 
 
 def length_prefixed(items: list[bytes]) -> bytes:
@@ -167,6 +167,22 @@ def test_grpc_raw_contents_for_inputs_and_outputs() -> None:
     assert exchange.inputs["bytes"].tolist() == ["x", "", "yz"]
     assert exchange.inputs["u8"].tolist() == [[0], [128], [255]]
     np.testing.assert_array_equal(exchange.outputs["score"], np.array([0.1, 0.2, 0.3], dtype=np.float32))
+
+
+def test_a_png_in_a_bytes_tensor_arrives_as_its_exact_bytes_over_rest_and_grpc() -> None:
+    image = png_bytes()
+    raw = length_prefixed([image, b"label"])
+    rest = binary_body({"inputs": [
+        {"name": "image", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}]}, raw)
+    with_contents = v2_pb2.ModelInferRequest(model_name="m")
+    with_contents.inputs.add(name="image", datatype="BYTES", shape=[2]).contents.bytes_contents.extend(
+        [image, b"label"])
+    with_raw = v2_pb2.ModelInferRequest(model_name="m")
+    with_raw.inputs.add(name="image", datatype="BYTES", shape=[2])
+    with_raw.raw_input_contents.append(raw)
+
+    for rec in (v2_rest(rest, status=503), v2_grpc(with_contents, status=14), v2_grpc(with_raw, status=14)):
+        assert decode_exchange(rec).inputs["image"].tolist() == [image, "label"]
 
 
 def test_grpc_failed_call_keeps_inputs() -> None:

@@ -89,8 +89,9 @@ def test_bytes_from_json_contents_and_raw() -> None:
     contents = v2_pb2.InferTensorContents(bytes_contents=[b"a", b"\xff", b""])
 
     assert from_json("BYTES", (3,), ["a", "é", ""]).tolist() == ["a", "é", ""]
-    assert from_contents("BYTES", (3,), contents).tolist() == ["a", "\ufffd", ""]
+    assert from_contents("BYTES", (3,), contents).tolist() == ["a", b"\xff", ""]
     assert from_raw("BYTES", (1, 3), length_prefixed([b"one", b"", b"caf\xc3\xa9"])).tolist() == [["one", "", "café"]]
+    assert from_raw("BYTES", (2,), length_prefixed([b"\x89PNG\r\n", b"ok"])).tolist() == [b"\x89PNG\r\n", "ok"]
 
 
 @pytest.mark.parametrize("type_name", ["FP16", "BF16"])
