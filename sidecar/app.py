@@ -104,7 +104,9 @@ class Sidecar:
             pool = self.pool = AnalysisPool(self.settings.analysis, state_dir, self.registry,
                                             on_predictions=feedback.add_stored if feedback is not None else None,
                                             model_label_cap=self.settings.telemetry.model_label_cap, capture=capture,
-                                            prediction_rules=feedback.rules if feedback is not None else None)
+                                            prediction_rules=feedback.rules if feedback is not None else None,
+                                            upstreams=(self.settings.proxy.upstream_rest,
+                                                       self.settings.proxy.upstream_grpc))
             await pool.start()
             self._stoppers.append(("analysis", pool.stop))
             self.registry.register(CaptureMetrics(pool, lambda: pool.drained, models))
@@ -183,7 +185,9 @@ class Sidecar:
         listen = self.settings.telemetry.listen_admin
         if listen is None:
             return
-        app = build_admin_app(self.registry, self.health, self.monitor, self.monitored_models)
+        app = build_admin_app(self.registry, self.health, self.monitor, self.monitored_models,
+                              self.pool.reset_reference if self.pool is not None else None,
+                              self.settings.telemetry.admin_token)
         self.admin = AdminServer(app, *listen)
         await self.admin.start()
         self._stoppers.append(("admin", self.admin.stop))

@@ -10,6 +10,7 @@ features of a model with issues their own label and fold the rest into `__other_
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -97,6 +98,20 @@ class AnalysisMetrics:
                                 "features).", ["model"], registry=r)
         self.errors = Counter("sidecar_analysis_errors", "Unexpected failures while analysing a model's batch.",
                               ["model"], registry=r)
+        self.detector_active = Gauge("sidecar_detector_active", "1 when the detector runs for the model, 0 when it "
+                                     "was not built (the reason is in /v1/monitor/{model} under decisions).",
+                                     ["model", "detector"], registry=r)
+        self.input_columns = Gauge("sidecar_input_columns", "Input feature columns of the model by the kind the "
+                                   "analysis gave them (numeric, categorical, excluded) and where the kind came "
+                                   "from (signature, data, config).", ["model", "kind", "source"], registry=r)
+        self.signature = Gauge("sidecar_model_signature", "1 for where the model's input and output types came "
+                               "from: the model server's metadata (tfserving rest, v2 grpc, ...) or none (inferred "
+                               "from the data).", ["model", "source"], registry=r)
+        self.projected = Gauge("sidecar_input_projected", "1 when the model's numeric inputs are wider than "
+                               "max_features and analysed through a projection, else 0.", ["model"], registry=r)
+        self.reference_excluded = Gauge("sidecar_reference_rows_excluded", "Reference rows left out of the "
+                                        "detectors' fit (extreme: beyond the robust range; non_finite: a NaN or "
+                                        "infinite numeric value).", ["model", "reason"], registry=r)
         self.workers_alive = Gauge("sidecar_analysis_workers_alive", "Analysis worker processes running.",
                                    registry=r)
 
@@ -107,6 +122,8 @@ class AnalysisMetrics:
             model = self.models(result.model)
             self.reference_instances.labels(model).set(result.reference.instances)
             self.reference_target.labels(model).set(result.reference.target)
+            if result.decisions is not None:
+                self._decisions(model, result.decisions)
         elif isinstance(result, DriftWindow):
             self._drift(result)
         elif isinstance(result, OutlierBatch):
@@ -115,6 +132,16 @@ class AnalysisMetrics:
             self._quality(result)
         elif isinstance(result, ModelError):
             self.errors.labels(self.models(result.model)).inc()
+
+    def _decisions(self, model: str, decisions: dict[str, Any]) -> None:
+        for detector, entry in decisions.get("detectors", {}).items():
+            self.detector_active.labels(model, detector).set(1 if entry.get("active") else 0)
+        for entry in decisions.get("columns", []):
+            self.input_columns.labels(model, entry["kind"], entry["source"]).set(entry["count"])
+        self.signature.labels(model, decisions.get("signature", {}).get("source") or "none").set(1)
+        self.projected.labels(model).set(1 if decisions.get("layout", {}).get("mode") == "projected" else 0)
+        for reason, count in decisions.get("reference_rows_excluded", {}).items():
+            self.reference_excluded.labels(model, reason).set(count)
 
     def _batch_done(self, done: BatchDone) -> None:
         for (model, protocol, reason), count in done.decode_errors.items():

@@ -7,7 +7,11 @@ a worker. A snapshot holds:
 - `reference`: source (`traffic` or `file`), file, instances, target, complete, saved (path), restored
   (reused from the state directory after a restart), error;
 - `windows`: mode and size/step/seconds, windows evaluated so far;
-- `features`: input feature names, output feature names, ignored (beyond `max_features`);
+- `features`: input feature names (the first 256), output feature names, input columns in all;
+- `decisions` (once the reference is complete): where the signature came from, the task and its source, per input
+  its columns by kind and by source (signature, data, config) and its encoding, whether the detectors test features
+  one by one or through a projection, reference rows set aside as extreme, and each detector active or not with
+  the reason;
 - `detectors`: per drift detector, the latest window (index, instances, capture-time span), drift, p-value,
   threshold, distance, windows evaluated and drifted, and per feature: kind, statistic, p-value, adjusted
   p-value, effect size, drift and the reference-vs-current summaries;
@@ -113,6 +117,15 @@ class MonitorStore:
             if view is not None:
                 view.analysed += count
 
+    def forget_windows(self, model: str) -> None:
+        """Drop the drift and outlier results of a model whose reference is being rebuilt."""
+        with self._lock:
+            view = self._models.get(model)
+            if view is not None:
+                view.drift.clear()
+                view.drift_counts.clear()
+                view.outliers.clear()
+
     def list_models(self) -> list[str]:
         with self._lock:
             return sorted(self._models)
@@ -133,7 +146,8 @@ def _render(view: _ModelView) -> dict[str, Any]:
         "reference": status.reference._asdict() if status else None,
         "windows": dict(status.windows) if status else None,
         "features": {"inputs": list(status.inputs), "outputs": list(status.outputs),
-                     "ignored": status.ignored_features} if status else None,
+                     "columns": status.input_columns} if status else None,
+        "decisions": status.decisions if status else None,
         "detectors": {name: _render_drift(window, view.drift_counts.get(name, [0, 0]))
                       for name, window in sorted(view.drift.items())},
         "outliers": {name: dict(entry) for name, entry in sorted(view.outliers.items())},

@@ -99,10 +99,13 @@ class AnalysisPool:
 
     def __init__(self, settings: AnalysisSettings, state_dir: Path, registry: CollectorRegistry,
                  on_predictions: PredictionsHook | None = None, *, model_label_cap: int = 100,
-                 capture: CaptureSettings | None = None, prediction_rules: PredictionRules | None = None) -> None:
+                 capture: CaptureSettings | None = None, prediction_rules: PredictionRules | None = None,
+                 upstreams: tuple[tuple[str, int] | None, tuple[str, int] | None] = (None, None)) -> None:
+        """`upstreams`: the model server's REST and gRPC addresses, which workers ask for model signatures."""
         settings.check()
         capture = capture or CaptureSettings()
         self.settings = settings
+        self.upstreams = upstreams
         self.state_dir = Path(state_dir)
         self.on_predictions = on_predictions
         # how the workers reduce predictions for the hook; none are sent when nobody takes them
@@ -261,6 +264,16 @@ class AnalysisPool:
     def models(self) -> list[str]:
         return self.store.list_models()
 
+    def reset_reference(self, model: str) -> bool:
+        """Ask the worker owning `model` to forget its reference and collect a new one; False when that worker is
+        not running (try again once it is)."""
+        link = self._slots[shard(model, len(self._slots))].link
+        if link is None:
+            return False
+        link.tasks.send(batches.encode_reset(model))
+        self.store.forget_windows(model)
+        return True
+
     # -- workers ---------------------------------------------------------------------------------------------
 
     async def _start_worker(self, slot: _Slot) -> None:
@@ -283,7 +296,7 @@ class AnalysisPool:
         process = self._context.Process(
             target=worker_module.run, name=f"sidecar-analysis-{index}", daemon=True,
             args=(index, generation, self.settings, str(self.state_dir), self._rings[index].handle, tasks_receive,
-                  results_send, self._log_level, self.prediction_rules))
+                  results_send, self._log_level, self.prediction_rules, self.upstreams))
         try:
             process.start()
         finally:

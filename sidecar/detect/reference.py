@@ -6,8 +6,11 @@ source), written atomically, so a restarted worker (or sidecar) picks it up inst
 
 Reference files (setting `models: {name: {reference: path}}`):
 - `.npz`: arrays by input name (first axis = instances), optionally the analysed output as `output:<name>`;
-- `.npy`: one 2-D feature matrix whose columns are the model's features in order;
-- `.csv`: a header of feature names (as the monitor shows them, e.g. `x[0]`), one instance per row.
+- `.npy`: one 2-D matrix with a column per input element, inputs in name order;
+- `.csv`: a header of input element names (`x[0]`, or `x` for a scalar input; a string input's column holds its
+  text, whose code and summary are computed as for traffic), one instance per row.
+Encoded image inputs need an `.npz` file (the encoded bytes as an object-free array are not possible in the other
+formats).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from sidecar.detect.features import InputFeatures
+from sidecar.detect.features import IMAGE, InputFeatures
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 OUTPUT_KEY_PREFIX = "output:"
 SOURCE_TRAFFIC = "traffic"
 SOURCE_FILE = "file"
@@ -49,12 +52,14 @@ def model_dir(state_dir: Path, model: str) -> Path:
 
 
 class OutputSpec(NamedTuple):
-    """The analysed output: its name, width (values per instance), scalar-ness and class labels when known."""
+    """The analysed output: its name, width (values per instance), scalar-ness, class labels when known, and
+    whether it holds class ids (one integer class per instance)."""
 
     name: str
     width: int
     scalar: bool
     labels: list[str] | None
+    class_ids: bool = False
 
 
 @dataclass
@@ -70,6 +75,8 @@ class Reference:
     source: str
     file: str | None
     created: float
+    sources: list[str] | None = None  # per input column: where its kind came from (signature, data, config)
+    task_source: str | None = None
 
     @property
     def instances(self) -> int:
@@ -92,9 +99,10 @@ class Reference:
         meta = {
             "version": FORMAT_VERSION, "instances": self.instances, "kinds": self.kinds,
             "features": self.features.to_meta(), "task": self.task, "source": self.source, "file": self.file,
-            "created": self.created,
+            "created": self.created, "sources": self.sources, "task_source": self.task_source,
             "output": None if self.output is None else {"name": self.output.name, "width": self.output.width,
-                                                         "scalar": self.output.scalar, "labels": self.output.labels},
+                                                         "scalar": self.output.scalar, "labels": self.output.labels,
+                                                         "class_ids": self.output.class_ids},
         }
         tmp_meta = directory / f".reference.json.{os.getpid()}.tmp"
         tmp_meta.write_text(json.dumps(meta, allow_nan=False), encoding="utf-8")
@@ -115,10 +123,12 @@ class Reference:
             return None
         output = meta.get("output")
         spec = None if output is None else OutputSpec(str(output["name"]), int(output["width"]),
-                                                      bool(output["scalar"]), output.get("labels"))
+                                                      bool(output["scalar"]), output.get("labels"),
+                                                      bool(output.get("class_ids", False)))
         return cls(inputs=inputs, kinds=list(meta["kinds"]), features=InputFeatures.from_meta(meta["features"]),
                    outputs=outputs, output=spec, task=meta.get("task"), source=str(meta["source"]),
-                   file=meta.get("file"), created=float(meta["created"]))
+                   file=meta.get("file"), created=float(meta["created"]), sources=meta.get("sources"),
+                   task_source=meta.get("task_source"))
 
 
 def saved_path(directory: Path) -> Path:
@@ -212,10 +222,11 @@ def _read_npy(path: str, features: InputFeatures) -> np.ndarray:
         matrix = np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise ReferenceFileError(f"{path}: not a readable npy file ({exc})") from None
-    if matrix.ndim != 2 or matrix.shape[1] != features.width:
-        raise ReferenceFileError(f"{path}: expected a 2-D matrix with {features.width} columns "
-                                 f"({', '.join(features.names[:5])}...), got shape {list(matrix.shape)}")
-    return _columns_to_features([matrix[:, column] for column in range(matrix.shape[1])], features, path)
+    names = element_names(features)
+    if matrix.ndim != 2 or matrix.shape[1] != len(names):
+        raise ReferenceFileError(f"{path}: expected a 2-D matrix with {len(names)} columns "
+                                 f"({', '.join(names[:5])}...), got shape {list(matrix.shape)}")
+    return _elements_to_features([matrix[:, column] for column in range(matrix.shape[1])], features, path)
 
 
 def _read_csv(path: str, features: InputFeatures) -> np.ndarray:
@@ -224,7 +235,8 @@ def _read_csv(path: str, features: InputFeatures) -> np.ndarray:
     if not rows:
         raise ReferenceFileError(f"{path}: empty file")
     header = [name.strip() for name in rows[0]]
-    missing = [name for name in features.names if name not in header]
+    names = element_names(features)
+    missing = [name for name in names if name not in header]
     if missing:
         raise ReferenceFileError(f"{path}: header lacks features {', '.join(missing[:10])}"
                                  + (" ..." if len(missing) > 10 else ""))
@@ -232,23 +244,47 @@ def _read_csv(path: str, features: InputFeatures) -> np.ndarray:
     if any(len(row) != len(header) for row in body):
         raise ReferenceFileError(f"{path}: every row needs {len(header)} values")
     position = {name: index for index, name in enumerate(header)}
-    columns = [np.array([row[position[name]] for row in body], dtype=object) for name in features.names]
-    return _columns_to_features(columns, features, path)
+    columns = [np.array([row[position[name]] for row in body], dtype=object) for name in names]
+    return _elements_to_features(columns, features, path)
 
 
-def _columns_to_features(columns: list[np.ndarray], features: InputFeatures, path: str) -> np.ndarray:
-    instances = len(columns[0]) if columns else 0
-    matrix = np.empty((instances, features.width), dtype=np.float64)
-    strings = set(features.string_columns)
-    for index, values in enumerate(columns):
-        if index in strings:
-            matrix[:, index] = features.encode_strings(index, np.asarray([str(v) for v in values], dtype=object))
+def element_names(features: InputFeatures) -> list[str]:
+    """The columns a matrix or CSV reference gives: one per input element (a string is one column, its code and
+    summary are computed from it), in the model's feature order."""
+    names: list[str] = []
+    for spec in features.specs:
+        if spec.encoding == IMAGE:
             continue
-        try:
-            matrix[:, index] = [_number(value) for value in values]
-        except ValueError:
-            raise ReferenceFileError(f"{path}: feature {features.names[index]} holds a non-number") from None
-    return matrix
+        names.extend(f"{spec.name}[{i}]" for i in range(spec.elements)) if spec.shape else names.append(spec.name)
+    return names
+
+
+def _elements_to_features(columns: list[np.ndarray], features: InputFeatures, path: str) -> np.ndarray:
+    if any(spec.encoding == IMAGE for spec in features.specs):
+        raise ReferenceFileError(f"{path}: a model with encoded image inputs needs an .npz reference")
+    instances = len(columns[0]) if columns else 0
+    arrays: dict[str, np.ndarray] = {}
+    position = 0
+    for spec in features.specs:
+        parts = columns[position:position + spec.elements]
+        position += spec.elements
+        if spec.is_string:
+            block = np.empty((instances, spec.elements), dtype=object)
+            for offset, values in enumerate(parts):
+                block[:, offset] = [str(value) for value in values]
+        else:
+            block = np.empty((instances, spec.elements), dtype=np.float64)
+            for offset, values in enumerate(parts):
+                try:
+                    block[:, offset] = [_number(value) for value in values]
+                except ValueError:
+                    name = f"{spec.name}[{offset}]" if spec.shape else spec.name
+                    raise ReferenceFileError(f"{path}: feature {name} holds a non-number") from None
+        arrays[spec.name] = block.reshape((instances, *spec.shape))
+    extracted = features.extract(arrays, instances)
+    if extracted.values is None:
+        raise ReferenceFileError(f"{path}: values do not match the model's inputs")
+    return extracted.values
 
 
 def _number(value: Any) -> float:
@@ -259,6 +295,8 @@ def _number(value: Any) -> float:
 
 
 def reference_from_arrays(inputs: np.ndarray, kinds: list[str], features: InputFeatures, outputs: np.ndarray | None,
-                          output: OutputSpec | None, task: str | None, file: str | None) -> Reference:
+                          output: OutputSpec | None, task: str | None, file: str | None,
+                          sources: list[str] | None = None, task_source: str | None = None) -> Reference:
     return Reference(inputs=inputs, kinds=kinds, features=features, outputs=outputs, output=output, task=task,
-                     source=SOURCE_FILE if file else SOURCE_TRAFFIC, file=file, created=time.time())
+                     source=SOURCE_FILE if file else SOURCE_TRAFFIC, file=file, created=time.time(), sources=sources,
+                     task_source=task_source)

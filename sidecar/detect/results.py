@@ -87,9 +87,10 @@ class ModelStatus(NamedTuple):
     task: str | None
     reference: ReferenceStatus
     windows: dict[str, Any]
-    inputs: list[str]
+    inputs: list[str]  # the first input feature names (a status stays small)
     outputs: list[str]
-    ignored_features: int
+    input_columns: int  # input feature columns in all
+    decisions: dict[str, Any] | None = None  # what the analysis decided and why, once the reference is complete
 
 
 class FeatureStat(NamedTuple):

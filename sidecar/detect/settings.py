@@ -42,6 +42,20 @@ def _parse_nonempty(value: Any) -> str:
     return text
 
 
+FEATURE_KINDS = ("numeric", "categorical")
+
+
+def _parse_kinds(value: Any) -> dict[str, str]:
+    """`{feature or input name: numeric | categorical}`."""
+    kinds: dict[str, str] = {}
+    for name, kind in parse_mapping(value).items():
+        text = str(kind).strip().lower()
+        if text not in FEATURE_KINDS:
+            raise ValueError(f"{name}: kind must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
+        kinds[str(name)] = text
+    return kinds
+
+
 MODEL_KEYS: dict[str, Callable[[Any], Any]] = {
     "reference": _parse_reference_path,
     "reference_size": parse_int(10),
@@ -52,6 +66,7 @@ MODEL_KEYS: dict[str, Callable[[Any], Any]] = {
     "task": parse_choice(*TASKS),
     "output": _parse_nonempty,
     "autoencoder": _parse_nonempty,
+    "kinds": _parse_kinds,
 }
 
 
@@ -91,6 +106,7 @@ class ModelConfig:
     task: str
     output: str | None
     autoencoder: str | None
+    kinds: dict[str, str] = field(default_factory=dict)
 
     @property
     def effective_step(self) -> int:
@@ -140,11 +156,18 @@ class AnalysisSettings:
                                          "are treated as categorical", parse_int(1, 10_000))
     max_feature_labels: int = option(20, "features exported per model with their own label (the worst first)",
                                      parse_int(0, 1000))
-    max_features: int = option(256, "numeric features analysed per model (beyond: ignored, counted)",
+    max_features: int = option(256, "numeric input features tested one by one per model; wider inputs (images, "
+                               "embeddings) are analysed whole through a projection learned from the reference",
                                parse_int(1, 100_000))
+    projection_components: int = option(32, "principal components of the projection used for inputs wider than "
+                                        "max_features (a residual, the row mean and spread are added)",
+                                        parse_int(1, 1000))
+    signature_lookup: bool = option(True, "ask the model server for each model's signature (input and output "
+                                    "types and shapes) before inferring them from the data", parse_bool)
     models: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
         "help": "per-model settings (YAML mapping model -> {reference, reference_size, window_size, window_mode, "
-                "window_step, window_seconds, task, output, autoencoder})",
+                "window_step, window_seconds, task, output, autoencoder, kinds: {feature or input: numeric|"
+                "categorical}})",
         "parse": parse_models, "secret": False})
 
     def model_config(self, model: str) -> ModelConfig:
@@ -161,6 +184,7 @@ class AnalysisSettings:
             task=_ANALYSIS_TASK.get(overrides.get("task", "auto"), overrides.get("task", "auto")),
             output=overrides.get("output"),
             autoencoder=overrides.get("autoencoder"),
+            kinds=overrides.get("kinds", {}),
         )
         config.check()
         return config

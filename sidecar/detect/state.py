@@ -11,6 +11,7 @@ only when they are configured.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -26,15 +27,23 @@ from sidecar.capture.records import CaptureRecord
 from sidecar.codec import DEFAULT_OUTPUT, DecodeError, Exchange, decode_exchange
 from sidecar.detect.features import (
     CATEGORICAL,
+    FROM_CONFIG,
+    FROM_DATA,
+    FROM_SIGNATURE,
+    IMAGE,
     NUMERIC,
+    TEXT,
     InputFeatures,
     OutputView,
     infer_kinds,
     infer_task,
+    is_class_ids,
     output_features,
     output_view,
     predictions,
 )
+from sidecar.detect.images import IMAGE_SIZE
+from sidecar.detect.layout import Layout
 from sidecar.detect.reference import (
     SOURCE_FILE,
     SOURCE_TRAFFIC,
@@ -64,30 +73,50 @@ from sidecar.detect.results import (
     Result,
     bucket_counts,
 )
+from sidecar.detect.robust import centre_spread, extreme_rows
 from sidecar.detect.settings import AnalysisSettings, ModelConfig
+from sidecar.detect.signature import Signature, SignatureFetcher
 from sidecar.detect.windows import CountWindows, TimeWindows, Window, make_windows
 from sidecar.detect.yielding import yield_point
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_STATUS_NAMES = 256  # feature names a status carries (a 3,072-pixel image has 3,072)
 
 
 class Detectors:
-    """The detectors of a model with a complete reference, built from that reference."""
+    """The detectors of a model with a complete reference, built from that reference.
+
+    Extreme reference rows (`sidecar.detect.robust`) are set aside before anything is fitted; `status` says, per
+    detector, whether it runs and why not."""
 
     def __init__(self, reference: Reference, settings: AnalysisSettings, config: ModelConfig,
                  output_names: list[str], output_kinds: list[str], output_reference: np.ndarray | None) -> None:
         from sidecar.detect.base import FeatureDriftDetector
         from sidecar.detect.outlier import MahalanobisOutlier
 
-        inputs = reference.inputs
-        self.numeric = np.array([i for i, kind in enumerate(reference.kinds) if kind == NUMERIC], dtype=np.int64)
-        categorical = {i: _categories(inputs[:, i]) for i, kind in enumerate(reference.kinds) if kind == CATEGORICAL}
+        raw = reference.inputs
+        self.raw_numeric = np.array([i for i, kind in enumerate(reference.kinds) if kind == NUMERIC], dtype=np.int64)
+        numeric_raw = raw[:, self.raw_numeric]
+        extreme = extreme_rows(numeric_raw)
+        self.excluded_rows = {"extreme": int(extreme.sum()),
+                              "non_finite": int(np.count_nonzero(~np.all(np.isfinite(numeric_raw), axis=1)))}
+        clean = raw[~extreme]
+        self.layout = Layout(list(reference.features.names), reference.kinds, clean, settings.max_features,
+                             settings.projection_components)
+        inputs = self.layout.transform(self.layout.detector_reference(clean))
+        kinds = self.layout.kinds
+        self.status: dict[str, dict[str, Any]] = {}
+        self.numeric = np.array([i for i, kind in enumerate(kinds) if kind == NUMERIC], dtype=np.int64)
+        categorical = {i: _categories(inputs[:, i]) for i, kind in enumerate(kinds) if kind == CATEGORICAL}
         self.feature_drift = None
         if inputs.shape[1]:
             self.feature_drift = FeatureDriftDetector(
-                inputs, list(reference.features.names), categorical or None, test=settings.drift_test,
+                inputs, list(self.layout.names), categorical or None, test=settings.drift_test,
                 correction=settings.drift_correction, alpha=settings.drift_p_value, detector_name="feature_drift")
+            self._built("feature_drift", f"{inputs.shape[1]} features")
+        else:
+            self._not_built("feature_drift", "no numeric or categorical input feature")
         self.output_drift = None
         if output_reference is not None and output_names and np.isfinite(output_reference).any():
             output_categorical = {i: _categories(output_reference[:, i]) for i, kind in enumerate(output_kinds)
@@ -95,40 +124,69 @@ class Detectors:
             self.output_drift = FeatureDriftDetector(
                 output_reference, output_names, output_categorical or None, test=settings.drift_test,
                 correction=settings.drift_correction, alpha=settings.drift_p_value, detector_name="output_drift")
+            self._built("output_drift", f"{len(output_names)} output features")
+        else:
+            self._not_built("output_drift", "no analysed output in the reference")
         numeric_reference = _finite_rows(inputs[:, self.numeric])
         usable = self.numeric.size > 0 and numeric_reference.shape[0] >= 3
         self.mahalanobis = MahalanobisOutlier(numeric_reference, fpr=settings.outlier_fpr) if usable else None
+        if usable:
+            self._built("mahalanobis", f"{self.numeric.size} numeric features")
+        else:
+            self._not_built("mahalanobis", "no numeric input feature" if not self.numeric.size
+                            else "fewer than 3 reference rows without a missing value")
         self.failures: list[str] = []  # optional detectors that could not be built (the others still run)
         self.mmd = None
-        self.center = numeric_reference.mean(axis=0) if numeric_reference.shape[0] else None
-        spread = numeric_reference.std(axis=0) if numeric_reference.shape[0] else None
-        self.scale = None if spread is None else np.where(spread > 0, spread, 1.0)
-        if settings.mmd_enabled and self.numeric.size and numeric_reference.shape[0] >= 2:
+        spread = centre_spread(numeric_reference) if numeric_reference.shape[0] else None
+        self.center = None if spread is None else spread.centre
+        self.scale = None if spread is None else spread.spread
+        if not settings.mmd_enabled:
+            self._not_built("mmd", "off (mmd_enabled: false)")
+        elif not (self.numeric.size and numeric_reference.shape[0] >= 2):
+            self._not_built("mmd", "no numeric input feature with 2 complete reference rows")
+        else:
             from sidecar.detect.mmd import MMDDrift
 
             try:
                 self.mmd = MMDDrift(self.standardized(numeric_reference), permutations=settings.mmd_permutations,
                                     alpha=settings.drift_p_value)
+                self._built("mmd", f"{self.numeric.size} numeric features")
             except Exception as exc:
-                self.failures.append(f"mmd: {type(exc).__name__}: {exc}")
+                self._failed("mmd", exc)
         self.autoencoder = None
-        if config.autoencoder and self.numeric.size:
+        if not config.autoencoder:
+            self._not_built("autoencoder", "no autoencoder configured for the model")
+        elif not self.raw_numeric.size:
+            self._not_built("autoencoder", "no numeric input feature")
+        else:
             try:
                 from sidecar.detect.autoencoder import ReconstructionOutlier
 
-                self.autoencoder = ReconstructionOutlier(config.autoencoder, numeric_reference,
+                self.autoencoder = ReconstructionOutlier(config.autoencoder, _finite_rows(clean[:, self.raw_numeric]),
                                                          settings.outlier_fpr)
+                self._built("autoencoder", f"{self.raw_numeric.size} numeric input columns")
             except Exception as exc:  # a missing or unusable SavedModel, or no TensorFlow
-                self.failures.append(f"autoencoder: {type(exc).__name__}: {exc}")
-        low = np.full(inputs.shape[1], -np.inf)
-        high = np.full(inputs.shape[1], np.inf)
-        if self.numeric.size:
+                self._failed("autoencoder", exc)
+        low = np.full(raw.shape[1], -np.inf)
+        high = np.full(raw.shape[1], np.inf)
+        if self.raw_numeric.size and clean.shape[0]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features have no range
-                low[self.numeric] = np.nanmin(inputs[:, self.numeric], axis=0)
-                high[self.numeric] = np.nanmax(inputs[:, self.numeric], axis=0)
+                low[self.raw_numeric] = np.nanmin(clean[:, self.raw_numeric], axis=0)
+                high[self.raw_numeric] = np.nanmax(clean[:, self.raw_numeric], axis=0)
         self.low = np.where(np.isnan(low), -np.inf, low)
         self.high = np.where(np.isnan(high), np.inf, high)
+
+    def _built(self, name: str, basis: str) -> None:
+        self.status[name] = {"active": True, "reason": basis}
+
+    def _not_built(self, name: str, reason: str) -> None:
+        self.status[name] = {"active": False, "reason": reason}
+
+    def _failed(self, name: str, exc: BaseException) -> None:
+        message = f"{name}: {type(exc).__name__}: {exc}"
+        self.failures.append(message)
+        self._not_built(name, message[:300])
 
     def standardized(self, numeric: np.ndarray) -> np.ndarray:
         """Numeric features on the reference's scale (MMD's kernel width would follow the widest feature)."""
@@ -136,6 +194,10 @@ class Detectors:
             return numeric
         scaled: np.ndarray = (numeric - self.center) / self.scale
         return scaled
+
+    def multivariate_rows(self, raw: np.ndarray) -> np.ndarray:
+        """The complete analysed numeric rows of raw feature rows (what Mahalanobis scores)."""
+        return _finite_rows(self.layout.transform(raw)[:, self.numeric]) if self.numeric.size else raw[:0, :0]
 
 
 def _categories(column: np.ndarray) -> np.ndarray:
@@ -182,21 +244,30 @@ def _float(value: Any) -> float:
 class ModelState:
     """Everything the analysis keeps about one model in the worker that owns it."""
 
-    def __init__(self, model: str, worker: int, settings: AnalysisSettings, state_dir: Path) -> None:
+    def __init__(self, model: str, worker: int, settings: AnalysisSettings, state_dir: Path,
+                 signatures: SignatureFetcher | None = None) -> None:
         self.model = model
         self.worker = worker
         self.settings = settings
         self.config = settings.model_config(model)
         self.directory = model_dir(state_dir, model)
+        self.signatures = signatures
+        self.signature: Signature | None = None
+        self.signature_error: str | None = None if signatures is not None and signatures.enabled else (
+            "not asked (no upstream)")
+        self._versions: set[str] = set()
         self.features: InputFeatures | None = None
         self.output: OutputSpec | None = None
         self.task: str | None = None if self.config.task == "auto" else self.config.task
+        self.task_source = FROM_CONFIG if self.task is not None else None
+        self._task_votes: dict[str, int] = {}
         self.collector = ReferenceCollector(self.config.reference_size)
         self.reference: Reference | None = None
         self.restored = False
         self.saved: str | None = None
         self.reference_error: str | None = None
         self.detectors: Detectors | None = None
+        self.decisions: dict[str, Any] | None = None
         self.output_names: list[str] = []
         self.output_kinds: list[str] = []
         self.windows: CountWindows | TimeWindows = make_windows(self.config, settings.window_min_instances)
@@ -208,13 +279,32 @@ class ModelState:
             self.saved = str(saved_path(self.directory))
             self.features = saved.features
             self.output = saved.output
+            self.task_source = saved.task_source or self.task_source
             self._activate(saved)
 
     def _reusable(self, saved: Reference) -> bool:
         """A saved traffic reference counts when the model still has no reference file and the same target."""
         return (self.config.reference is None and saved.source == SOURCE_TRAFFIC
-                and saved.instances == self.config.reference_size
-                and saved.features.max_features == self.settings.max_features)
+                and saved.instances == self.config.reference_size)
+
+    # -- signature ------------------------------------------------------------------------------------------
+
+    def _learn_signature(self, record: CaptureRecord) -> None:
+        """Ask the model server for the signature of each version seen (answers are cached by the fetcher)."""
+        if self.signatures is None or not self.signatures.enabled or record.version in self._versions:
+            return
+        self._versions.add(record.version)
+        found = self.signatures.lookup(record.api, self.model, record.version)
+        if found.signature is not None and not found.signature.empty:
+            if self.signature is None:
+                log.info("model %s: signature from the model server (%s): inputs %s, outputs %s", self.model,
+                         found.signature.source, _describe_tensors(found.signature.inputs),
+                         _describe_tensors(found.signature.outputs))
+            self.signature, self.signature_error = found.signature, None
+        elif self.signature is None:
+            self.signature_error = found.error or "the model server declares no inputs or outputs"
+            log.info("model %s: no signature from the model server (%s); types come from the data", self.model,
+                     self.signature_error)
 
     # -- ingest ---------------------------------------------------------------------------------------------
 
@@ -227,17 +317,18 @@ class ModelState:
         instances = 0
         for record, exchange in items:
             instances += exchange.n_instances
+            self._learn_signature(record)
             if self.features is None:
-                self.features = InputFeatures.from_arrays(exchange.inputs, self.settings.max_features)
+                self.features = InputFeatures.from_arrays(exchange.inputs, self.signature)
             elif self.reference is None:
                 self.features.adopt_name(exchange.inputs)
                 self._adopt_output_name(exchange.outputs)
             view = output_view(exchange.outputs, exchange.classes, exchange.method, self.config.output,
-                               self.output.name if self.output is not None else None)
+                               self.output.name if self.output is not None else None, self.signature)
             self._learn_output(view)
-            if view is not None and self.task is not None:
+            if view is not None and self.task is not None and self.output is not None:
                 predicted.extend(PredictedInstance(record.prediction_id, index, self.model, value)
-                                 for index, value in enumerate(predictions(view, self.task)))
+                                 for index, value in enumerate(predictions(view, self.task, self.output.class_ids)))
             extracted = self.features.extract(exchange.inputs, exchange.n_instances)
             for key, count in extracted.issues.items():
                 issues[key] = issues.get(key, 0) + count
@@ -283,15 +374,27 @@ class ModelState:
         return results
 
     def _learn_output(self, view: OutputView | None) -> None:
+        """The analysed output's shape, whether it holds class ids, and (until the reference is complete) the task:
+        the one most instances pointed to, so one odd answer never flips it."""
         if view is None:
             return
+        configured = self.config.task == CLASSIFICATION
         if self.output is None:
-            self.output = OutputSpec(view.name, int(view.values.shape[1]), view.scalar, view.labels)
+            self.output = OutputSpec(view.name, int(view.values.shape[1]), view.scalar, view.labels,
+                                     is_class_ids(view, configured))
+        elif (self.reference is None and not self.output.class_ids and view.name == self.output.name
+              and is_class_ids(view, configured)):
+            self.output = self.output._replace(class_ids=True)
         if self.config.task != "auto" or self.reference is not None or view.name != self.output.name:
             return
-        seen = infer_task(view)
-        if self.task is None or (self.task == CLASSIFICATION and seen == REGRESSION):
-            self.task = seen  # a single non-probability output demotes a model to regression until frozen
+        seen = infer_task(view, self.output.class_ids)
+        if seen is None:
+            return
+        finite = int(np.count_nonzero(np.all(np.isfinite(view.values), axis=1)))
+        self._task_votes[seen] = self._task_votes.get(seen, 0) + max(1, finite)
+        self.task = max(self._task_votes, key=lambda task: (self._task_votes[task], task == CLASSIFICATION))
+        declared = self.signature is not None and view.name in self.signature.outputs
+        self.task_source = FROM_SIGNATURE if declared and self.output.class_ids else FROM_DATA
 
     def _adopt_output_name(self, outputs: Mapping[str, np.ndarray]) -> None:
         """An output learned from an unnamed REST prediction takes the name gRPC gives it."""
@@ -309,11 +412,32 @@ class ModelState:
 
     def _prediction_task(self) -> str:
         if self.task == CLASSIFICATION:
+            if self.output is not None and self.output.class_ids:
+                return "multiclass"
             width = self.output.width if self.output is not None else 0
             return "binary" if width <= 2 else "multiclass"
         return REGRESSION
 
     # -- reference ------------------------------------------------------------------------------------------
+
+    def reset_reference(self) -> None:
+        """Forget the reference (and its saved copy): the next instances are collected as a new one."""
+        for path in (self.directory / "reference.json", self.directory / "reference.npz"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self.reference = None
+        self.detectors = None
+        self.decisions = None
+        self.restored = False
+        self.saved = None
+        self.reference_error = None
+        self._file_tried = False
+        self.collector = ReferenceCollector(self.config.reference_size)
+        self.windows = make_windows(self.config, self.settings.window_min_instances)
+        self.output_names, self.output_kinds = [], []
+        if self.config.task == "auto":
+            self.task, self.task_source, self._task_votes = None, None, {}
+        log.info("model %s: reference reset; collecting %d instances again", self.model, self.config.reference_size)
 
     def _load_reference_file(self) -> None:
         self._file_tried = True
@@ -324,14 +448,16 @@ class ModelState:
             self.reference_error = f"{exc}; collecting the reference from traffic instead"
             log.warning("model %s: %s", self.model, self.reference_error)
             return
-        if outputs is not None and self.config.task == "auto":
+        if outputs is not None and self.config.task == "auto" and not (self.output and self.output.class_ids):
             self.task = CLASSIFICATION if _all_probabilities(outputs) else REGRESSION
+            self.task_source = FROM_DATA
         self._complete(inputs, outputs, self.config.reference)
 
     def _complete(self, inputs: np.ndarray, outputs: np.ndarray | None, file: str | None) -> None:
         assert self.features is not None
-        kinds = infer_kinds(inputs, self.features, self.settings.categorical_max_values)
-        reference = reference_from_arrays(inputs, kinds, self.features, outputs, self.output, self.task, file)
+        kinds = infer_kinds(inputs, self.features, self.settings.categorical_max_values, self.config.kinds)
+        reference = reference_from_arrays(inputs, kinds.kinds, self.features, outputs, self.output, self.task, file,
+                                          kinds.sources, self.task_source)
         try:
             self.saved = str(reference.save(self.directory))
         except OSError as exc:
@@ -346,13 +472,55 @@ class ModelState:
         output_reference = None
         if reference.outputs is not None and self.output is not None and self.task is not None:
             features = output_features(reference.outputs, self.output.name, self.output.scalar, self.task,
-                                       self.settings.max_features)
+                                       self.settings.max_features, self.output.class_ids)
             self.output_names, self.output_kinds, output_reference = features.names, features.kinds, features.values
         self.detectors = Detectors(reference, self.settings, self.config, self.output_names, self.output_kinds,
                                    output_reference)
         for failure in self.detectors.failures:
             log.warning("model %s: detector not available: %s", self.model, failure)
             self._pending.append(ModelError(self.model, failure[:500]))
+        self.decisions = self._decide()
+        log.info("model %s: reference %s (%d instances); %s", self.model,
+                 "restored" if self.restored else "complete", reference.instances, _decision_line(self.decisions))
+
+    def _decide(self) -> dict[str, Any]:
+        """What the analysis decided for this model and why (the monitor's `decisions`)."""
+        reference, detectors = self.reference, self.detectors
+        assert reference is not None and detectors is not None
+        inputs: dict[str, dict[str, Any]] = {}
+        sources = reference.sources or [FROM_DATA] * len(reference.kinds)
+        for column, kind, source in zip(reference.features.columns, reference.kinds, sources, strict=True):
+            entry = inputs.setdefault(column.input, {"columns": 0, "kinds": {}, "sources": {}})
+            entry["columns"] += 1
+            entry["kinds"][kind] = entry["kinds"].get(kind, 0) + 1
+            entry["sources"][source] = entry["sources"].get(source, 0) + 1
+        for spec in reference.features.specs:
+            entry = inputs.setdefault(spec.name, {"columns": 0, "kinds": {}, "sources": {}})
+            entry.update({"dtype": spec.dtype, "declared": spec.declared, "shape": list(spec.shape),
+                          "encoding": spec.encoding})
+            if spec.encoding == IMAGE:
+                entry["note"] = f"encoded images decoded to {IMAGE_SIZE}x{IMAGE_SIZE} RGB pixels"
+            elif spec.encoding == TEXT:
+                entry["note"] = ("strings: the category code is analysed when the reference has at most "
+                                 f"{self.settings.categorical_max_values} levels, else the text summary")
+        columns: dict[tuple[str, str], int] = {}
+        for kind, source in zip(reference.kinds, sources, strict=True):
+            columns[(kind, source)] = columns.get((kind, source), 0) + 1
+        output = self.output
+        return {
+            "columns": [{"kind": kind, "source": source, "count": count}
+                        for (kind, source), count in sorted(columns.items())],
+            "signature": {"source": self.signature.source if self.signature is not None else None,
+                          "error": self.signature_error if self.signature is None else None},
+            "task": {"value": self.task, "source": self.task_source,
+                     "class_ids": bool(output.class_ids) if output is not None else False},
+            "output": None if output is None else {"name": output.name, "width": output.width,
+                                                   "analysed": list(self.output_names)[:MAX_STATUS_NAMES]},
+            "inputs": inputs,
+            "layout": detectors.layout.describe(),
+            "reference_rows_excluded": dict(detectors.excluded_rows),
+            "detectors": {name: dict(entry) for name, entry in detectors.status.items()},
+        }
 
     # -- analysis -------------------------------------------------------------------------------------------
 
@@ -372,8 +540,8 @@ class ModelState:
         features = None
         if outputs is not None and self.output is not None and self.task is not None and self.output_names:
             features = output_features(outputs, self.output.name, self.output.scalar, self.task,
-                                       self.settings.max_features).values
-        for window in self.windows.push(inputs, features, times):
+                                       self.settings.max_features, self.output.class_ids).values
+        for window in self.windows.push(self.detectors.layout.transform(inputs), features, times):
             results.extend(self._evaluate(window))
         return results
 
@@ -395,12 +563,13 @@ class ModelState:
     def _outliers(self, inputs: np.ndarray) -> list[Result]:
         detectors = self.detectors
         assert detectors is not None
-        rows = _finite_rows(inputs[:, detectors.numeric]) if detectors.numeric.size else inputs[:0]
-        if rows.shape[0] == 0:
-            return []
         results: list[Result] = []
         for name, detector in (("mahalanobis", detectors.mahalanobis), ("autoencoder", detectors.autoencoder)):
             if detector is None:
+                continue
+            rows = (detectors.multivariate_rows(inputs) if name == "mahalanobis"
+                    else _finite_rows(inputs[:, detectors.raw_numeric]))
+            if rows.shape[0] == 0:
                 continue
             try:
                 scores, duration = _timed(partial(_scores, detector, rows))
@@ -459,17 +628,46 @@ class ModelState:
                                       complete=reference is not None, saved=self.saved, restored=self.restored,
                                       error=self.reference_error),
             windows=windows,
-            inputs=list(self.features.names) if self.features is not None else [],
-            outputs=list(self.output_names),
-            ignored_features=self.features.ignored if self.features is not None else 0,
+            inputs=list(self.features.names[:MAX_STATUS_NAMES]) if self.features is not None else [],
+            outputs=list(self.output_names[:MAX_STATUS_NAMES]),
+            input_columns=self.features.width if self.features is not None else 0,
+            decisions=self.decisions,
         )
 
 
 def _all_probabilities(outputs: np.ndarray) -> bool:
-    from sidecar.detect.features import looks_like_probabilities
-
+    """Most complete rows look like probabilities (a few odd rows do not make a classifier a regressor)."""
     finite = _finite_rows(outputs)
-    return finite.shape[0] > 0 and looks_like_probabilities(finite)
+    if finite.shape[0] == 0:
+        return False
+    if outputs.shape[1] == 1:
+        inside = np.count_nonzero((finite[:, 0] >= 0.0) & (finite[:, 0] <= 1.0))
+    else:
+        inside = np.count_nonzero(np.all((finite >= 0.0) & (finite <= 1.0), axis=1)
+                                  & (np.abs(finite.sum(axis=1) - 1.0) <= 1e-3))
+    return bool(inside >= 0.99 * finite.shape[0])
+
+
+def _describe_tensors(tensors: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name} {info.dtype}{list(info.shape) if info.shape is not None else '[?]'}"
+                     for name, info in list(tensors.items())[:8]) or "none"
+
+
+def _decision_line(decisions: Mapping[str, Any]) -> str:
+    """The decisions in one log line."""
+    task = decisions["task"]
+    inputs = "; ".join(
+        f"{name}: {entry['columns']} columns " + ", ".join(f"{count} {kind}" for kind, count in entry["kinds"].items())
+        + f" (from {'/'.join(entry['sources'])}" + (f", {entry['encoding']}" if entry.get("encoding") != "raw" else "")
+        + ")" for name, entry in decisions["inputs"].items())
+    layout = decisions["layout"]
+    detectors = ", ".join(f"{name} {'on' if entry['active'] else 'off: ' + entry['reason']}"
+                          for name, entry in decisions["detectors"].items())
+    signature = decisions["signature"]
+    return (f"task {task['value']} (from {task['source']}{', class ids' if task['class_ids'] else ''}); "
+            f"signature {signature['source'] or 'none: ' + str(signature['error'])}; inputs {inputs}; "
+            f"analysed {layout['mode']} ({layout['analysed_columns']} columns); reference rows set aside "
+            f"{decisions['reference_rows_excluded']}; detectors {detectors}")
 
 
 _QUALITY_FIELDS = (("missing", "nan"), ("inf", "inf"), ("below_min", "below_range"), ("above_max", "above_range"))
@@ -500,17 +698,24 @@ def _drift_window(model: str, detector: str, window: Window, verdict: Any, durat
 class AnalysisState:
     """All model states of one worker: decodes records, routes them by model, reports decode errors."""
 
-    def __init__(self, worker: int, settings: AnalysisSettings, state_dir: Path) -> None:
+    def __init__(self, worker: int, settings: AnalysisSettings, state_dir: Path,
+                 signatures: SignatureFetcher | None = None) -> None:
         self.worker = worker
         self.settings = settings
         self.state_dir = state_dir
+        self.signatures = signatures
         self.models: dict[str, ModelState] = {}
 
     def model(self, name: str) -> ModelState:
         state = self.models.get(name)
         if state is None:
-            state = self.models[name] = ModelState(name, self.worker, self.settings, self.state_dir)
+            state = self.models[name] = ModelState(name, self.worker, self.settings, self.state_dir, self.signatures)
         return state
+
+    def reset_reference(self, name: str) -> list[Result]:
+        """Forget one model's reference (also its saved copy, for a model this worker has not seen yet)."""
+        self.model(name).reset_reference()
+        return [self.models[name].status()]
 
     def process(self, records: list[CaptureRecord]) -> tuple[list[Result], dict[tuple[str, str, str], int],
                                                              dict[str, int]]:

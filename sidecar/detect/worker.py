@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str, ring: RingHandle,
         tasks: Connection, results: Connection, log_level: int = logging.WARNING,
-        prediction_rules: PredictionRules | None = None) -> None:
+        prediction_rules: PredictionRules | None = None,
+        upstreams: tuple[tuple[str, int] | None, tuple[str, int] | None] = (None, None)) -> None:
     """Worker main loop (the spawn target). Records are read from `ring` as batches name them. Predictions are
     reduced with `prediction_rules` and sent as `StoredPredictions`; without rules (nobody stores them) they are not
     sent."""
@@ -60,9 +61,11 @@ def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str
     keep_heap_memory()
     single_threaded_math()
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s analysis-{worker} %(name)s: %(message)s")
+    from sidecar.detect.signature import SignatureFetcher
     from sidecar.detect.state import AnalysisState
 
-    state = AnalysisState(worker, settings, Path(state_dir))
+    signatures = SignatureFetcher(*upstreams) if settings.signature_lookup else None
+    state = AnalysisState(worker, settings, Path(state_dir), signatures)
     reader = SharedRingReader(ring)
     try:
         results.send([WorkerStarted(worker, generation, os.getpid())])
@@ -133,6 +136,10 @@ def _serve(worker: int, generation: int, state: AnalysisState, reader: SharedRin
             if message == batches.STOP:
                 _send_held(held, results)
                 return
+            model = batches.reset_model(message)
+            if model is not None:
+                held.extend(state.reset_reference(model))
+                continue
             started = time.process_time()
             batch = batches.decode(message)
             found, done = _process(worker, generation, state, batch.batch_id, reader.read(batch.start, batch.end))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Callable
 from typing import Any
@@ -14,10 +15,14 @@ from sidecar.telemetry.health import UpstreamHealth
 
 MonitorLookup = Callable[[str], dict[str, Any] | None]
 MonitorIndex = Callable[[], list[str]]
+ReferenceReset = Callable[[str], bool]
 
 
 def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
-                    monitor: MonitorLookup | None = None, monitor_index: MonitorIndex | None = None) -> web.Application:
+                    monitor: MonitorLookup | None = None, monitor_index: MonitorIndex | None = None,
+                    reset_reference: ReferenceReset | None = None, token: str | None = None) -> web.Application:
+    """`reset_reference(model)` forgets a model's reference (False: its worker is not running); it is served only
+    with `token`, which callers send as `Authorization: Bearer <token>`."""
     async def metrics(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
@@ -40,13 +45,33 @@ def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
             return web.json_response({"error": f"no monitoring data for model {model!r}"}, status=404)
         return web.Response(text=json.dumps(json_safe(snapshot), allow_nan=False), content_type="application/json")
 
+    async def reference_reset(request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        if token is None or reset_reference is None:
+            return web.json_response({"error": "reference resets are off: set admin_token (SIDECAR_ADMIN_TOKEN) "
+                                      "to enable them"}, status=403)
+        if not bearer_matches(request.headers.get("Authorization", ""), token):
+            return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        if not reset_reference(model):
+            return web.json_response({"error": "the analysis worker of this model is not running; try again"},
+                                     status=503)
+        return web.json_response({"model": model, "reference": "reset: collecting a new one from traffic"},
+                                 status=202)
+
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/monitor", monitor_list)
     app.router.add_get("/v1/monitor/{model}", monitor_model)
+    app.router.add_delete("/v1/monitor/{model}/reference", reference_reset)
     return app
+
+
+def bearer_matches(header: str, token: str) -> bool:
+    scheme, _, credentials = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode())
 
 
 def json_safe(value: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.options import option, parse_duration, parse_hostport, parse_int
+from sidecar.options import option, parse_duration, parse_hostport, parse_int, parse_optional_str
 
 
 @dataclass(frozen=True)
@@ -14,4 +14,7 @@ class TelemetrySettings:
         parse_hostport(allow_off=True))
     model_label_cap: int = option(100, "distinct model label values before further models fold into '__other__'",
                                   parse_int(1, 100_000))
+    admin_token: str | None = option(None, "bearer token for the admin listener's changing calls (DELETE "
+                                     "/v1/monitor/{model}/reference); off: those calls are refused",
+                                     parse_optional_str, secret=True)
     readiness_interval: float = option(2.0, "seconds between upstream readiness probes", parse_duration(0.05))

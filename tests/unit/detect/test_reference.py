@@ -21,7 +21,7 @@ from sidecar.detect.reference import (
 
 
 def features() -> InputFeatures:
-    return InputFeatures.from_arrays({"x": np.zeros((1, 2)), "city": np.array(["a"], dtype=object)}, 10)
+    return InputFeatures.from_arrays({"x": np.zeros((1, 2)), "city": np.array(["a"], dtype=object)})
 
 
 def test_safe_names_keep_plain_model_names_and_separate_cleaned_ones() -> None:
@@ -81,8 +81,9 @@ def test_an_npz_reference_is_read_by_input_name_with_an_optional_output(tmp_path
     np.savez(path, x=np.arange(6.0).reshape(3, 2), city=np.array(["a", "b", "a"]),
              **{"output:probs": np.full((3, 2), 0.5)})  # type: ignore[arg-type]
     inputs, outputs = read_reference_file(str(path), features(), OutputSpec("probs", 2, False, None))
-    np.testing.assert_array_equal(inputs[:, 1:], np.arange(6.0).reshape(3, 2))
-    np.testing.assert_array_equal(inputs[:, 0], [0, 1, 0])
+    np.testing.assert_array_equal(inputs[:, 5:], np.arange(6.0).reshape(3, 2))
+    np.testing.assert_array_equal(inputs[:, 0], [0, 1, 0])  # city's codes, then its text summary
+    np.testing.assert_array_equal(inputs[:, 1], [1, 1, 1])
     assert outputs is not None and outputs.shape == (3, 2)
 
 
@@ -93,8 +94,8 @@ def test_an_npz_reference_that_does_not_match_the_inputs_is_refused(tmp_path: Pa
         read_reference_file(str(path), features(), None)
 
 
-def test_an_npy_reference_is_a_matrix_of_all_features(tmp_path: Path) -> None:
-    space = InputFeatures.from_arrays({"x": np.zeros((1, 3))}, 10)
+def test_an_npy_reference_is_a_matrix_of_all_input_elements(tmp_path: Path) -> None:
+    space = InputFeatures.from_arrays({"x": np.zeros((1, 3))})
     path = tmp_path / "ref.npy"
     np.save(path, np.arange(12.0).reshape(4, 3))
     inputs, outputs = read_reference_file(str(path), space, None)
@@ -109,8 +110,8 @@ def test_a_csv_reference_maps_columns_by_feature_name(tmp_path: Path) -> None:
     path.write_text("x[1],note,city,x[0]\n1.5,ignored,b,0.5\n2.5,ignored,a,\n")
     inputs, _ = read_reference_file(str(path), features(), None)
     np.testing.assert_array_equal(inputs[:, 0], [0, 1])  # city codes: b first seen
-    np.testing.assert_array_equal(inputs[:, 2], [1.5, 2.5])
-    assert inputs[0, 1] == 0.5 and np.isnan(inputs[1, 1])
+    np.testing.assert_array_equal(inputs[:, 6], [1.5, 2.5])
+    assert inputs[0, 5] == 0.5 and np.isnan(inputs[1, 5])
     path.write_text("x[0],city\n1,a\n2,b\n")
     with pytest.raises(ReferenceFileError, match=r"lacks features x\[1\]"):
         read_reference_file(str(path), features(), None)

@@ -245,3 +245,127 @@ def test_an_autoencoder_configured_for_a_model_scores_its_instances(tmp_path: Pa
     broken = run(state, list(stream("broken", 21, 10, seed=1)))
     assert any(isinstance(r, ModelError) and r.error.startswith("autoencoder: ValueError") for r in broken)
     assert {b.detector for b in of_type(broken, OutlierBatch)} == {"mahalanobis"}
+
+
+def digits_record(model: str, pixels: np.ndarray, prediction_id: str) -> CaptureRecord:
+    """scikit-learn's digits as a client sends them: 64 pixels of 0..16 as JSON floats."""
+    probabilities = np.full((pixels.shape[0], 10), 0.1)
+    return rest_record(model, pixels.astype(np.float64), probabilities, prediction_id=prediction_id)
+
+
+def test_integer_valued_float_pixels_are_numeric_so_gross_outliers_are_caught(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().data
+    state = AnalysisState(0, small(reference_size=600), tmp_path)
+    run(state, [digits_record("digits", digits[i:i + 20], f"d{i}") for i in range(0, 600, 20)])
+    status = latest_status(run(state, [digits_record("digits", digits[600:620], "held-out")]))
+    assert status.decisions is not None
+    assert status.decisions["detectors"]["mahalanobis"]["active"]
+    assert {(entry["kind"], entry["source"]) for entry in status.decisions["columns"]} == {("numeric", "data")}
+    clean = of_type(run(state, [digits_record("digits", digits[700:1000], "clean")]), OutlierBatch)
+    noise = np.random.default_rng(0).uniform(0, 16, size=(30, 64)).round()
+    flagged = of_type(run(state, [digits_record("digits", noise, "noise")]), OutlierBatch)
+    assert sum(batch.outliers for batch in flagged) >= 29
+    assert sum(batch.outliers for batch in clean) <= 0.05 * 300
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_class_id_outputs_are_classes_not_probabilities(tmp_path: Path, nested: bool) -> None:
+    rng = np.random.default_rng(1)
+    inputs = rng.normal(size=(40, FEATURES))
+    ids = softmax_model(inputs).argmax(axis=1)
+    outputs = ids[:, None] if nested else ids
+    state = AnalysisState(0, small(), tmp_path)
+    results = run(state, [rest_record("labels", inputs, outputs, prediction_id="p")])
+    [predicted] = of_type(results, Predictions)
+    assert predicted.task == "multiclass"
+    assert [item.predicted for item in predicted.items] == ids.tolist()
+    assert latest_status(results).task == "classification"
+
+
+def test_configured_multiclass_with_float_class_ids_scores_classes(tmp_path: Path) -> None:
+    settings = small(models={"labels": {"task": "multiclass"}})
+    state = AnalysisState(0, settings, tmp_path)
+    ids = np.array([[2.0], [0.0], [1.0], [2.0]])
+    [predicted] = of_type(run(state, [rest_record("labels", np.zeros((4, FEATURES)), ids)]), Predictions)
+    assert predicted.task == "multiclass"
+    assert [item.predicted for item in predicted.items] == [2, 0, 1, 2]
+
+
+def test_one_request_with_nan_does_not_make_a_classifier_a_regressor(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    records = list(stream("iris", 20, 10, seed=1))
+    broken = rest_record("iris", np.full((1, FEATURES), np.nan), np.full((1, 3), np.nan), prediction_id="nan")
+    results = run(state, [*records[:3], broken, *records[3:]])
+    status = latest_status(results)
+    assert status.reference.complete
+    assert status.task == "classification"
+    assert {predicted.task for predicted in of_type(results, Predictions)} == {"multiclass"}
+    assert status.decisions is not None
+    assert status.decisions["reference_rows_excluded"]["non_finite"] == 1
+
+
+def test_one_extreme_value_in_the_reference_does_not_blind_the_outlier_detector(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    reference = rng.normal(size=(200, FEATURES))
+    reference[3, 0] = 1e6
+    state = AnalysisState(0, small(), tmp_path)
+    results = run(state, [rest_record("iris", reference[i:i + 10], prediction_id=f"r{i}") for i in range(0, 200, 10)])
+    decisions = latest_status(results).decisions
+    assert decisions is not None and decisions["reference_rows_excluded"]["extreme"] == 1
+    outliers = rng.normal(size=(20, FEATURES)) + 8.0
+    [batch] = [b for b in of_type(run(state, [rest_record("iris", outliers)]), OutlierBatch)
+               if b.detector == "mahalanobis"]
+    assert batch.outliers == 20
+    restarted = AnalysisState(0, small(), tmp_path)  # the saved reference is fitted the same way
+    [again] = [b for b in of_type(run(restarted, [rest_record("iris", outliers)]), OutlierBatch)
+               if b.detector == "mahalanobis"]
+    assert again.outliers == 20
+
+
+def test_the_decisions_name_each_detector_built_or_not_and_why(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    decisions = latest_status(run(state, list(stream("iris", 20, 10, seed=1)))).decisions
+    assert decisions is not None
+    assert decisions["task"] == {"value": "classification", "source": "data", "class_ids": False}
+    assert decisions["signature"] == {"source": None, "error": "not asked (no upstream)"}
+    assert decisions["layout"]["mode"] == "per_feature"
+    assert decisions["inputs"]["input"]["columns"] == FEATURES
+    active = {name: entry["active"] for name, entry in decisions["detectors"].items()}
+    assert active == {"feature_drift": True, "output_drift": True, "mahalanobis": True, "mmd": False,
+                      "autoencoder": False}
+    assert "mmd_enabled" in decisions["detectors"]["mmd"]["reason"]
+
+
+def test_wide_inputs_are_analysed_whole_through_a_projection(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    width = 600
+    basis = rng.normal(size=(8, width))
+
+    def rows(count: int, shift: float = 0.0) -> np.ndarray:
+        block = rng.normal(size=(count, 8)) @ basis + 0.1 * rng.normal(size=(count, width))
+        block[:, width // 2:] += shift  # a change confined to the last half of the columns
+        return block
+
+    state = AnalysisState(0, small(reference_size=300, window_size=300), tmp_path)
+    reference = rows(300)
+    status = latest_status(run(state, [rest_record("wide", reference[i:i + 30], np.full((30, 3), 1 / 3))
+                                       for i in range(0, 300, 30)]))
+    assert status.input_columns == width
+    assert status.decisions is not None and status.decisions["layout"]["mode"] == "projected"
+    clean = windows(run(state, [rest_record("wide", rows(300), np.full((300, 3), 1 / 3))]), "feature_drift")
+    shifted = windows(run(state, [rest_record("wide", rows(300, 0.3), np.full((300, 3), 1 / 3))]),
+                      "feature_drift")
+    assert [w.drift for w in clean] == [False]
+    assert [w.drift for w in shifted] == [True]
+
+
+def test_a_reset_reference_is_collected_again(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    run(state, list(stream("iris", 20, 10, seed=1)))
+    assert (tmp_path / "models" / "iris" / "reference.json").exists()
+    [status] = state.reset_reference("iris")
+    assert not status.reference.complete and status.reference.instances == 0
+    assert not (tmp_path / "models" / "iris" / "reference.json").exists()
+    assert latest_status(run(state, list(stream("iris", 20, 10, seed=4)))).reference.complete
