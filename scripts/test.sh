@@ -21,6 +21,7 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+./scripts/mlserver_env.sh   # MLServer in its own virtualenv, for tests/e2e/test_mlserver.py
 
 echo "== ruff"
 .venv/bin/ruff check sidecar tests bench scripts
