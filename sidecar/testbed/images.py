@@ -29,7 +29,8 @@ def scenes(count: int, size: int = 32, seed: int | np.random.Generator = 0, blob
         colour = rng.uniform(-0.4, 0.4, size=(count, 1, 1, 3))
         weight = np.exp(-((x[None] - cx) ** 2 + (y[None] - cy) ** 2) / (2 * radius**2))
         images = images + (weight[..., None] * colour).astype(np.float32)
-    return np.clip(images, 0.0, 1.0).astype(np.float32)
+    clipped: Array = np.clip(images, 0.0, 1.0).astype(np.float32)
+    return clipped
 
 
 def gaussian_noise(images: Array, sd: float, seed: int = 1) -> Array:

@@ -118,7 +118,7 @@ async def test_encoded_png_images_are_decoded_and_analysed_whole(tmp_path: Path)
         return {"instances": [{"b64": base64.b64encode(png).decode()} for png in encode(images, "PNG")]}
 
     async with ScriptedUpstream(answer) as upstream:
-        running = await started(tmp_path, upstream_rest=f"127.0.0.1:{upstream.port}", listen_grpc="off",
+        running = await started(tmp_path, upstream_rest=f"http://127.0.0.1:{upstream.port}", listen_grpc="off",
                                 upstream_grpc="off")
         try:
             async with aiohttp.ClientSession() as session:
