@@ -500,6 +500,8 @@ class ModelState:
                           "encoding": spec.encoding})
             if spec.encoding == IMAGE:
                 entry["note"] = f"encoded images decoded to {IMAGE_SIZE}x{IMAGE_SIZE} RGB pixels"
+            elif _image_shaped(spec.shape) and not spec.is_string:
+                entry["note"] = "an image-shaped tensor: its pixels are numeric columns"
             elif spec.encoding == TEXT:
                 entry["note"] = ("strings: the category code is analysed when the reference has at most "
                                  f"{self.settings.categorical_max_values} levels, else the text summary")
@@ -514,8 +516,8 @@ class ModelState:
                           "error": self.signature_error if self.signature is None else None},
             "task": {"value": self.task, "source": self.task_source,
                      "class_ids": bool(output.class_ids) if output is not None else False},
-            "output": None if output is None else {"name": output.name, "width": output.width,
-                                                   "analysed": list(self.output_names)[:MAX_STATUS_NAMES]},
+            "output": None if output is None else _output_decisions(output, self.output_names,
+                                                                    self.settings.max_features),
             "inputs": inputs,
             "layout": detectors.layout.describe(),
             "reference_rows_excluded": dict(detectors.excluded_rows),
@@ -646,6 +648,19 @@ def _all_probabilities(outputs: np.ndarray) -> bool:
         inside = np.count_nonzero(np.all((finite >= 0.0) & (finite <= 1.0), axis=1)
                                   & (np.abs(finite.sum(axis=1) - 1.0) <= 1e-3))
     return bool(inside >= 0.99 * finite.shape[0])
+
+
+def _image_shaped(shape: tuple[int, ...]) -> bool:
+    """(height, width) or (height, width, channels) with 1, 3 or 4 channels, at least 8 pixels a side."""
+    return (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))) and min(shape[:2]) >= 8
+
+
+def _output_decisions(output: OutputSpec, names: list[str], max_features: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": output.name, "width": output.width, "analysed": names[:MAX_STATUS_NAMES]}
+    if output.width > max_features and not output.class_ids:
+        entry["note"] = (f"output drift tests the predicted class and the first {max_features} of "
+                         f"{output.width} output columns (max_features)")
+    return entry
 
 
 def _describe_tensors(tensors: Mapping[str, Any]) -> str:
