@@ -7,7 +7,8 @@ and projected on the reference's first principal components (an SVD of the refer
 extra library), and three summaries complete them:
 - `residual`: the distance of a row from the components' span. Changes the reference never showed (added noise,
   a new pattern) land here even when they move no component;
-- `mean` and `std` of the row's standardised values: a global brightness or contrast change in one number.
+- `mean` and `std` of the row's standardised values less the reference's mean standardised row: a global
+  brightness or contrast change in one number.
 A gaussian-noise corruption of sd 0.08 on [0, 1] images moves `residual` by several reference spreads, and a
 brightness shift confined to half of each image moves the leading components and `mean`
 (bench/bench_wide_inputs.py measures both).

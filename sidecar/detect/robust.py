@@ -6,8 +6,8 @@ standard deviation of a column move with a single value). So:
 - centre and spread are the median and the interquartile range (scaled to a standard deviation); a column whose
   IQR is 0 (mostly one value) falls back to the standard deviation of its central 99%, then of all its values;
 - a row is extreme when some column lies more than `EXTREME_Z` such spreads from the median, and at most
-  `MAX_EXTREME_FRACTION` of the rows (the most extreme ones) are set aside; the caller fits on the rest and says
-  how many it left out.
+  `MAX_EXTREME_FRACTION` of the rows (the most extreme ones; at least one row in a small reference) are set
+  aside; the caller fits on the rest and says how many it left out.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def extreme_rows(x: np.ndarray, bound: float = EXTREME_Z, max_fraction: float = 
     z = np.where(np.isfinite(z), z, 0.0)
     worst = z.max(axis=1)
     candidates = np.flatnonzero(worst > bound)
-    limit = int(np.floor(rows * max_fraction))
+    limit = max(1, int(np.floor(rows * max_fraction)))
     if candidates.size > limit:
         candidates = candidates[np.argsort(-worst[candidates], kind="stable")[:limit]]
     mask = np.zeros(rows, dtype=bool)

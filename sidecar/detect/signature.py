@@ -33,6 +33,7 @@ RETRY_SECONDS = 60.0
 DEFAULT_TIMEOUT_SECONDS = 2.0
 DEFAULT_SIGNATURE = "serving_default"
 _MAX_BODY_BYTES = 4 * 1024 * 1024
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the model server, never an HTTP_PROXY
 log = logging.getLogger(__name__)
 
 _TF_DTYPES = {
@@ -193,7 +194,7 @@ class SignatureFetcher:
             path, parse, source = f"/v1/models/{name}{suffix}/metadata", parse_tfserving_metadata, "tfserving rest"
         host_text = f"[{host}]" if ":" in host else host
         try:
-            with urllib.request.urlopen(f"http://{host_text}:{port}{path}", timeout=self.timeout) as response:
+            with _DIRECT.open(f"http://{host_text}:{port}{path}", timeout=self.timeout) as response:
                 body = response.read(_MAX_BODY_BYTES)
         except urllib.error.HTTPError as exc:
             raise SignatureError(f"GET {path}: HTTP {exc.code}") from None
