@@ -103,7 +103,7 @@ class Feeder:
         self.encoding = encoding
         self.args = args
         self.state = AnalysisState(0, AnalysisSettings(), state_dir)
-        self.rng = np.random.default_rng(zlib.crc32(f"{model}/{encoding}".encode()))
+        self.rng = np.random.default_rng(zlib.crc32(f"{model}/{encoding}/{state_dir.name}".encode()))  # per trial
         self.sent = 0
         self.problems: list[str] = []
 
