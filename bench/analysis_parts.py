@@ -23,9 +23,9 @@ PARTS = ("no-detectors", "no-store")
 
 def _switch_off(part: str) -> None:
     if part == "no-detectors":
-        from sidecar.capture.records import CaptureRecord
-        from sidecar.detect import worker
-        from sidecar.detect.results import LAG_BUCKETS, BatchDone, Result, bucket_counts
+        from sidecar.messages.records import CaptureRecord
+        from sidecar.messages.results import LAG_BUCKETS, BatchDone, Result, bucket_counts
+        from sidecar.worker import process as worker
 
         def skip(index: int, generation: int, state: object, batch_id: int,
                  records: list[CaptureRecord]) -> tuple[list[Result], BatchDone]:

@@ -41,10 +41,10 @@ NEAR_SECONDS = 0.0002  # an event that ended this shortly before a request began
 def _instrument(path: str) -> None:
     """Wrap the functions the timeline records; write the records to `path` when `path`.request appears (only
     then: writing them holds the GIL for milliseconds, and their tuples would set off collections)."""
-    from sidecar.detect.pool import AnalysisPool
+    from sidecar.analysis.pool import AnalysisPool
     from sidecar.feedback.api import FeedbackService
     from sidecar.feedback.threads import StoreThread
-    from sidecar.proxy.rest_connection import ClientConnection
+    from sidecar.proxy.rest.connection import ClientConnection
 
     clock = time.perf_counter
     events: list[tuple[str, float, float]] = []

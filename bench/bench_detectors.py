@@ -38,9 +38,9 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sidecar.detect.base import FeatureDriftDetector  # noqa: E402
-from sidecar.detect.drift import ks_2samp  # noqa: E402
-from sidecar.detect.mmd import MMDDrift, median_gamma  # noqa: E402
+from sidecar.detectors.feature_drift import FeatureDriftDetector  # noqa: E402
+from sidecar.detectors.mmd import MMDDrift, median_gamma  # noqa: E402
+from sidecar.detectors.two_sample import ks_2samp  # noqa: E402
 
 KS_TARGET, MMD_TARGET = 5.0, 10.0
 

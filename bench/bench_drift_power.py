@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sidecar.detect.base import DriftResult, FeatureDriftDetector
-from sidecar.detect.mmd import MMDDrift
+from sidecar.detectors.feature_drift import DriftResult, FeatureDriftDetector
+from sidecar.detectors.mmd import MMDDrift
 
 FAR_TARGET = 0.05
 POWER_TARGET = 0.90

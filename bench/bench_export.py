@@ -55,10 +55,10 @@ def dead_url() -> str:
 def per_record(records: int) -> list[tuple[str, float]]:
     from prometheus_client import CollectorRegistry
 
-    from sidecar.capture.records import CaptureRecord
     from sidecar.capture.ring import CaptureRing, Tee
     from sidecar.export.payload_log import PayloadLog, payload_log_ring
     from sidecar.export.settings import ExportSettings
+    from sidecar.messages.records import CaptureRecord
 
     body = predict_body().encode()
     batch = [CaptureRecord(f"id-{i}", time.time(), "m", "", "", "rest", "tfserving", "predict", body, ANSWER, 200,
@@ -124,7 +124,7 @@ async def serve_sidecar(upstream_port: int, sink: str, directory: Path, freeze: 
     from sidecar.capture.ring import CaptureRing, CountingConsumer, Drainer, Tee
     from sidecar.export.payload_log import PayloadLog, payload_log_ring
     from sidecar.export.settings import ExportSettings
-    from sidecar.proxy.rest import RestProxy
+    from sidecar.proxy.rest.proxy import RestProxy
     from sidecar.proxy.settings import ProxySettings
     from sidecar.telemetry.metrics import RequestMetrics
     from sidecar.telemetry.tracing import disabled

@@ -30,12 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sidecar.detect.results import PredictedInstance, Predictions
 from sidecar.feedback.api import FeedbackService
 from sidecar.feedback.parse import parse_body
 from sidecar.feedback.settings import FeedbackSettings
+from sidecar.messages.results import PredictedInstance, Predictions
 from sidecar.proxy.ids import new_prediction_id
-from sidecar.proxy.local import LocalRequest, LocalResponse
+from sidecar.proxy.rest.local import LocalRequest, LocalResponse
 from sidecar.telemetry.metrics import new_registry
 
 MODEL = "bench"

@@ -113,7 +113,7 @@ async def _serve_upstream() -> None:
 
 async def _serve_sidecar(upstream_port: int, engine: str = "aio") -> None:
     from sidecar.capture.ring import CaptureRing, CountingConsumer, Drainer
-    from sidecar.proxy.grpc import GrpcProxy
+    from sidecar.proxy.grpc.engine import GrpcProxy
     from sidecar.proxy.settings import ProxySettings
     from sidecar.telemetry.metrics import RequestMetrics
     from sidecar.telemetry.tracing import disabled

@@ -46,18 +46,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sidecar.detect.worker import keep_heap_memory, single_threaded_math
+from sidecar.worker.process import keep_heap_memory, single_threaded_math
 
 single_threaded_math()  # as a worker does, before numpy loads
 HEAP_PAD = keep_heap_memory()
 
 import numpy as np  # noqa: E402
 
-from sidecar.capture.records import API_TFSERVING, PROTOCOL_REST, CaptureRecord  # noqa: E402
-from sidecar.detect.results import DriftWindow, ModelError, ModelStatus, OutlierBatch, Result  # noqa: E402
-from sidecar.detect.settings import AnalysisSettings  # noqa: E402
-from sidecar.detect.state import AnalysisState  # noqa: E402
+from sidecar.messages.records import API_TFSERVING, PROTOCOL_REST, CaptureRecord  # noqa: E402
+from sidecar.messages.results import DriftWindow, ModelError, ModelStatus, OutlierBatch, Result  # noqa: E402
 from sidecar.testbed.images import brighter_half, encode, gaussian_noise, scenes  # noqa: E402
+from sidecar.worker.settings import AnalysisSettings  # noqa: E402
+from sidecar.worker.state import AnalysisState  # noqa: E402
 
 ENCODINGS = ("raw", "png", "jpeg")
 CLASSES = 10

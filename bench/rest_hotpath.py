@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rest_servers import discard_all, shared_ring
 
-from sidecar.capture.records import CaptureRecord
-from sidecar.proxy.rest import RestProxy
-from sidecar.proxy.rest_connection import ClientConnection
+from sidecar.messages.records import CaptureRecord
+from sidecar.proxy.rest.connection import ClientConnection
+from sidecar.proxy.rest.proxy import RestProxy
+from sidecar.proxy.rest.upstream import UpstreamConnection
 from sidecar.proxy.settings import ProxySettings
-from sidecar.proxy.upstream import UpstreamConnection
 from sidecar.telemetry.metrics import RequestMetrics
 from sidecar.telemetry.tracing import disabled
 

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 if TYPE_CHECKING:
-    from sidecar.capture.records import CaptureRecord
     from sidecar.capture.shared_ring import SharedRingWriter
+    from sidecar.messages.records import CaptureRecord
 
 ANSWER = b'{"predictions": [[0.12, 0.34, 0.54]]}'
 
@@ -106,7 +106,7 @@ def discard_all(ring: SharedRingWriter) -> int:
 
 
 async def run_sidecar(port: int, upstream: tuple[str, int]) -> None:
-    from sidecar.proxy.rest import RestProxy
+    from sidecar.proxy.rest.proxy import RestProxy
     from sidecar.proxy.settings import ProxySettings
     from sidecar.telemetry.metrics import RequestMetrics
     from sidecar.telemetry.tracing import disabled

@@ -98,7 +98,7 @@ class Sidecar:
         capture = self.settings.capture
         models = self.request_metrics.models
         if self.settings.analysis.analysis_enabled:
-            from sidecar.detect.pool import AnalysisPool
+            from sidecar.analysis.pool import AnalysisPool
 
             feedback = self.feedback
             pool = self.pool = AnalysisPool(self.settings.analysis, state_dir, self.registry,
@@ -154,7 +154,8 @@ class Sidecar:
             host, port = proxy.upstream_rest
             probes["rest"] = lambda: tcp_http_probe(host, port)
         if proxy.listen_grpc is not None and proxy.upstream_grpc is not None:
-            from sidecar.proxy.grpc import grpc_probe, grpc_target
+            from sidecar.proxy.grpc.aio.proxy import grpc_probe
+            from sidecar.proxy.grpc.target import grpc_target
 
             target = grpc_target(proxy.upstream_grpc)
             probes["grpc"] = lambda: grpc_probe(target)
@@ -166,7 +167,7 @@ class Sidecar:
         proxy = self.settings.proxy
         capture = self.tee.append if self.tee.rings else None
         if proxy.listen_rest is not None:
-            from sidecar.proxy.rest import RestProxy
+            from sidecar.proxy.rest.proxy import RestProxy
 
             local_routes = {"/v1/feedback": self.feedback.handle} if self.feedback is not None else None
             self.rest = RestProxy(proxy, capture=capture, metrics=self.request_metrics, tracing=self.tracing,
@@ -174,7 +175,7 @@ class Sidecar:
             await self.rest.start()
             self._stoppers.append(("rest proxy", self.rest.stop))
         if proxy.listen_grpc is not None:
-            from sidecar.proxy.grpc import GrpcProxy
+            from sidecar.proxy.grpc.engine import GrpcProxy
 
             self.grpc = GrpcProxy(proxy, capture=capture, metrics=self.request_metrics, tracing=self.tracing,
                                   health=self.health)

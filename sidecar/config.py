@@ -16,12 +16,12 @@ from typing import Any
 import yaml
 
 from sidecar.capture.settings import CaptureSettings
-from sidecar.detect.settings import AnalysisSettings
 from sidecar.export.settings import ExportSettings
 from sidecar.feedback.settings import FeedbackSettings
 from sidecar.options import option, parse_choice, parse_str
 from sidecar.proxy.settings import ProxySettings
 from sidecar.telemetry.settings import TelemetrySettings
+from sidecar.worker.settings import AnalysisSettings
 
 ENV_PREFIX = "SIDECAR_"
 

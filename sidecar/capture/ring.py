@@ -26,7 +26,7 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Protocol
 
-from sidecar.capture.records import MODEL_INDEX, REQUEST_INDEX, RESPONSE_INDEX, CaptureRecord, CaptureRow
+from sidecar.messages.records import MODEL_INDEX, REQUEST_INDEX, RESPONSE_INDEX, CaptureRecord, CaptureRow
 
 log = logging.getLogger(__name__)
 _REQUEST = itemgetter(REQUEST_INDEX)

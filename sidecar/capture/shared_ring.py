@@ -34,7 +34,7 @@ from collections import deque
 from multiprocessing import reduction
 from typing import Any
 
-from sidecar.capture.records import CaptureRecord, CaptureRow
+from sidecar.messages.records import CaptureRecord, CaptureRow
 
 _STRING_FIELDS = ("prediction_id", "model", "version", "label", "protocol", "api", "method", "request_encoding")
 _STRINGS = tuple(CaptureRecord._fields.index(name) for name in _STRING_FIELDS)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sidecar.capture.records import API_TFSERVING, API_V2, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
 from sidecar.codec import tfserving_grpc, tfserving_rest, v2
 from sidecar.codec.bodies import request_bytes, response_bytes
 from sidecar.codec.errors import REASONS, DecodeError
 from sidecar.codec.exchange import DEFAULT_INPUT, DEFAULT_OUTPUT, SCORES_OUTPUT, Exchange
+from sidecar.messages.records import API_TFSERVING, API_V2, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
 
 __all__ = [
     "DEFAULT_INPUT",

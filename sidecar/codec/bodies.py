@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import zlib
 
-from sidecar.capture.records import PROTOCOL_GRPC, CaptureRecord
 from sidecar.codec.errors import DecodeError
+from sidecar.messages.records import PROTOCOL_GRPC, CaptureRecord
 
 MAX_DECOMPRESSED_BYTES = 100 * 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"

@@ -12,9 +12,9 @@ import zlib
 from collections.abc import Collection
 from typing import NamedTuple
 
-from sidecar.capture.records import PROTOCOL_GRPC
 from sidecar.export.events import REQUEST, PayloadEvent
 from sidecar.export.redact import RedactionError, redact_json, redact_protobuf
+from sidecar.messages.records import PROTOCOL_GRPC
 
 INFLATE_LIMIT = 64 * 1024**2
 

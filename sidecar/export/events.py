@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sidecar.capture.records import API_V2, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
+from sidecar.messages.records import API_V2, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
 
 REQUEST = "request"
 RESPONSE = "response"

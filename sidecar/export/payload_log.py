@@ -24,7 +24,6 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.capture.records import CaptureRow, as_record
 from sidecar.capture.ring import CaptureRing
 from sidecar.export.body import BodyPolicy, redaction_fields
 from sidecar.export.events import EventContext, events_from_record, feedback_event
@@ -34,6 +33,7 @@ from sidecar.export.metrics import ExportMetrics
 from sidecar.export.queue import SinkQueue
 from sidecar.export.settings import ExportSettings
 from sidecar.export.sink import Sink
+from sidecar.messages.records import CaptureRow, as_record
 
 _HASH_SPACE = 1 << 64
 

@@ -22,7 +22,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.detect.results import Predictions, StoredPredictions
 from sidecar.feedback import arrival
 from sidecar.feedback.board import QualityBoard
 from sidecar.feedback.join import Join, match
@@ -35,7 +34,8 @@ from sidecar.feedback.responses import check_bearer, error_response, inflate, js
 from sidecar.feedback.settings import FeedbackSettings
 from sidecar.feedback.store import PredictionColumns, PredictionStore, StoredPrediction, StoreError, open_store
 from sidecar.feedback.tasks import PredictionRules
-from sidecar.proxy.local import LocalRequest, LocalResponse
+from sidecar.messages.results import Predictions, StoredPredictions
+from sidecar.proxy.rest.local import LocalRequest, LocalResponse
 
 log = logging.getLogger(__name__)
 

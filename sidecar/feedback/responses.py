@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sidecar.feedback.parse import FeedbackError
-from sidecar.proxy.local import LocalResponse
+from sidecar.proxy.rest.local import LocalResponse
 
 MAX_INFLATED_BYTES = 64 * 1024**2
 

@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.detect.results import Predictions, StoredPredictions
 from sidecar.feedback.store import Predicted
+from sidecar.messages.results import Predictions, StoredPredictions
 
 BINARY = "binary"
 MULTICLASS = "multiclass"
@@ -161,7 +161,7 @@ def _reduce_scores(scores: list[Any] | tuple[Any, ...], chosen: Any, threshold: 
 
 
 def _reduce_analysed(value: dict[str, Any], task: str, threshold: float) -> tuple[str, Predicted] | None:
-    """The analysis's per-instance dict (see `sidecar.detect.results.PredictedInstance`)."""
+    """The analysis's per-instance dict (see `sidecar.messages.results.PredictedInstance`)."""
     if "value" in value:
         inner = _unwrap(value["value"])
         return None if isinstance(inner, (list, tuple, dict)) else reduce_prediction(inner, task, threshold)

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.capture.records import API_TFSERVING, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
-from sidecar.detect.pool import AnalysisPool
-from sidecar.detect.results import StoredPredictions
-from sidecar.detect.settings import AnalysisSettings
+from sidecar.analysis.pool import AnalysisPool
+from sidecar.messages.records import API_TFSERVING, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
+from sidecar.messages.results import StoredPredictions
 from sidecar.testbed import data
+from sidecar.worker.settings import AnalysisSettings
 from tests.support.testbed import TestbedProcess
 
 tf = pytest.importorskip("tensorflow")

@@ -27,8 +27,8 @@ from sidecar.export.anodot_sink import AnodotExporter
 from sidecar.export.payload_log import PayloadLog, payload_log_ring
 from sidecar.export.replay import replay_main
 from sidecar.export.settings import ExportSettings
-from sidecar.proxy.grpc import GrpcProxy
-from sidecar.proxy.rest import RestProxy
+from sidecar.proxy.grpc.engine import GrpcProxy
+from sidecar.proxy.rest.proxy import RestProxy
 from sidecar.proxy.settings import ProxySettings
 from sidecar.telemetry.metrics import RequestMetrics
 from sidecar.telemetry.tracing import disabled

@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from sidecar._proto import v2_pb2
-from sidecar.capture.records import CaptureRecord
-from sidecar.proxy.grpc import GrpcProxy
+from sidecar.messages.records import CaptureRecord
+from sidecar.proxy.grpc.engine import GrpcProxy
 from sidecar.proxy.settings import GRPC_ENGINES, ProxySettings
 from sidecar.telemetry.metrics import RequestMetrics
 from sidecar.telemetry.tracing import Tracing, disabled, with_processor

@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from sidecar.capture.records import CaptureRecord
-from sidecar.proxy.rest import RestProxy
+from sidecar.messages.records import CaptureRecord
+from sidecar.proxy.rest.proxy import RestProxy
 from sidecar.telemetry.metrics import RequestMetrics
 from sidecar.telemetry.tracing import with_processor
 from tests.support.rest_upstreams import Answered, exchange, running_proxy

@@ -16,9 +16,9 @@ from typing import Any
 
 import httptools
 
-from sidecar.capture.records import CaptureRecord
-from sidecar.proxy.local import LocalHandler
-from sidecar.proxy.rest import RestProxy
+from sidecar.messages.records import CaptureRecord
+from sidecar.proxy.rest.local import LocalHandler
+from sidecar.proxy.rest.proxy import RestProxy
 from sidecar.proxy.settings import ProxySettings
 from sidecar.telemetry.health import UpstreamHealth
 from sidecar.telemetry.metrics import RequestMetrics

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from sidecar.capture.records import CaptureRecord, CaptureRow, as_record
 from sidecar.capture.ring import CaptureRing, CountingConsumer, Drainer, Tee
+from sidecar.messages.records import CaptureRecord, CaptureRow, as_record
 
 
 def record(n: int, model: str = "m", size: int = 10) -> CaptureRecord:

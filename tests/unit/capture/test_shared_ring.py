@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sidecar.capture.records import CaptureRecord
 from sidecar.capture.shared_ring import RingHandle, SharedRingReader, SharedRingWriter
+from sidecar.messages.records import CaptureRecord
 
 
 def record(number: int, body: bytes = b'{"instances": [[1.0, 2.0]]}') -> CaptureRecord:

@@ -7,7 +7,7 @@ import struct
 import zlib
 from typing import Any
 
-from sidecar.capture.records import API_TFSERVING, API_V2, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
+from sidecar.messages.records import API_TFSERVING, API_V2, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
 
 
 def record(protocol: str, api: str, method: str, request: bytes, response: bytes = b"", *, status: int | None = None,

@@ -6,9 +6,9 @@ import gzip
 
 import pytest
 
-from sidecar.capture.records import API_TFSERVING, PROTOCOL_GRPC, PROTOCOL_REST
 from sidecar.codec import DecodeError
 from sidecar.codec.bodies import gunzip, request_bytes, response_bytes
+from sidecar.messages.records import API_TFSERVING, PROTOCOL_GRPC, PROTOCOL_REST
 
 from .support import record
 

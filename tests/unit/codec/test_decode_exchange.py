@@ -13,8 +13,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import classification_pb2, predict_pb2
 
 from sidecar._proto import v2_pb2
-from sidecar.capture.records import API_TFSERVING, API_V2, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
 from sidecar.codec import DecodeError, Exchange, decode_exchange
+from sidecar.messages.records import API_TFSERVING, API_V2, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
 
 from .support import record, tfs_grpc, tfs_rest, v2_grpc, v2_rest
 

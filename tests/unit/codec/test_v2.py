@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from sidecar._proto import v2_pb2
-from sidecar.capture.records import API_V2, PROTOCOL_GRPC
 from sidecar.codec import DecodeError, decode_exchange
+from sidecar.messages.records import API_V2, PROTOCOL_GRPC
 
 from .support import png_bytes, record, v2_grpc, v2_rest
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.capture.records import API_TFSERVING, PROTOCOL_REST, CaptureRecord
+from sidecar.messages.records import API_TFSERVING, PROTOCOL_REST, CaptureRecord
 
 
 @dataclass

@@ -6,9 +6,9 @@ import gzip
 import json
 import zlib
 
-from sidecar.capture.records import PROTOCOL_GRPC
 from sidecar.export.body import BodyPolicy, PreparedBody, prepare
 from sidecar.export.events import events_from_record
+from sidecar.messages.records import PROTOCOL_GRPC
 
 from .receivers import make_record
 

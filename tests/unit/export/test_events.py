@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sidecar.capture.records import API_V2, PROTOCOL_GRPC
 from sidecar.export.events import (
     CE_TYPES,
     FEEDBACK,
@@ -14,6 +13,7 @@ from sidecar.export.events import (
     feedback_event,
     rfc3339,
 )
+from sidecar.messages.records import API_V2, PROTOCOL_GRPC
 
 from .receivers import make_record
 

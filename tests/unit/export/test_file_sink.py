@@ -8,12 +8,12 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.capture.records import PROTOCOL_GRPC
 from sidecar.export.body import BodyPolicy, prepare
 from sidecar.export.events import EventContext, events_from_record
 from sidecar.export.file_sink import FileSink, RotatingWriter, structured
 from sidecar.export.metrics import ExportMetrics
 from sidecar.export.queue import SinkQueue
+from sidecar.messages.records import PROTOCOL_GRPC
 
 from .receivers import make_record
 

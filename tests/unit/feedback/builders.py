@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sidecar.detect.results import PredictedInstance, Predictions
-from sidecar.proxy.local import LocalRequest
+from sidecar.messages.results import PredictedInstance, Predictions
+from sidecar.proxy.rest.local import LocalRequest
 
 
 def post(document: Any, headers: dict[str, str] | None = None, raw: bytes | None = None) -> LocalRequest:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.detect.results import PredictedInstance, Predictions
 from sidecar.feedback.sqlite_store import SqliteStore
 from sidecar.feedback.store import PredictionRow, StoredPrediction
+from sidecar.messages.results import PredictedInstance, Predictions
 from sidecar.proxy.ids import new_prediction_id
-from sidecar.proxy.local import LocalRequest
+from sidecar.proxy.rest.local import LocalRequest
 from sidecar.telemetry.metrics import new_registry
 
 from .builders import answer, classified, post, regressed

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.capture.records import CaptureRecord
 from sidecar.capture.ring import CaptureRing
+from sidecar.messages.records import CaptureRecord
 from sidecar.telemetry.metrics import (
     OTHER_MODELS,
     CaptureMetrics,

@@ -1,0 +1,174 @@
+"""The monitor drill-down (`GET /v1/monitor/{model}`): the latest analysis state of each model, as JSON-able dicts.
+
+Kept in the main process from the workers' results, so it survives worker restarts and answers without asking
+a worker. A snapshot holds:
+
+- `model`, `task`, `worker`, `updated` (Unix time of the latest result);
+- `reference`: source (`traffic` or `file`), file, instances, target, complete, saved (path), restored
+  (reused from the state directory after a restart), error;
+- `windows`: mode and size/step/seconds, windows evaluated so far;
+- `features`: input feature names (the first 256), output feature names, input columns in all;
+- `decisions` (once the reference is complete): where the signature came from, the task and its source, per input
+  its columns by kind and by source (signature, data, config) and its encoding, whether the detectors test features
+  one by one or through a projection, reference rows set aside as extreme, and each detector active or not with
+  the reason;
+- `detectors`: per drift detector, the latest window (index, instances, capture-time span), drift, p-value,
+  threshold, distance, windows evaluated and drifted, and per feature: kind, statistic, p-value, adjusted
+  p-value, effect size, drift and the reference-vs-current summaries;
+- `outliers`: per outlier detector, threshold, instances scored, outliers, and the latest batch;
+- `data_quality`: instances checked and issue counts per feature (or input) and issue (the key `quality` is left
+  to the feedback's model-quality metrics);
+- `analysed_instances`, `decode_errors` (per protocol and reason), `errors` (count and the latest message).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from sidecar.messages.results import (
+    BatchDone,
+    DriftWindow,
+    ModelError,
+    ModelStatus,
+    OutlierBatch,
+    QualityBatch,
+    Result,
+)
+
+MAX_MODELS = 10_000  # snapshots kept; beyond, new models are not tracked (their metrics still are)
+
+
+class _ModelView:
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.status: ModelStatus | None = None
+        self.drift: dict[str, DriftWindow] = {}
+        self.drift_counts: dict[str, list[int]] = {}  # detector -> [evaluated, drifted]
+        self.outliers: dict[str, dict[str, Any]] = {}
+        self.quality_instances = 0
+        self.quality: dict[str, dict[str, int]] = {}
+        self.analysed = 0
+        self.decode_errors: dict[str, dict[str, int]] = {}
+        self.errors = 0
+        self.last_error: str | None = None
+        self.updated = time.time()
+
+
+class MonitorStore:
+    """Thread-safe store of the latest analysis results per model."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[str, _ModelView] = {}
+
+    def _view(self, model: str) -> _ModelView | None:
+        view = self._models.get(model)
+        if view is None and len(self._models) < MAX_MODELS:
+            view = self._models[model] = _ModelView(model)
+        if view is not None:
+            view.updated = time.time()
+        return view
+
+    def apply(self, result: Result) -> None:
+        with self._lock:
+            if isinstance(result, BatchDone):
+                self._batch_done(result)
+                return
+            model = getattr(result, "model", None)
+            if not isinstance(model, str):
+                return
+            view = self._view(model)
+            if view is None:
+                return
+            if isinstance(result, ModelStatus):
+                view.status = result
+            elif isinstance(result, DriftWindow):
+                view.drift[result.detector] = result
+                counts = view.drift_counts.setdefault(result.detector, [0, 0])
+                evaluated, drifted = result.counts()
+                counts[0] += evaluated
+                counts[1] += drifted
+            elif isinstance(result, OutlierBatch):
+                entry = view.outliers.setdefault(result.detector, {"instances": 0, "outliers": 0})
+                entry["instances"] += result.instances
+                entry["outliers"] += result.outliers
+                entry["threshold"] = result.threshold
+                entry["latest_batch"] = {"instances": result.instances, "outliers": result.outliers,
+                                         "max_score": result.max_score}
+            elif isinstance(result, QualityBatch):
+                view.quality_instances += result.instances
+                for (feature, issue), count in result.counts.items():
+                    issues = view.quality.setdefault(feature, {})
+                    issues[issue] = issues.get(issue, 0) + count
+            elif isinstance(result, ModelError):
+                view.errors += 1
+                view.last_error = result.error
+
+    def _batch_done(self, done: BatchDone) -> None:
+        for (model, protocol, reason), count in done.decode_errors.items():
+            view = self._view(model)
+            if view is not None:
+                per_protocol = view.decode_errors.setdefault(protocol, {})
+                per_protocol[reason] = per_protocol.get(reason, 0) + count
+        for model, count in done.analysed.items():
+            view = self._view(model)
+            if view is not None:
+                view.analysed += count
+
+    def forget_windows(self, model: str) -> None:
+        """Drop the drift and outlier results of a model whose reference is being rebuilt."""
+        with self._lock:
+            view = self._models.get(model)
+            if view is not None:
+                view.drift.clear()
+                view.drift_counts.clear()
+                view.outliers.clear()
+
+    def list_models(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def snapshot(self, model: str) -> dict[str, Any] | None:
+        with self._lock:
+            view = self._models.get(model)
+            return None if view is None else _render(view)
+
+
+def _render(view: _ModelView) -> dict[str, Any]:
+    status = view.status
+    snapshot: dict[str, Any] = {
+        "model": view.model,
+        "task": status.task if status else None,
+        "worker": status.worker if status else None,
+        "updated": view.updated,
+        "reference": status.reference._asdict() if status else None,
+        "windows": dict(status.windows) if status else None,
+        "features": {"inputs": list(status.inputs), "outputs": list(status.outputs),
+                     "columns": status.input_columns} if status else None,
+        "decisions": status.decisions if status else None,
+        "detectors": {name: _render_drift(window, view.drift_counts.get(name, [0, 0]))
+                      for name, window in sorted(view.drift.items())},
+        "outliers": {name: dict(entry) for name, entry in sorted(view.outliers.items())},
+        "data_quality": {"instances": view.quality_instances,
+                    "issues": {feature: dict(issues) for feature, issues in sorted(view.quality.items())}},
+        "analysed_instances": view.analysed,
+        "decode_errors": {protocol: dict(reasons) for protocol, reasons in view.decode_errors.items()},
+        "errors": {"count": view.errors, "last": view.last_error},
+    }
+    return snapshot
+
+
+def _render_drift(window: DriftWindow, counts: list[int]) -> dict[str, Any]:
+    return {
+        "window": dict(window.window),
+        "drift": window.drift,
+        "p_value": window.p_value,
+        "threshold": window.threshold,
+        "distance": window.distance,
+        "windows_evaluated": counts[0],
+        "windows_drifted": counts[1],
+        "duration_seconds": window.duration,
+        "features": [item._asdict() for item in window.features.all()],
+    }

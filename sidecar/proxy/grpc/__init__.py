@@ -1,0 +1,1 @@
+"""What both gRPC engines share: methods, metadata, the exchange record, model peeking; the engine choice."""

@@ -1,0 +1,1 @@
+"""The grpc.aio engine: a generic handler forwarding raw bytes."""

@@ -1,0 +1,418 @@
+"""The REST reverse proxy: forwards every request to the model server and its answer back, byte for byte.
+
+Hot path, per request: parse (httptools, in `rest_connection`), classify the route, choose the prediction id,
+join the upstream request head from byte strings, send it on a pooled keep-alive connection (`upstream`), and on
+the answer join the client response head, write it, append one capture record (O(1), never awaited) and update
+the request metrics. No task is created per request; everything runs in protocol callbacks.
+
+What changes on the way through, and nothing else:
+- to the upstream: hop-by-hop fields removed, the body re-framed with Content-Length (never a body on GET/HEAD),
+  `X-Prediction-Id` set to the chosen id, and with tracing on, `traceparent`/`tracestate` replaced by the
+  CLIENT span's; a `Host` is added for HTTP/1.0 clients that sent none.
+- to the client: hop-by-hop fields removed, Content-Length re-framed, `X-Prediction-Id` added, and `Connection`
+  set when the connection will close (or stays open for an HTTP/1.0 client).
+The sidecar's own answers use the model server's error shape `{"error": "..."}`: 502 (refused, reset, invalid
+answer; 503 while the upstream is known not ready), 504 (timeout), 400/405/413/431 (bad requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from time import perf_counter
+from typing import Any
+
+from opentelemetry.trace import Span
+
+from sidecar.messages.records import LOG_OPT_OUT_HEADER, PROTOCOL_REST, CaptureRecord
+from sidecar.proxy.ids import choose_prediction_id
+from sidecar.proxy.rest.connection import ClientConnection, IncomingRequest
+from sidecar.proxy.rest.http import (
+    CLOSE_LINE,
+    PREDICTION_ID_HEADER,
+    REQUEST_DROP,
+    REQUEST_DROP_TRACED,
+    end_to_end_lines,
+    error_response,
+    header_line,
+    origin_form,
+    status_line,
+    status_text,
+)
+from sidecar.proxy.rest.local import LocalHandler, LocalRequest, LocalResponse
+from sidecar.proxy.rest.routes import OTHER, Route, parse_route
+from sidecar.proxy.rest.upstream import (
+    REFUSED,
+    TIMEOUT,
+    UpstreamExchange,
+    UpstreamFailure,
+    UpstreamPool,
+    UpstreamResponse,
+)
+from sidecar.proxy.settings import ProxySettings
+from sidecar.telemetry.health import UpstreamHealth
+from sidecar.telemetry.metrics import RequestMetrics
+from sidecar.telemetry.tracing import Tracing
+
+log = logging.getLogger(__name__)
+
+HEALTH_NAME = "rest"
+IDLE_TIMEOUT_SECONDS = 75.0  # keep-alive connections with no request for this long are closed (as nginx does)
+HEAD_TIMEOUT_SECONDS = 60.0  # a request whose header fields take longer gets 408 (nginx's client_header_timeout)
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request"; used in metrics only
+_LOG_OPT_OUT = LOG_OPT_OUT_HEADER.encode()
+_NO_BODY_METHODS = frozenset({b"GET", b"HEAD"})
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_METHOD_NAMES: dict[bytes, str] = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")}
+_ROUTE_CACHE_SIZE = 4096  # distinct (method, target) pairs remembered; cleared when full
+_LOCAL_RESPONSE_DROP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+
+Capture = Callable[[CaptureRecord], None]
+
+
+class RestProxy:
+    """Listens on `settings.listen_rest` and forwards to `settings.upstream_rest`."""
+
+    def __init__(self, settings: ProxySettings, *, capture: Capture | None, metrics: RequestMetrics,
+                 tracing: Tracing, health: UpstreamHealth | None = None,
+                 local_routes: Mapping[str, LocalHandler] | None = None, stop_grace: float = 5.0,
+                 idle_timeout: float = IDLE_TIMEOUT_SECONDS, head_timeout: float = HEAD_TIMEOUT_SECONDS) -> None:
+        if settings.listen_rest is None or settings.upstream_rest is None:
+            raise ValueError("the REST proxy needs both listen_rest and upstream_rest")
+        self.settings = settings
+        self.capture = capture
+        self.metrics = metrics
+        self.tracing = tracing
+        self.health = health
+        self.local_routes: dict[str, LocalHandler] = dict(local_routes or {})
+        self.stop_grace = stop_grace
+        self.idle_timeout = idle_timeout
+        self.head_timeout = head_timeout
+        self.upstream_host, self.upstream_port = settings.upstream_rest
+        self._host_line = header_line(b"Host", f"{self.upstream_host}:{self.upstream_port}".encode("idna"))
+        self._drop = REQUEST_DROP_TRACED if tracing.enabled else REQUEST_DROP
+        self._server: asyncio.Server | None = None
+        self._pool: UpstreamPool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.connections: set[ClientConnection] = set()
+        self._local_tasks: set[asyncio.Task[None]] = set()
+        self._idle_sweeper: asyncio.Task[None] | None = None
+        self._routes: dict[tuple[bytes, bytes], tuple[Route, LocalHandler | None]] = {}
+        self.port = 0
+
+    @property
+    def pool(self) -> UpstreamPool:
+        assert self._pool is not None, "start() first"
+        return self._pool
+
+    async def start(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        settings = self.settings
+        assert settings.listen_rest is not None
+        self._pool = UpstreamPool(self.upstream_host, self.upstream_port, max_idle=settings.upstream_pool_size,
+                                  connect_timeout=settings.connect_timeout,
+                                  response_timeout=settings.upstream_timeout, loop=loop)
+        host, port = settings.listen_rest
+        max_body = settings.max_body_bytes
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self, max_body, loop, self.connections), host or None, port,
+            reuse_address=True, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._idle_sweeper = loop.create_task(self._close_stalled_connections(), name="rest-stalled-connections")
+        log.info("REST proxy listening on %s:%d, forwarding to %s:%d", host, self.port, self.upstream_host,
+                 self.upstream_port)
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests already received finish within `stop_grace`, then close everything."""
+        if self._idle_sweeper is not None:
+            self._idle_sweeper.cancel()
+            self._idle_sweeper = None
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.shutdown()
+        deadline = time.monotonic() + self.stop_grace
+        while (self.connections or self._local_tasks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for connection in list(self.connections):
+            connection.abort()
+        for task in list(self._local_tasks):
+            task.cancel()
+        if self._pool is not None:
+            await self._pool.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+
+    async def _close_stalled_connections(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(5.0, self.idle_timeout / 2, self.head_timeout / 2))
+            now = loop.time()
+            for connection in list(self.connections):
+                connection.close_if_stalled(now, self.idle_timeout, self.head_timeout)
+
+    # RequestHandler
+    def handle(self, request: IncomingRequest) -> None:
+        if request.error is not None:
+            self._reject(request, *request.error)
+            return
+        target = request.target
+        if target[:1] != b"/":
+            target = origin_form(target)
+        key = (request.method, target)
+        known = self._routes.get(key)
+        if known is None:
+            known = self._classify(request.method, target)
+            if len(self._routes) >= _ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            self._routes[key] = known
+        route, handler = known
+        if handler is not None:
+            self._serve_local(request, handler, target)
+            return
+        fields = request.fields
+        call = ProxyCall(self, request, route, _prediction_id(fields))
+        request.state = call
+
+        parts = end_to_end_lines(request.headers, self._drop, [request.method, b" ", target, b" HTTP/1.1\r\n"])
+        if b"host" not in fields:
+            parts.append(self._host_line)
+        body = b""
+        if request.method not in _NO_BODY_METHODS:
+            if request.body_parts:
+                body = request.body
+                request.body_parts = [body]  # joined once; capture reads it again
+                parts += (b"Content-Length: ", str(len(body)).encode("ascii"), b"\r\n")
+            elif request.content_length is not None or request.chunked or request.method in _BODY_METHODS:
+                parts.append(b"Content-Length: 0\r\n")
+        parts += (PREDICTION_ID_HEADER, b": ", call.id_bytes, b"\r\n")
+        if self.tracing.enabled:
+            parts += call.start_spans(target)
+        parts.append(b"\r\n")
+        call.sent_at = perf_counter()
+        call.exchange = self.pool.send(b"".join(parts), body, call, head_only=request.method == b"HEAD")
+
+    def _classify(self, method: bytes, target: bytes) -> tuple[Route, LocalHandler | None]:
+        """What a request line means: its route, or the local handler that answers it."""
+        text = target.decode("latin-1")
+        handler = self.local_routes.get(text.partition("?")[0]) if self.local_routes else None
+        return parse_route(method_name(method), text), handler
+
+    def aborted(self, request: IncomingRequest) -> None:
+        call = request.state
+        if isinstance(call, ProxyCall):
+            call.abort()
+
+    # the sidecar's own answers
+    def _reject(self, request: IncomingRequest, status: int, message: str) -> None:
+        connection = request.connection
+        route = OTHER
+        if request.method and request.target:
+            route = parse_route(method_name(request.method), request.target.decode("latin-1"))
+        data = error_response(status, message, prediction_id=_prediction_id(request.fields),
+                              connection_line=CLOSE_LINE)
+        self.metrics.record(route.model, PROTOCOL_REST, route.method, status_text(status),
+                            perf_counter() - request.started, None, request.body_size, len(data))
+        connection.respond(request, data, b"", keep_alive=False)
+
+    def _serve_local(self, request: IncomingRequest, handler: LocalHandler, target: bytes) -> None:
+        path, _, query = target.decode("latin-1").partition("?")
+        headers = {lower.decode("latin-1"): value.decode("latin-1") for lower, value in request.fields.items()}
+        local = LocalRequest(method_name(request.method), path, headers, request.body, query)
+        assert self._loop is not None
+        task = self._loop.create_task(self._run_local(request, handler, local), name=f"local {local.method} {path}")
+        self._local_tasks.add(task)
+        task.add_done_callback(self._local_tasks.discard)
+
+    async def _run_local(self, request: IncomingRequest, handler: LocalHandler, local: LocalRequest) -> None:
+        connection = request.connection
+        connection_header, keep_alive = connection.connection_line(request)
+        try:
+            response = await handler(local)
+            lines = _local_header_lines(response)
+            body = response.body
+            if request.method == b"HEAD":
+                body = b""
+            data = b"".join((status_line(response.status), *lines,
+                             b"Content-Length: ", str(len(response.body)).encode("ascii"), b"\r\n",
+                             connection_header, b"\r\n"))
+        except Exception:
+            log.exception("local route %s %s failed", local.method, local.path)
+            data = error_response(500, "internal error", connection_line=connection_header)
+            body = b""
+        connection.respond(request, data, body, keep_alive)
+
+
+def method_name(method: bytes) -> str:
+    return _METHOD_NAMES.get(method) or method.decode("latin-1")
+
+
+def _prediction_id(fields: Mapping[bytes, bytes]) -> str:
+    client_id = fields.get(b"x-prediction-id")
+    request_id = fields.get(b"x-request-id")
+    return choose_prediction_id(None if client_id is None else client_id.decode("latin-1"),
+                                None if request_id is None else request_id.decode("latin-1"))
+
+
+def _local_header_lines(response: LocalResponse) -> list[bytes]:
+    lines = []
+    for name, value in response.headers.items():
+        if name.lower() in _LOCAL_RESPONSE_DROP:
+            continue
+        line = f"{name}: {value}\r\n".encode("latin-1")
+        if line.count(b"\n") != 1 or line.count(b"\r") != 1:
+            raise ValueError(f"header {name!r} of a local response holds a line break")
+        lines.append(line)
+    return lines
+
+
+class ProxyCall:
+    """One request being proxied: listener of its upstream exchange, builder of the client's response."""
+
+    __slots__ = ("client_span", "exchange", "id_bytes", "prediction_id", "proxy", "request", "route", "sent_at",
+                 "server_span")
+
+    def __init__(self, proxy: RestProxy, request: IncomingRequest, route: Route, prediction_id: str) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.route = route
+        self.prediction_id = prediction_id
+        self.id_bytes = prediction_id.encode("ascii")
+        self.exchange: UpstreamExchange | None = None
+        self.sent_at = 0.0
+        self.server_span: Span | None = None
+        self.client_span: Span | None = None
+
+    def upstream_response(self, response: UpstreamResponse) -> None:
+        request = self.request
+        connection = request.connection
+        now = perf_counter()
+        proxy = self.proxy
+        status = response.status
+        body = response.body
+        connection_header, keep_alive = connection.connection_line(request)
+        parts = [status_line(status, response.reason), *response.header_lines]
+        if response.content_length is None and status not in (204, 304) and request.method != b"HEAD":
+            parts += (b"Content-Length: ", str(len(body)).encode("ascii"), b"\r\n")  # re-framed
+        parts += (PREDICTION_ID_HEADER, b": ", self.id_bytes, b"\r\n", connection_header, b"\r\n")
+        connection.respond(request, b"".join(parts), body, keep_alive)
+        self._unlink()
+
+        route = self.route
+        upstream_seconds = now - self.sent_at
+        if proxy.health is not None:
+            proxy.health.mark(HEALTH_NAME, True)
+        if route.captured and proxy.capture is not None:
+            self._capture(proxy.capture, status, body, upstream_seconds, now)
+        proxy.metrics.record(route.model, PROTOCOL_REST, route.method, status_text(status), now - request.started,
+                             upstream_seconds, request.body_size, len(body))
+        if self.server_span is not None:
+            self._finish_spans(status, None)
+
+    def upstream_failed(self, failure: UpstreamFailure) -> None:
+        request = self.request
+        connection = request.connection
+        proxy = self.proxy
+        health = proxy.health
+        if failure.reason == TIMEOUT:
+            status = 504
+        elif health is not None and not health.ready:
+            status = 503
+        else:
+            status = 502
+        if failure.reason == REFUSED and health is not None:
+            health.mark(HEALTH_NAME, False)
+        connection_header, keep_alive = connection.connection_line(request)
+        data = error_response(status, failure.detail, prediction_id=self.prediction_id,
+                              connection_line=connection_header)
+        connection.respond(request, data, b"", keep_alive)
+        self._unlink()
+        proxy.metrics.upstream_error(PROTOCOL_REST, failure.reason)
+        route = self.route
+        proxy.metrics.record(route.model, PROTOCOL_REST, route.method, status_text(status),
+                             perf_counter() - request.started, None, request.body_size, len(data))
+        if self.server_span is not None:
+            self._finish_spans(status, failure.detail)
+
+    def abort(self) -> None:
+        """The client disconnected: cancel the upstream call (its connection is closed, never pooled)."""
+        if self.exchange is not None:
+            self.exchange.cancel()
+        self._unlink()
+        request = self.request
+        route = self.route
+        self.proxy.metrics.record(route.model, PROTOCOL_REST, route.method, str(CLIENT_CLOSED),
+                                  perf_counter() - request.started, None, request.body_size, 0)
+        if self.server_span is not None:
+            self._finish_spans(CLIENT_CLOSED, "client closed the connection")
+
+    def _unlink(self) -> None:
+        """Drop the references that make this call, its request and its exchange a cycle, once answered.
+
+        Freed by reference counting, a request leaves nothing for the cyclic garbage collector: with the cycles,
+        every ~50 requests triggered a young-generation collection that took about 0.35 ms inside the running
+        sidecar, and a quarter to a third of the requests slower than the p99 overlapped one.
+        """
+        self.exchange = None
+        self.request.state = None
+
+    def _capture(self, capture: Capture, status: int, body: bytes, upstream_seconds: float, now: float) -> None:
+        request = self.request
+        route = self.route
+        encoding = request.fields.get(b"content-encoding")
+        encoding_text = "" if encoding is None else encoding.decode("latin-1").strip().lower()
+        opt_out = request.fields.get(_LOG_OPT_OUT)
+        record = CaptureRecord(self.prediction_id, time.time() - (now - request.started), route.model, route.version,
+                               route.label, PROTOCOL_REST, route.api, route.method, request.body, body, status,
+                               upstream_seconds, "" if encoding_text == "identity" else encoding_text,
+                               opt_out is not None and opt_out.strip().lower() == b"off")
+        try:
+            capture(record)
+        except Exception:  # capture must never break the answer
+            log.exception("capture failed")
+
+    # tracing (only when enabled)
+    def start_spans(self, target: bytes) -> list[bytes]:
+        """Start the SERVER and CLIENT spans; the upstream trace context lines to send."""
+        method = method_name(self.request.method)
+        proxy = self.proxy
+        tracing = proxy.tracing
+        route = self.route
+        fields = self.request.fields
+        carrier = {name: fields[key].decode("latin-1") for name, key in (("traceparent", b"traceparent"),
+                                                                           ("tracestate", b"tracestate"))
+                   if key in fields}
+        attributes: dict[str, Any] = {
+            "sidecar.prediction_id": self.prediction_id,
+            "sidecar.model": route.model,
+            "sidecar.model_version": route.version or route.label,
+            "sidecar.protocol": PROTOCOL_REST,
+            "sidecar.method": route.method,
+            "http.request.method": method,
+            "url.path": target.decode("latin-1").split("?", 1)[0],
+        }
+        try:
+            self.server_span = tracing.server_span(f"{method} {route.method}", carrier, attributes)
+            client_attributes = {**attributes, "server.address": proxy.upstream_host,
+                                 "server.port": proxy.upstream_port}
+            self.client_span, context = tracing.client_span(self.server_span, f"upstream {method} {route.method}",
+                                                            client_attributes)
+        except Exception:  # telemetry never breaks the request; send the client's own context on
+            log.debug("starting spans failed", exc_info=True)
+            return [header_line(fields_name, fields[fields_name]) for fields_name in (b"traceparent", b"tracestate")
+                    if fields_name in fields]
+        return [f"{name}: {value}\r\n".encode("latin-1") for name, value in context.items()]
+
+    def _finish_spans(self, status: int, error: str | None) -> None:
+        attributes = {"http.response.status_code": status}
+        if self.client_span is not None:
+            client_error = error or (f"upstream answered {status}" if status >= 400 else None)
+            Tracing.finish(self.client_span, attributes, client_error)
+        if self.server_span is not None:
+            server_error = error or (f"answered {status}" if status >= 500 else None)
+            Tracing.finish(self.server_span, attributes, server_error)
