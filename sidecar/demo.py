@@ -62,7 +62,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    from sidecar.__main__ import configure_logging, install_fast_loop
+    from sidecar.runtime import configure_logging, install_fast_loop
 
     configure_logging("warning")
     install_fast_loop()

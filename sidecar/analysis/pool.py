@@ -44,10 +44,16 @@ from sidecar.analysis.monitor import MonitorStore
 from sidecar.analysis.pipes import FrameReader, FrameWriter
 from sidecar.capture.settings import CaptureSettings
 from sidecar.capture.shared_ring import SharedRingWriter
-from sidecar.feedback.tasks import PredictionRules
 from sidecar.messages import batches
 from sidecar.messages.records import CaptureRecord
-from sidecar.messages.results import BatchDone, Result, StoredPredictions, WorkerStarted, WorkerStopped
+from sidecar.messages.results import (
+    BatchDone,
+    PredictionReducer,
+    Result,
+    StoredPredictions,
+    WorkerStarted,
+    WorkerStopped,
+)
 from sidecar.worker import process as worker_module
 from sidecar.worker.settings import AnalysisSettings
 
@@ -99,7 +105,7 @@ class AnalysisPool:
 
     def __init__(self, settings: AnalysisSettings, state_dir: Path, registry: CollectorRegistry,
                  on_predictions: PredictionsHook | None = None, *, model_label_cap: int = 100,
-                 capture: CaptureSettings | None = None, prediction_rules: PredictionRules | None = None,
+                 capture: CaptureSettings | None = None, prediction_rules: PredictionReducer | None = None,
                  upstreams: tuple[tuple[str, int] | None, tuple[str, int] | None] = (None, None)) -> None:
         """`upstreams`: the model server's REST and gRPC addresses, which workers ask for model signatures."""
         settings.check()
@@ -109,7 +115,9 @@ class AnalysisPool:
         self.state_dir = Path(state_dir)
         self.on_predictions = on_predictions
         # how the workers reduce predictions for the hook; none are sent when nobody takes them
-        self.prediction_rules = None if on_predictions is None else prediction_rules or PredictionRules()
+        if on_predictions is not None and prediction_rules is None:
+            raise ValueError("on_predictions needs the prediction_rules that reduce what it receives")
+        self.prediction_rules = None if on_predictions is None else prediction_rules
         self.batch_records = capture.capture_batch_size
         self.flush_interval = capture.capture_flush_interval
         self.max_records = capture.capture_max_records

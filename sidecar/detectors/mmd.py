@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,7 +38,6 @@ import numpy.typing as npt
 
 from sidecar.detectors.feature_drift import DriftResult
 from sidecar.detectors.two_sample import FloatArray, IntArray, as_matrix
-from sidecar.worker.yielding import yield_point
 
 BACKENDS = ("auto", "numpy", "tensorflow")
 DETECTOR_NAME = "mmd"
@@ -49,8 +49,9 @@ _GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 class MMDDrift:
     def __init__(self, reference: npt.ArrayLike, permutations: int = 100, alpha: float = 0.05,
                  backend: str = "auto", seed: int | None = None, *, sigma: float | None = None,
-                 max_rows: int = MAX_ROWS) -> None:
-        """`sigma` fixes the kernel bandwidth (None: median heuristic on each pooled sample).
+                 max_rows: int = MAX_ROWS, between_blocks: Callable[[], None] | None = None) -> None:
+        """`sigma` fixes the kernel bandwidth (None: median heuristic on each pooled sample). `between_blocks` is
+        called after each block of permutations (the analysis workers yield their CPU there).
 
         Rows with a NaN or infinite value are left out (of the reference here, of windows in `test`). Time and
         memory grow with (n + m)^2, so each side is capped at `max_rows` rows: beyond, a uniform sample without
@@ -58,6 +59,7 @@ class MMDDrift:
         """
         if max_rows < 2:
             raise ValueError(f"max_rows must be >= 2, got {max_rows}")
+        self._between_blocks = between_blocks
         self.max_rows = max_rows
         self._rng = np.random.default_rng(seed)
         ref = self._cap(_finite_rows(as_matrix(reference)))
@@ -98,7 +100,8 @@ class MMDDrift:
             mmd2 = self._kernel.mmd2(kernel, np.concatenate([observed, group_indicators(orders, n)]))
             distance = float(mmd2[0])
             hits += int(np.count_nonzero(mmd2[1:] >= mmd2[0]))
-            yield_point()
+            if self._between_blocks is not None:
+                self._between_blocks()
         p_value = hits / self.permutations
         return DriftResult(DETECTOR_NAME, p_value < self.alpha, p_value, self.alpha, [], distance)
 

@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from sidecar.feedback import arrival
+from sidecar.feedback.backends import open_store
 from sidecar.feedback.board import QualityBoard
 from sidecar.feedback.join import Join, match
 from sidecar.feedback.metrics import NO_MODEL, FeedbackCollector, FeedbackCounts
@@ -32,7 +33,7 @@ from sidecar.feedback.pending import PendingFeedback
 from sidecar.feedback.recent import RecentPredictions
 from sidecar.feedback.responses import check_bearer, error_response, inflate, json_response
 from sidecar.feedback.settings import FeedbackSettings
-from sidecar.feedback.store import PredictionColumns, PredictionStore, StoredPrediction, StoreError, open_store
+from sidecar.feedback.store import PredictionColumns, PredictionStore, StoredPrediction, StoreError
 from sidecar.feedback.tasks import PredictionRules
 from sidecar.messages.results import Predictions, StoredPredictions
 from sidecar.proxy.rest.local import LocalRequest, LocalResponse

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
-from pathlib import Path
 from typing import NamedTuple, Protocol
 
 Predicted = str | float
@@ -125,14 +124,3 @@ class PredictionStore(Protocol):
 
     async def claim(self, keys: Sequence[Key]) -> list[bool]:
         """Mark (id, instance) pairs as having received feedback: True where this call was the first."""
-
-
-def open_store(store: str, state_dir: Path, retention: float, max_rows: int, key_prefix: str) -> PredictionStore:
-    """The store named by the `store` setting: `sqlite` or a Redis URL."""
-    if store == "sqlite":
-        from sidecar.feedback.sqlite_store import SqliteStore
-
-        return SqliteStore(state_dir / "predictions.sqlite3", retention, max_rows)
-    from sidecar.feedback.redis_store import RedisStore
-
-    return RedisStore(store, retention, key_prefix)

@@ -11,7 +11,7 @@ import pickle
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from math import isfinite
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 SCORE_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 25.0, 50.0, 100.0, 1000.0)
@@ -227,6 +227,13 @@ class Predictions(NamedTuple):
     model: str
     task: str
     items: list[PredictedInstance]
+
+
+class PredictionReducer(Protocol):
+    """How a worker turns its `Predictions` into what the feedback store keeps (the feedback side's rules, handed to
+    the workers by the composition root, so the worker never imports the feedback package)."""
+
+    def reduce(self, predictions: Predictions) -> StoredPredictions: ...
 
 
 class StoredPredictions(NamedTuple):

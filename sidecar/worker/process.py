@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sidecar.capture.shared_ring import RingHandle, SharedRingReader
-from sidecar.feedback.tasks import PredictionRules
 from sidecar.messages import batches
 from sidecar.messages.records import CaptureRecord
 from sidecar.messages.results import (
     LAG_BUCKETS,
     BatchDone,
+    PredictionReducer,
     Predictions,
     Result,
     WorkerStarted,
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str, ring: RingHandle,
         tasks: Connection, results: Connection, log_level: int = logging.WARNING,
-        prediction_rules: PredictionRules | None = None,
+        prediction_rules: PredictionReducer | None = None,
         upstreams: tuple[tuple[str, int] | None, tuple[str, int] | None] = (None, None)) -> None:
     """Worker main loop (the spawn target). Records are read from `ring` as batches name them. Predictions are
     reduced with `prediction_rules` and sent as `StoredPredictions`; without rules (nobody stores them) they are not
@@ -124,7 +124,7 @@ def lower_priority(priority: str) -> None:
 
 
 def _serve(worker: int, generation: int, state: AnalysisState, reader: SharedRingReader, tasks: Connection,
-           results: Connection, rules: PredictionRules | None = None) -> None:
+           results: Connection, rules: PredictionReducer | None = None) -> None:
     interval = state.settings.result_interval
     held = ResultBuffer()
     sent_at = -math.inf
@@ -158,7 +158,7 @@ def _serve(worker: int, generation: int, state: AnalysisState, reader: SharedRin
             sent_at = now
 
 
-def _for_the_store(found: list[Result], rules: PredictionRules | None) -> list[Result]:
+def _for_the_store(found: list[Result], rules: PredictionReducer | None) -> list[Result]:
     """Raw predictions reduced for the feedback store, or left out when there are no rules."""
     if rules is None:
         return [result for result in found if not isinstance(result, Predictions)]

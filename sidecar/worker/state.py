@@ -149,7 +149,7 @@ class Detectors:
 
             try:
                 self.mmd = MMDDrift(self.standardized(numeric_reference), permutations=settings.mmd_permutations,
-                                    alpha=settings.drift_p_value)
+                                    alpha=settings.drift_p_value, between_blocks=yield_point)
                 self._built("mmd", f"{self.numeric.size} numeric features")
             except Exception as exc:
                 self._failed("mmd", exc)

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.analysis.pool import AnalysisPool
+from sidecar.feedback.tasks import PredictionRules
 from sidecar.messages.records import API_TFSERVING, PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
 from sidecar.messages.results import StoredPredictions
 from sidecar.testbed import data
@@ -106,7 +107,7 @@ async def test_real_predict_traffic_over_rest_and_grpc_drifts_only_when_the_inpu
     registry = CollectorRegistry()
     predictions: list[StoredPredictions] = []
     pool = AnalysisPool(AnalysisSettings(workers=2, reference_size=150, window_size=150), tmp_path, registry,
-                        on_predictions=predictions.append)
+                        on_predictions=predictions.append, prediction_rules=PredictionRules())
     await pool.start()
     try:
         assert await pool.wait_ready(STARTUP)
@@ -147,7 +148,7 @@ async def test_classify_and_regress_traffic_yields_labelled_and_numeric_predicti
                          {"examples": [{"features": row.tolist()} for row in regress_rows]})]
     predictions: list[StoredPredictions] = []
     pool = AnalysisPool(AnalysisSettings(reference_size=10, window_size=10), tmp_path, CollectorRegistry(),
-                        on_predictions=predictions.append)
+                        on_predictions=predictions.append, prediction_rules=PredictionRules())
     await pool.start()
     try:
         await feed(pool, records)

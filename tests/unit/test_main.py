@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sidecar.__main__ import GIL_SWITCH_INTERVAL, shorten_gil_switch_interval
+from sidecar.runtime import GIL_SWITCH_INTERVAL, shorten_gil_switch_interval
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.analysis.pool import AnalysisPool, shard
 from sidecar.capture.settings import CaptureSettings
+from sidecar.feedback.tasks import PredictionRules
 from sidecar.messages.records import CaptureRecord
 from sidecar.messages.results import StoredPredictions
 from sidecar.worker.settings import AnalysisSettings
@@ -53,7 +54,8 @@ async def started(tmp_path: Path) -> AsyncIterator[Callable[..., AnalysisPool]]:
              capture: CaptureSettings = CAPTURE, **settings: object) -> AnalysisPool:
         values = {"reference_size": 100, "window_size": 100, **settings}
         pool = AnalysisPool(AnalysisSettings(**values), tmp_path / "state", registry,  # type: ignore[arg-type]
-                            on_predictions=hook, capture=capture)
+                            on_predictions=hook, capture=capture,
+                            prediction_rules=PredictionRules() if hook is not None else None)
         pools.append(pool)
         return pool
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.feedback.store import PredictionColumns, PredictionRow, PredictionStore, StoreError, open_store
+from sidecar.feedback.backends import open_store
+from sidecar.feedback.store import PredictionColumns, PredictionRow, PredictionStore, StoreError
 
 from .redis_server import running_redis
 
