@@ -44,7 +44,7 @@ def _instrument(path: str) -> None:
     from sidecar.analysis.pool import AnalysisPool
     from sidecar.feedback.api import FeedbackService
     from sidecar.feedback.threads import StoreThread
-    from sidecar.proxy.rest.connection import ClientConnection
+    from sidecar.proxy.rest.connection import RestClientConnection
 
     clock = time.perf_counter
     events: list[tuple[str, float, float]] = []
@@ -68,14 +68,14 @@ def _instrument(path: str) -> None:
     timed(FeedbackService, "add_stored", "predictions hook")
     timed(FeedbackService, "_accept", "predictions on loop")
     timed(StoreThread, "_flush", "store flush")
-    respond = ClientConnection.respond
+    respond = RestClientConnection.respond
 
-    def responding(self: ClientConnection, request: Any, head: bytes, body: bytes, keep_alive: bool) -> None:
+    def responding(self: RestClientConnection, request: Any, head: bytes, body: bytes, keep_alive: bool) -> None:
         starts.append(request.started)
         stops.append(clock())
         respond(self, request, head, body, keep_alive)
 
-    ClientConnection.respond = responding  # type: ignore[method-assign]
+    RestClientConnection.respond = responding  # type: ignore[method-assign]
     collecting: dict[str, float] = {}
 
     def collector(phase: str, info: dict[str, int]) -> None:

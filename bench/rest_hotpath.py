@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rest_servers import discard_all, shared_ring
 
 from sidecar.messages.records import CaptureRecord
-from sidecar.proxy.rest.connection import ClientConnection
+from sidecar.proxy.rest.connection import RestClientConnection
 from sidecar.proxy.rest.proxy import RestProxy
-from sidecar.proxy.rest.upstream import UpstreamConnection
+from sidecar.proxy.rest.upstream import RestUpstreamConnection
 from sidecar.proxy.settings import ProxySettings
 from sidecar.telemetry.metrics import RequestMetrics
 from sidecar.telemetry.tracing import disabled
@@ -76,10 +76,10 @@ async def measure(requests: int) -> float:
     proxy = RestProxy(ProxySettings(upstream_rest=("127.0.0.1", 9), listen_rest=("127.0.0.1", 0)),
                       capture=capture, metrics=RequestMetrics(), tracing=disabled())
     await proxy.start()
-    upstream = UpstreamConnection(proxy.pool)
+    upstream = RestUpstreamConnection(proxy.pool)
     upstream.connection_made(MemoryTransport())  # type: ignore[arg-type]
     proxy.pool.release(upstream)
-    client = ClientConnection(proxy, proxy.settings.max_body_bytes, asyncio.get_running_loop())
+    client = RestClientConnection(proxy, proxy.settings.max_body_bytes, asyncio.get_running_loop())
     client_transport = MemoryTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
     started = time.process_time()  # CPU time: a busy machine stretches wall time, not this

@@ -1,7 +1,9 @@
 """Composition root: builds every part from settings, starts them in dependency order, stops them in reverse.
 
 Data flows one way: proxies -> capture rings (tee) -> drainers -> analysis workers / payload log -> telemetry;
-feedback joins ground truth to the predictions the analysis stored.
+feedback joins ground truth to the predictions the analysis stored. Every part started is pushed on one
+`AsyncExitStack`, so `stop()` (or a failed start) unwinds exactly what was started, last first; a part that fails
+to stop is logged and the others still stop.
 """
 
 from __future__ import annotations
@@ -9,21 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
 from sidecar.capture.ring import CaptureRing, CountingConsumer, Drainer, Tee
 from sidecar.config import Settings
+from sidecar.proxy.listener import Listener
 from sidecar.telemetry.admin import AdminServer, build_admin_app
+from sidecar.telemetry.drilldown import DrillDown
 from sidecar.telemetry.health import Probe, UpstreamHealth, tcp_http_probe
 from sidecar.telemetry.metrics import CaptureMetrics, RequestMetrics, add_process_metrics, new_registry
 from sidecar.telemetry.tracing import Tracing, disabled
 
+if TYPE_CHECKING:  # each part's module is imported only when the settings ask for the part
+    from sidecar.analysis.pool import AnalysisPool
+    from sidecar.export.payload_log import PayloadLog
+    from sidecar.feedback.api import FeedbackService
+
 log = logging.getLogger(__name__)
-Stopper = Callable[[], Awaitable[None]]
+Stopper = Callable[[], Awaitable[object]]
 
 
 class Sidecar:
@@ -38,14 +47,15 @@ class Sidecar:
         self.request_metrics = RequestMetrics(settings.telemetry.model_label_cap)
         self.registry.register(self.request_metrics)
         self.tee = Tee()
-        self.pool: Any = None
-        self.feedback: Any = None
-        self.payload_log: Any = None
+        self.pool: AnalysisPool | None = None
+        self.feedback: FeedbackService | None = None
+        self.payload_log: PayloadLog | None = None
         self.health: UpstreamHealth | None = None
-        self.rest: Any = None
-        self.grpc: Any = None
+        self.rest: Listener | None = None
+        self.grpc: Listener | None = None
         self.admin: AdminServer | None = None
-        self._stoppers: list[tuple[str, Stopper]] = []
+        self.drilldown = DrillDown(None, None)
+        self._stack = contextlib.AsyncExitStack()
 
     @property
     def rest_port(self) -> int | None:
@@ -66,11 +76,14 @@ class Sidecar:
             await self.stop()
             raise
 
+    def _on_stop(self, name: str, stopper: Stopper) -> None:
+        self._stack.push_async_callback(_logged_stop, name, stopper)
+
     async def _start(self) -> None:
         settings = self.settings
         state_dir = settings.state_path
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._stoppers.append(("tracing", self._shutdown_tracing))
+        self._on_stop("tracing", self._shutdown_tracing)
 
         await self._start_anodot(state_dir)  # stopped last of all, so its final bucket has the final counts
         if settings.proxy.listen_rest is not None:
@@ -88,11 +101,11 @@ class Sidecar:
     async def _start_feedback(self, state_dir: Path) -> None:
         from sidecar.feedback.api import FeedbackService
 
-        task_overrides = _task_overrides(self.settings.analysis.models)
-        self.feedback = FeedbackService(self.settings.feedback, state_dir, self.registry, task_overrides,
-                                        model_label_cap=self.settings.telemetry.model_label_cap)
-        await self.feedback.start()
-        self._stoppers.append(("feedback", self.feedback.stop))
+        feedback = self.feedback = FeedbackService(
+            self.settings.feedback, state_dir, self.registry, self.settings.analysis.task_overrides(),
+            model_label_cap=self.settings.telemetry.model_label_cap)
+        await feedback.start()
+        self._on_stop("feedback", feedback.stop)
 
     async def _start_analysis(self, state_dir: Path) -> None:
         capture = self.settings.capture
@@ -108,14 +121,14 @@ class Sidecar:
                                             upstreams=(self.settings.proxy.upstream_rest,
                                                        self.settings.proxy.upstream_grpc))
             await pool.start()
-            self._stoppers.append(("analysis", pool.stop))
+            self._on_stop("analysis", pool.stop)
             self.registry.register(CaptureMetrics(pool, lambda: pool.drained, models))
             self.tee.add(pool)
             return
         ring = CaptureRing(capture.capture_max_records, capture.capture_max_bytes, capture.capture_batch_size)
         drainer = Drainer(ring, CountingConsumer(), capture.capture_flush_interval)  # the capture metrics still count
         drainer.start()
-        self._stoppers.append(("capture drainer", drainer.stop))
+        self._on_stop("capture drainer", drainer.stop)
         self.registry.register(CaptureMetrics(ring, lambda: drainer.drained, models))
         self.tee.add(ring)
 
@@ -125,16 +138,16 @@ class Sidecar:
             return
         from sidecar.export.payload_log import PayloadLog, payload_log_ring
 
-        self.payload_log = PayloadLog(export, self.registry)
-        await self.payload_log.start()
-        self._stoppers.append(("payload log", lambda: self.payload_log.stop(export.shutdown_flush_timeout)))
+        payload_log = self.payload_log = PayloadLog(export, self.registry)
+        await payload_log.start()
+        self._on_stop("payload log", lambda: payload_log.stop(export.shutdown_flush_timeout))
         ring = payload_log_ring(export)
-        drainer = Drainer(ring, self.payload_log, self.settings.capture.capture_flush_interval)
+        drainer = Drainer(ring, payload_log, self.settings.capture.capture_flush_interval)
         drainer.start()
-        self._stoppers.append(("payload log drainer", drainer.stop))
+        self._on_stop("payload log drainer", drainer.stop)
         self.tee.add(ring)
-        if self.feedback is not None and hasattr(self.feedback, "set_event_sink"):
-            self.feedback.set_event_sink(self.payload_log.feedback_event)
+        if self.feedback is not None:
+            self.feedback.set_event_sink(payload_log.feedback_event)
 
     async def _start_anodot(self, state_dir: Path) -> None:
         export = self.settings.export
@@ -145,7 +158,7 @@ class Sidecar:
         out_dir = Path(export.anodot_dir) if export.anodot_dir else state_dir / "anodot"
         exporter = AnodotExporter(export, self.registry, out_dir)
         await exporter.start()
-        self._stoppers.append(("anodot", exporter.stop))
+        self._on_stop("anodot", exporter.stop)
 
     async def _start_health(self) -> None:
         proxy = self.settings.proxy
@@ -159,9 +172,9 @@ class Sidecar:
 
             target = grpc_target(proxy.upstream_grpc)
             probes["grpc"] = lambda: grpc_probe(target)
-        self.health = UpstreamHealth(probes, self.settings.telemetry.readiness_interval)
-        await self.health.start()
-        self._stoppers.append(("health", self.health.stop))
+        health = self.health = UpstreamHealth(probes, self.settings.telemetry.readiness_interval)
+        await health.start()
+        self._on_stop("health", health.stop)
 
     async def _start_proxies(self) -> None:
         proxy = self.settings.proxy
@@ -170,55 +183,40 @@ class Sidecar:
             from sidecar.proxy.rest.proxy import RestProxy
 
             local_routes = {"/v1/feedback": self.feedback.handle} if self.feedback is not None else None
-            self.rest = RestProxy(proxy, capture=capture, metrics=self.request_metrics, tracing=self.tracing,
-                                  health=self.health, local_routes=local_routes)
-            await self.rest.start()
-            self._stoppers.append(("rest proxy", self.rest.stop))
+            rest = self.rest = RestProxy(proxy, capture=capture, metrics=self.request_metrics, tracing=self.tracing,
+                                         health=self.health, local_routes=local_routes)
+            await rest.start()
+            self._on_stop("rest proxy", rest.stop)
         if proxy.listen_grpc is not None:
             from sidecar.proxy.grpc.engine import GrpcProxy
 
-            self.grpc = GrpcProxy(proxy, capture=capture, metrics=self.request_metrics, tracing=self.tracing,
-                                  health=self.health)
-            await self.grpc.start()
-            self._stoppers.append(("grpc proxy", self.grpc.stop))
+            grpc = self.grpc = GrpcProxy(proxy, capture=capture, metrics=self.request_metrics, tracing=self.tracing,
+                                         health=self.health)
+            await grpc.start()
+            self._on_stop("grpc proxy", grpc.stop)
 
     async def _start_admin(self) -> None:
+        self.drilldown = DrillDown(self.pool, self.feedback)
         listen = self.settings.telemetry.listen_admin
         if listen is None:
             return
-        app = build_admin_app(self.registry, self.health, self.monitor, self.monitored_models,
+        app = build_admin_app(self.registry, self.health, self.drilldown.model, self.drilldown.models,
                               self.pool.reset_reference if self.pool is not None else None,
                               self.settings.telemetry.admin_token)
-        self.admin = AdminServer(app, *listen)
-        await self.admin.start()
-        self._stoppers.append(("admin", self.admin.stop))
-
-    def monitor(self, model: str) -> dict[str, Any] | None:
-        """The drill-down for one model: analysis state merged with feedback quality."""
-        snapshot = self.pool.monitor(model) if self.pool is not None else None
-        quality = self.feedback.quality_snapshot(model) if self.feedback is not None else None
-        if snapshot is None and quality is None:
-            return None
-        merged: dict[str, Any] = dict(snapshot or {"model": model})
-        if quality is not None:
-            merged["quality"] = quality
-        return merged
-
-    def monitored_models(self) -> list[str]:
-        return sorted(self.pool.models()) if self.pool is not None else []
+        admin = self.admin = AdminServer(app, *listen)
+        await admin.start()
+        self._on_stop("admin", admin.stop)
 
     async def stop(self) -> None:
         """Stop everything started so far, in reverse order; one part failing does not stop the rest."""
-        while self._stoppers:
-            name, stopper = self._stoppers.pop()
-            try:
-                await stopper()
-            except Exception:
-                log.exception("stopping %s failed", name)
+        await self._stack.aclose()
 
 
-def _task_overrides(models: Mapping[str, Any]) -> dict[str, str]:
-    return {name: str(conf["task"]) for name, conf in models.items() if isinstance(conf, dict) and "task" in conf}
+async def _logged_stop(name: str, stopper: Stopper) -> None:
+    try:
+        await stopper()
+    except Exception:
+        log.exception("stopping %s failed", name)
 
 
 async def run_until_signalled(sidecar: Sidecar, stop_event: asyncio.Event,

@@ -1,5 +1,9 @@
 """The analysis worker pool: spawned worker processes, models sharded by a stable hash, each with its capture ring.
 
+Three jobs, three helpers: the capture (`shards`: the rings records wait in, on the request path), the workers'
+lives (this module, with `spawning`: start, watch, restart, stop) and their results (`applying`: metrics, the
+drill-down store, the predictions hook).
+
 The pool is where the proxies' captures go (`append`, through the `Tee`): each record is written once into the
 shared-memory ring of the worker that owns its model (`sidecar.capture.shared_ring`), and a record that does not
 fit is dropped and counted, so the proxy never waits for the analysis. Every `capture_batch_size` records, and
@@ -26,12 +30,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import pickle
 import time
-import zlib
 from collections import deque
-from collections.abc import Callable
 from multiprocessing import get_context
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -39,36 +40,27 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from sidecar.analysis.applying import PredictionsHook, ResultSink
 from sidecar.analysis.metrics import AnalysisMetrics
 from sidecar.analysis.monitor import MonitorStore
 from sidecar.analysis.pipes import FrameReader, FrameWriter
+from sidecar.analysis.shards import CaptureShards
+from sidecar.analysis.spawning import MAX_RESTART_DELAY, QUICK_EXIT_SECONDS, restart_delay, spawn_worker
 from sidecar.capture.settings import CaptureSettings
-from sidecar.capture.shared_ring import SharedRingWriter
 from sidecar.messages import batches
 from sidecar.messages.records import CaptureRecord
 from sidecar.messages.results import (
     BatchDone,
     PredictionReducer,
     Result,
-    StoredPredictions,
     WorkerStarted,
     WorkerStopped,
 )
-from sidecar.worker import process as worker_module
 from sidecar.worker.settings import AnalysisSettings
 
 log = logging.getLogger(__name__)
-PredictionsHook = Callable[[StoredPredictions], None]
-QUICK_EXIT_SECONDS = 30.0  # a worker that dies sooner than this after starting counts as crash-looping
-MAX_RESTART_DELAY = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 EXIT_WAIT_SECONDS = 5.0  # after a kill, how long stop() waits to see the exits
-MAX_OWNERS_CACHED = 10_000  # model -> worker lookups kept for the request path
-
-
-def shard(model: str, workers: int) -> int:
-    """The worker that owns `model`: a hash that is the same in every process and every run."""
-    return zlib.crc32(model.encode("utf-8", "surrogatepass")) % workers
 
 
 class _Link:
@@ -120,19 +112,14 @@ class AnalysisPool:
         self.prediction_rules = None if on_predictions is None else prediction_rules
         self.batch_records = capture.capture_batch_size
         self.flush_interval = capture.capture_flush_interval
-        self.max_records = capture.capture_max_records
-        self.max_bytes = capture.capture_max_bytes
-        self._rings = [SharedRingWriter(max(1024, self.max_bytes // settings.workers),
-                                        max(1, self.max_records // settings.workers), self.batch_records)
-                       for _ in range(settings.workers)]
-        self.appended = 0
-        self.dropped: dict[str, int] = {}
+        self.shards = CaptureShards(settings.workers, capture)
+        self._rings = self.shards.rings
         self.drained = 0
-        self._owners: dict[str, int] = {}
         self._publishing = False  # a `_publish_all` is scheduled
         self._flusher: asyncio.Task[None] | None = None
         self.metrics = AnalysisMetrics(registry, settings.max_feature_labels, model_label_cap)
         self.store = MonitorStore()
+        self.results = ResultSink(self.metrics, self.store, on_predictions)
         self._context = get_context("spawn")
         self._slots = [_Slot(index) for index in range(settings.workers)]
         self._batch_ids = itertools.count()
@@ -193,7 +180,7 @@ class AnalysisPool:
                 self._exited(slot, slot.link)
         for slot, ring in zip(self._slots, self._rings, strict=True):
             self.metrics.records_lost(slot.index, "shutdown", ring.records)
-            ring.close()
+        self.shards.close()
 
     def worker_pids(self) -> list[int | None]:
         """Process id of each worker (None while it waits to restart)."""
@@ -207,35 +194,41 @@ class AnalysisPool:
 
     def append(self, record: CaptureRecord) -> None:
         """Capture one exchange for the analysis: on the request path, so it only copies the record into the ring
-        of the worker owning its model. A record that does not fit is dropped and counted."""
-        self.appended += 1
-        model = record.model
-        owner = self._owners.get(model)
-        if owner is None:
-            owner = self._owner(model)
+        of the worker owning its model (`shards`). A record that does not fit is dropped and counted."""
+        shards = self.shards
+        shards.appended += 1
+        owner = shards.owner(record.model)
         if self._stopping:
             self.metrics.records_lost(owner, "shutdown", 1)
             return
-        ring = self._rings[owner]
-        if not ring.append(record):
-            self.dropped[model] = self.dropped.get(model, 0) + 1
-        elif ring.unpublished >= self.batch_records and not self._publishing:
+        if shards.append(record, owner) and not self._publishing:
             self._publishing = True
             assert self._loop is not None, "start() first"
             self._loop.call_soon(self._publish_all)
 
-    def _owner(self, model: str) -> int:
-        if len(self._owners) >= MAX_OWNERS_CACHED:
-            self._owners.clear()
-        owner = self._owners[model] = shard(model, len(self._slots))
-        return owner
+    # what the capture metrics read, as of a ring
+    @property
+    def appended(self) -> int:
+        return self.shards.appended
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        return self.shards.dropped
+
+    @property
+    def max_records(self) -> int:
+        return self.shards.max_records
+
+    @property
+    def max_bytes(self) -> int:
+        return self.shards.max_bytes
 
     def __len__(self) -> int:
-        return sum(ring.records for ring in self._rings)
+        return len(self.shards)
 
     @property
     def bytes_waiting(self) -> int:
-        return sum(ring.bytes_waiting for ring in self._rings)
+        return self.shards.bytes_waiting
 
     def _publish_all(self, partial: bool = False) -> None:
         self._publishing = False
@@ -275,7 +268,7 @@ class AnalysisPool:
     def reset_reference(self, model: str) -> bool:
         """Ask the worker owning `model` to forget its reference and collect a new one; False when that worker is
         not running (try again once it is)."""
-        link = self._slots[shard(model, len(self._slots))].link
+        link = self._slots[self.shards.owner(model)].link
         if link is None:
             return False
         link.tasks.send(batches.encode_reset(model))
@@ -298,22 +291,9 @@ class AnalysisPool:
             link.tasks.send(batches.STOP)
 
     def _spawn(self, index: int, generation: int) -> tuple[BaseProcess, int, int]:
-        """Start a worker process; its task pipe's writing end and its result pipe's reading end, as plain fds."""
-        tasks_receive, tasks_send = self._context.Pipe(duplex=False)
-        results_receive, results_send = self._context.Pipe(duplex=False)
-        process = self._context.Process(
-            target=worker_module.run, name=f"sidecar-analysis-{index}", daemon=True,
-            args=(index, generation, self.settings, str(self.state_dir), self._rings[index].handle, tasks_receive,
-                  results_send, self._log_level, self.prediction_rules, self.upstreams))
-        try:
-            process.start()
-        finally:
-            tasks_receive.close()  # the worker holds the only other ends: its death shows up as EOF / EPIPE here
-            results_send.close()
-        ends = os.dup(tasks_send.fileno()), os.dup(results_receive.fileno())
-        tasks_send.close()
-        results_receive.close()
-        return process, *ends
+        return spawn_worker(self._context, index, (index, generation, self.settings, str(self.state_dir),
+                                                   self._rings[index].handle, self._log_level, self.prediction_rules,
+                                                   self.upstreams))
 
     def _on_results(self, link: _Link) -> None:
         """The worker's result pipe is readable: queue the complete messages and apply the first; forget the pipe
@@ -383,7 +363,7 @@ class AnalysisPool:
         await asyncio.to_thread(link.process.join, 1.0)
         quick = time.monotonic() - link.started < QUICK_EXIT_SECONDS
         slot.quick_exits = slot.quick_exits + 1 if quick else 1
-        delay = 0.0 if slot.quick_exits <= 1 else min(MAX_RESTART_DELAY, 0.5 * 2 ** (slot.quick_exits - 2))
+        delay = restart_delay(slot.quick_exits)
         log.info("analysis worker %d exited with code %s; restarting in %.1f s",
                  slot.index, link.process.exitcode, delay)
         await asyncio.sleep(delay)
@@ -404,23 +384,16 @@ class AnalysisPool:
         slot.restarting = None
 
     def _apply(self, link: _Link, messages: list[Result]) -> None:
+        """Messages about the worker itself change its link; the rest go to the result sink."""
         for message in messages:
-            try:
-                if isinstance(message, BatchDone):
-                    self._batch_done(link, message.batch_id)
-                elif isinstance(message, WorkerStarted):
-                    link.ready = True
-                    continue
-                elif isinstance(message, WorkerStopped):
-                    continue
-                elif isinstance(message, StoredPredictions):
-                    if self.on_predictions is not None:
-                        _call_hook(self.on_predictions, message)
-                    continue
-                self.metrics.apply(message)
-                self.store.apply(message)
-            except Exception:  # telemetry must never stop the analysis
-                log.exception("applying an analysis result failed")
+            if isinstance(message, WorkerStarted):
+                link.ready = True
+                continue
+            if isinstance(message, WorkerStopped):
+                continue
+            if isinstance(message, BatchDone):
+                self._batch_done(link, message.batch_id)
+            self.results.apply(message)
 
     def _batch_done(self, link: _Link, batch_id: int) -> None:
         """The worker is done with a batch: its part of the ring is free, and the next batch can go."""
@@ -430,10 +403,3 @@ class AnalysisPool:
             self._rings[link.index].release(*done)
             if not (self._stopping or link.ended):
                 self._publish(slot, partial=False)
-
-
-def _call_hook(hook: PredictionsHook, predictions: StoredPredictions) -> None:
-    try:
-        hook(predictions)
-    except Exception:
-        log.exception("the predictions hook failed")

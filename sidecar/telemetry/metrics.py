@@ -121,10 +121,17 @@ class RequestMetrics(Collector):
 class CaptureRingStats(Protocol):
     """What the capture metrics read: the deque ring (`CaptureRing`) or the analysis pool's shared rings."""
 
-    max_records: int
-    max_bytes: int
-    appended: int
-    dropped: dict[str, int]
+    @property
+    def max_records(self) -> int: ...
+
+    @property
+    def max_bytes(self) -> int: ...
+
+    @property
+    def appended(self) -> int: ...
+
+    @property
+    def dropped(self) -> dict[str, int]: ...
 
     def __len__(self) -> int: ...
 

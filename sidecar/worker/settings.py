@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from sidecar.options import (
@@ -103,10 +104,11 @@ class ModelConfig:
     window_mode: str
     window_step: int
     window_seconds: float
-    task: str
+    task: str  # the analysis's task: auto, classification or regression
     output: str | None
     autoencoder: str | None
     kinds: dict[str, str] = field(default_factory=dict)
+    declared_task: str = "auto"  # the task as configured (binary and multiclass kept apart, for the feedback side)
 
     @property
     def effective_step(self) -> int:
@@ -171,7 +173,22 @@ class AnalysisSettings:
         "parse": parse_models, "secret": False})
 
     def model_config(self, model: str) -> ModelConfig:
-        """Resolved settings of `model`; raises ValueError naming the model and key when its entry is invalid."""
+        """Resolved settings of `model` (parsed once per configured model); raises ValueError naming the model and
+        key when its entry is invalid."""
+        configured = self.configured_models.get(model)
+        return configured if configured is not None else self._resolve(model)
+
+    @cached_property
+    def configured_models(self) -> dict[str, ModelConfig]:
+        """The typed settings of every model the `models` mapping names."""
+        return {model: self._resolve(model) for model in self.models}
+
+    def task_overrides(self) -> dict[str, str]:
+        """model -> task, for the models whose task is configured (as written: binary, multiclass, ...)."""
+        return {model: config.declared_task for model, config in self.configured_models.items()
+                if config.declared_task != "auto"}
+
+    def _resolve(self, model: str) -> ModelConfig:
         overrides = parse_models({model: self.models.get(model) or {}})[model]
         config = ModelConfig(
             model=model,
@@ -185,6 +202,7 @@ class AnalysisSettings:
             output=overrides.get("output"),
             autoencoder=overrides.get("autoencoder"),
             kinds=overrides.get("kinds", {}),
+            declared_task=overrides.get("task", "auto"),
         )
         config.check()
         return config
@@ -194,5 +212,4 @@ class AnalysisSettings:
         if self.window_mode == "sliding" and self.window_step > self.window_size:
             raise ValueError(f"window_step ({self.window_step}) is larger than window_size ({self.window_size}); "
                              "sliding windows would skip instances")
-        for model in self.models:
-            self.model_config(model)
+        _ = self.configured_models

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import urllib.request
@@ -17,16 +16,11 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.config import from_mapping
+from tests.support.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_prometheus = pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None,
                                       reason="Debian package prometheus not installed (scripts/test.sh installs it)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from sidecar.messages.records import API_TFSERVING, PROTOCOL_GRPC, PROTOCOL_REST
 from sidecar.messages.results import StoredPredictions
 from sidecar.testbed import data
 from sidecar.worker.settings import AnalysisSettings
+from tests.support.helpers import eventually, metric
 from tests.support.testbed import TestbedProcess
 
 tf = pytest.importorskip("tensorflow")
@@ -30,6 +31,7 @@ from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_
 
 pytestmark = pytest.mark.slow
 STARTUP = 60.0
+ANALYSIS = 120.0  # how long a test waits for the workers' results
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +84,6 @@ async def feed(pool: AnalysisPool, records: list[CaptureRecord]) -> None:
         await asyncio.sleep(0)
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 120.0,
-                     state: Callable[[], object] = lambda: None) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not reached in time; state: {state()}")
-        await asyncio.sleep(0.05)
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
-
-
 async def test_real_predict_traffic_over_rest_and_grpc_drifts_only_when_the_inputs_shift(
         testbed: TestbedProcess, stub: Any, tmp_path: Path) -> None:
     reference = [rest_call(testbed, f"ref-{n}", "classifier", "predict",
@@ -113,17 +101,17 @@ async def test_real_predict_traffic_over_rest_and_grpc_drifts_only_when_the_inpu
         assert await pool.wait_ready(STARTUP)
         labels = {"model": "classifier", "detector": "feature_drift"}
         await feed(pool, reference + stable)
-        await eventually(lambda: sample(registry, "sidecar_drift_checks_total", **labels) == 1,
+        await eventually(lambda: metric(registry, "sidecar_drift_checks_total", **labels) == 1, ANALYSIS,
                          state=lambda: pool.monitor("classifier"))
-        assert sample(registry, "sidecar_drift_detected", **labels) == 0
+        assert metric(registry, "sidecar_drift_detected", **labels) == 0
         await feed(pool, shifted)
-        await eventually(lambda: sample(registry, "sidecar_drift_checks_total", **labels) == 2,
+        await eventually(lambda: metric(registry, "sidecar_drift_checks_total", **labels) == 2, ANALYSIS,
                          state=lambda: pool.monitor("classifier"))
-        assert sample(registry, "sidecar_drift_detected", **labels) == 1
-        assert sample(registry, "sidecar_drift_detected", model="classifier", detector="output_drift") == 1
-        assert sample(registry, "sidecar_decode_errors_total", model="classifier", protocol="grpc",
+        assert metric(registry, "sidecar_drift_detected", **labels) == 1
+        assert metric(registry, "sidecar_drift_detected", model="classifier", detector="output_drift") == 1
+        assert metric(registry, "sidecar_decode_errors_total", model="classifier", protocol="grpc",
                       reason="protobuf") == 0
-        assert sample(registry, "sidecar_analysed_instances_total", model="classifier") == 450
+        assert metric(registry, "sidecar_analysed_instances_total", model="classifier") == 450
         snapshot = pool.monitor("classifier")
         assert snapshot is not None
         assert snapshot["task"] == "classification"
@@ -133,7 +121,7 @@ async def test_real_predict_traffic_over_rest_and_grpc_drifts_only_when_the_inpu
         assert snapshot["features"]["outputs"][0] == "predicted_class"
         drifted = [item["name"] for item in snapshot["detectors"]["feature_drift"]["features"] if item["drift"]]
         assert len(drifted) == 4
-        await eventually(lambda: sum(len(p.ids) for p in predictions) == 450)
+        await eventually(lambda: sum(len(p.ids) for p in predictions) == 450, ANALYSIS)
         assert {task for p in predictions for task in p.tasks} == {"multiclass"}
     finally:
         await pool.stop(10.0)
@@ -152,7 +140,7 @@ async def test_classify_and_regress_traffic_yields_labelled_and_numeric_predicti
     await pool.start()
     try:
         await feed(pool, records)
-        await eventually(lambda: len(predictions) == 2)
+        await eventually(lambda: len(predictions) == 2, ANALYSIS)
     finally:
         await pool.stop(10.0)
     by_model = {p.model: p for p in predictions}

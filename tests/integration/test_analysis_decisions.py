@@ -4,7 +4,6 @@ decisions in /v1/monitor and the metrics, encoded images through the proxy, and 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -19,22 +18,12 @@ from sidecar.app import Sidecar
 from sidecar.config import from_mapping
 from sidecar.testbed.data import classifier_batch
 from sidecar.testbed.images import encode, gaussian_noise, scenes
+from tests.support.helpers import eventually, metric
 from tests.support.rest_upstreams import Received, Reply, ScriptedUpstream, json_reply, response
 
 pytestmark = pytest.mark.slow
 REFERENCE = 200
 TOKEN = "s3cret-admin"
-
-
-def value(sidecar: Sidecar, name: str, **labels: str) -> float:
-    return sidecar.registry.get_sample_value(name, labels) or 0.0
-
-
-async def wait_for(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting for the analysis"
-        await asyncio.sleep(0.1)
 
 
 async def started(tmp_path: Path, **settings: Any) -> Sidecar:
@@ -64,7 +53,8 @@ async def complete_reference(session: aiohttp.ClientSession, sidecar: Sidecar, p
     for _ in range(count):
         async with session.post(f"http://127.0.0.1:{sidecar.rest_port}{path}", json=body) as answer:
             assert answer.status == 200, await answer.text()
-    await wait_for(lambda: value(sidecar, "sidecar_detector_active", model=model, detector="feature_drift") == 1)
+    await eventually(lambda: metric(sidecar.registry, "sidecar_detector_active", model=model,
+                                    detector="feature_drift") == 1)
     return await monitor(session, sidecar, model)
 
 
@@ -79,10 +69,11 @@ async def test_types_come_from_the_tf_serving_signature(sidecar: Sidecar) -> Non
     assert name != "input"  # the unnamed REST input took the signature's name
     assert entry["declared"] == "float" and entry["kinds"] == {"numeric": 4} and entry["sources"] == {"signature": 4}
     assert decisions["task"] == {"value": "classification", "source": "data", "class_ids": False}
-    assert value(sidecar, "sidecar_model_signature", model="classifier", source="tfserving rest") == 1
-    assert value(sidecar, "sidecar_input_columns", model="classifier", kind="numeric", source="signature") == 4
-    assert value(sidecar, "sidecar_detector_active", model="classifier", detector="mahalanobis") == 1
-    assert value(sidecar, "sidecar_detector_active", model="classifier", detector="mmd") == 0
+    assert metric(sidecar.registry, "sidecar_model_signature", model="classifier", source="tfserving rest") == 1
+    assert metric(sidecar.registry, "sidecar_input_columns", model="classifier", kind="numeric",
+                  source="signature") == 4
+    assert metric(sidecar.registry, "sidecar_detector_active", model="classifier", detector="mahalanobis") == 1
+    assert metric(sidecar.registry, "sidecar_detector_active", model="classifier", detector="mmd") == 0
 
 
 async def test_a_grpc_only_sidecar_asks_the_open_inference_protocol_metadata_over_grpc(testbed: Any,
@@ -102,7 +93,8 @@ async def test_a_grpc_only_sidecar_asks_the_open_inference_protocol_metadata_ove
                                         request_serializer=v2_pb2.ModelInferRequest.SerializeToString,
                                         response_deserializer=v2_pb2.ModelInferResponse.FromString)
             await infer(request, timeout=30)
-        await wait_for(lambda: value(running, "sidecar_model_signature", model="classifier", source="v2 grpc") == 1)
+        await eventually(lambda: metric(running.registry, "sidecar_model_signature", model="classifier",
+                                        source="v2 grpc") == 1)
     finally:
         await running.stop()
 
@@ -130,18 +122,18 @@ async def test_encoded_png_images_are_decoded_and_analysed_whole(tmp_path: Path)
                 assert decisions["inputs"]["input"]["encoding"] == "image"
                 assert decisions["inputs"]["input"]["columns"] == 32 * 32 * 3
                 assert decisions["layout"]["mode"] == "projected"
-                assert value(running, "sidecar_input_projected", model="vision") == 1
+                assert metric(running.registry, "sidecar_input_projected", model="vision") == 1
                 checks = {"model": "vision", "detector": "feature_drift"}
                 async with session.post(f"http://127.0.0.1:{running.rest_port}{path}",
                                         json=body(scenes(REFERENCE, seed=2))) as answered:
                     assert answered.status == 200
-                await wait_for(lambda: value(running, "sidecar_drift_checks_total", **checks) == 1)
-                assert value(running, "sidecar_drift_detected", **checks) == 0
+                await eventually(lambda: metric(running.registry, "sidecar_drift_checks_total", **checks) == 1)
+                assert metric(running.registry, "sidecar_drift_detected", **checks) == 0
                 noisy = gaussian_noise(scenes(REFERENCE, seed=3), 0.08)
                 async with session.post(f"http://127.0.0.1:{running.rest_port}{path}", json=body(noisy)) as answered:
                     assert answered.status == 200
-                await wait_for(lambda: value(running, "sidecar_drift_checks_total", **checks) == 2)
-                assert value(running, "sidecar_drift_detected", **checks) == 1
+                await eventually(lambda: metric(running.registry, "sidecar_drift_checks_total", **checks) == 2)
+                assert metric(running.registry, "sidecar_drift_detected", **checks) == 1
         finally:
             await running.stop()
 
@@ -159,7 +151,7 @@ async def test_a_reference_reset_needs_the_admin_token_and_collects_again(sideca
             assert answer.status == 401
         async with session.delete(admin, headers={"Authorization": f"Bearer {TOKEN}"}) as answer:
             assert answer.status == 202
-        await wait_for(lambda: value(sidecar, "sidecar_reference_instances", model="classifier") == 0)
+        await eventually(lambda: metric(sidecar.registry, "sidecar_reference_instances", model="classifier") == 0)
         snapshot = await monitor(session, sidecar, "classifier")
         assert snapshot["reference"]["complete"] is False and snapshot["decisions"] is None
         await complete_reference(session, sidecar, "/v1/models/classifier:predict", {"instances": rows.tolist()},

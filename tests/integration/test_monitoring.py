@@ -13,20 +13,16 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from prometheus_client import CollectorRegistry
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from sidecar.app import Sidecar
 from sidecar.config import from_mapping
 from sidecar.testbed.data import classifier_batch, regressor_batch
+from tests.support.helpers import eventually, metric
 
 pytestmark = pytest.mark.slow
 REFERENCE = 300
 WINDOW = 300
-
-
-def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture
@@ -49,27 +45,20 @@ async def post_rows(session: aiohttp.ClientSession, sidecar: Sidecar, model: str
             assert response.status == 200, await response.text()
 
 
-async def wait_for(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting for the analysis"
-        await asyncio.sleep(0.2)
-
-
 async def test_stable_traffic_raises_no_drift_and_shifted_traffic_does(sidecar: Sidecar) -> None:
     registry = sidecar.registry
     checks = {"model": "classifier", "detector": "feature_drift"}
     async with aiohttp.ClientSession() as session:
         stable, _ = classifier_batch(REFERENCE + 2 * WINDOW, seed=1)
         await post_rows(session, sidecar, "classifier", stable)
-        await wait_for(lambda: value(registry, "sidecar_drift_checks_total", **checks) >= 2)
-        assert value(registry, "sidecar_reference_instances", model="classifier") == REFERENCE
-        assert value(registry, "sidecar_drift_detected", **checks) == 0
+        await eventually(lambda: metric(registry, "sidecar_drift_checks_total", **checks) >= 2)
+        assert metric(registry, "sidecar_reference_instances", model="classifier") == REFERENCE
+        assert metric(registry, "sidecar_drift_detected", **checks) == 0
 
         shifted, _ = classifier_batch(WINDOW, seed=2, drift=1.0)
         await post_rows(session, sidecar, "classifier", shifted)
-        await wait_for(lambda: value(registry, "sidecar_drift_checks_total", **checks) >= 3)
-        assert value(registry, "sidecar_drift_detected", **checks) == 1
+        await eventually(lambda: metric(registry, "sidecar_drift_checks_total", **checks) >= 3)
+        assert metric(registry, "sidecar_drift_detected", **checks) == 1
 
         async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/classifier") as response:
             assert response.status == 200
@@ -84,16 +73,16 @@ async def test_injected_outliers_are_counted(sidecar: Sidecar) -> None:
     async with aiohttp.ClientSession() as session:
         reference, _ = classifier_batch(REFERENCE, seed=3)
         await post_rows(session, sidecar, "classifier", reference)
-        await wait_for(lambda: value(registry, "sidecar_reference_instances", model="classifier") >= REFERENCE)
+        await eventually(lambda: metric(registry, "sidecar_reference_instances", model="classifier") >= REFERENCE)
         await asyncio.sleep(0.5)
-        before = value(registry, "sidecar_outliers_total", **labels)
+        before = metric(registry, "sidecar_outliers_total", **labels)
         normal, _ = classifier_batch(200, seed=4)
         extreme = normal[:20] * 0 + 50.0
         await post_rows(session, sidecar, "classifier", np.concatenate([normal, extreme]))
-        await wait_for(lambda: value(registry, "sidecar_analysed_instances_total", model="classifier")
-                       >= REFERENCE + 220)
-        await wait_for(lambda: value(registry, "sidecar_outliers_total", **labels) - before >= 20, timeout=10)
-    counted = value(registry, "sidecar_outliers_total", **labels) - before
+        await eventually(lambda: metric(registry, "sidecar_analysed_instances_total", model="classifier")
+                         >= REFERENCE + 220)
+        await eventually(lambda: metric(registry, "sidecar_outliers_total", **labels) - before >= 20, timeout=10)
+    counted = metric(registry, "sidecar_outliers_total", **labels) - before
     assert 20 <= counted <= 20 + 10  # the 20 injected ones, plus at most a few false positives at 1% FPR
 
 
@@ -106,9 +95,9 @@ async def test_grpc_predictions_are_analysed_like_rest(sidecar: Sidecar) -> None
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         for _ in range(3):
             await stub.Predict(request, timeout=30)
-    await wait_for(lambda: value(sidecar.registry, "sidecar_reference_instances", model="regressor") >= 192)
-    assert value(sidecar.registry, "sidecar_requests_total", model="regressor", protocol="grpc", method="predict",
-                 code="OK") == 3
+    await eventually(lambda: metric(sidecar.registry, "sidecar_reference_instances", model="regressor") >= 192)
+    assert metric(sidecar.registry, "sidecar_requests_total", model="regressor", protocol="grpc", method="predict",
+                  code="OK") == 3
 
 
 async def test_a_malformed_request_gets_the_model_servers_400_and_analysis_goes_on(sidecar: Sidecar) -> None:
@@ -119,4 +108,4 @@ async def test_a_malformed_request_gets_the_model_servers_400_and_analysis_goes_
             assert response.status == 400
         good, _ = classifier_batch(10, seed=6)
         await post_rows(session, sidecar, "classifier", good)
-    await wait_for(lambda: value(registry, "sidecar_reference_instances", model="classifier") >= 10)
+    await eventually(lambda: metric(registry, "sidecar_reference_instances", model="classifier") >= 10)

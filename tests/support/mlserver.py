@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -37,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from tests.support.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-mlserver"
@@ -117,12 +118,6 @@ class MLServerProcess:
     @property
     def grpc_target(self) -> str:
         return f"{self.host}:{self.grpc_port}"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def mlserver_python() -> Path:

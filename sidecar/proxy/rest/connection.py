@@ -39,7 +39,7 @@ class IncomingRequest:
     __slots__ = ("body_parts", "body_size", "chunked", "connection", "content_length", "error", "expect_continue",
                  "fields", "headers", "http10", "keep_alive", "method", "started", "state", "target", "upgrade")
 
-    def __init__(self, connection: ClientConnection, started: float) -> None:
+    def __init__(self, connection: RestClientConnection, started: float) -> None:
         self.connection = connection
         self.started = started
         self.method = b""
@@ -80,9 +80,9 @@ class _Reject(Exception):
         self.message = message
 
 
-class ClientConnection(asyncio.Protocol):
+class RestClientConnection(asyncio.Protocol):
     def __init__(self, handler: RequestHandler, max_body_bytes: int, loop: asyncio.AbstractEventLoop,
-                 registry: set[ClientConnection] | None = None) -> None:
+                 registry: set[RestClientConnection] | None = None) -> None:
         self._handler = handler
         self._max_body = max_body_bytes
         self._loop = loop

@@ -29,7 +29,7 @@ from opentelemetry.trace import Span
 
 from sidecar.messages.records import LOG_OPT_OUT_HEADER, PROTOCOL_REST, CaptureRecord
 from sidecar.proxy.ids import choose_prediction_id
-from sidecar.proxy.rest.connection import ClientConnection, IncomingRequest
+from sidecar.proxy.rest.connection import IncomingRequest, RestClientConnection
 from sidecar.proxy.rest.http import (
     CLOSE_LINE,
     PREDICTION_ID_HEADER,
@@ -47,9 +47,9 @@ from sidecar.proxy.rest.routes import OTHER, Route, parse_route
 from sidecar.proxy.rest.upstream import (
     REFUSED,
     TIMEOUT,
+    RestUpstreamPool,
     UpstreamExchange,
     UpstreamFailure,
-    UpstreamPool,
     UpstreamResponse,
 )
 from sidecar.proxy.settings import ProxySettings
@@ -95,16 +95,16 @@ class RestProxy:
         self._host_line = header_line(b"Host", f"{self.upstream_host}:{self.upstream_port}".encode("idna"))
         self._drop = REQUEST_DROP_TRACED if tracing.enabled else REQUEST_DROP
         self._server: asyncio.Server | None = None
-        self._pool: UpstreamPool | None = None
+        self._pool: RestUpstreamPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[RestClientConnection] = set()
         self._local_tasks: set[asyncio.Task[None]] = set()
         self._idle_sweeper: asyncio.Task[None] | None = None
         self._routes: dict[tuple[bytes, bytes], tuple[Route, LocalHandler | None]] = {}
         self.port = 0
 
     @property
-    def pool(self) -> UpstreamPool:
+    def pool(self) -> RestUpstreamPool:
         assert self._pool is not None, "start() first"
         return self._pool
 
@@ -112,13 +112,13 @@ class RestProxy:
         loop = self._loop = asyncio.get_running_loop()
         settings = self.settings
         assert settings.listen_rest is not None
-        self._pool = UpstreamPool(self.upstream_host, self.upstream_port, max_idle=settings.upstream_pool_size,
+        self._pool = RestUpstreamPool(self.upstream_host, self.upstream_port, max_idle=settings.upstream_pool_size,
                                   connect_timeout=settings.connect_timeout,
                                   response_timeout=settings.upstream_timeout, loop=loop)
         host, port = settings.listen_rest
         max_body = settings.max_body_bytes
         self._server = await loop.create_server(
-            lambda: ClientConnection(self, max_body, loop, self.connections), host or None, port,
+            lambda: RestClientConnection(self, max_body, loop, self.connections), host or None, port,
             reuse_address=True, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
         self._idle_sweeper = loop.create_task(self._close_stalled_connections(), name="rest-stalled-connections")

@@ -61,13 +61,13 @@ class UpstreamExchange:
 
     __slots__ = ("_pool", "body", "connection", "deadline", "done", "head", "head_only", "listener", "retried")
 
-    def __init__(self, pool: UpstreamPool, head: bytes, body: bytes, head_only: bool, listener: Listener) -> None:
+    def __init__(self, pool: RestUpstreamPool, head: bytes, body: bytes, head_only: bool, listener: Listener) -> None:
         self._pool = pool
         self.head = head
         self.body = body
         self.head_only = head_only
         self.listener = listener
-        self.connection: UpstreamConnection | None = None
+        self.connection: RestUpstreamConnection | None = None
         self.deadline = pool.deadlines.arm(self, pool.response_timeout)
         self.done = False
         self.retried = False
@@ -103,10 +103,10 @@ class UpstreamExchange:
         self._pool.deadlines.disarm(self, self.deadline)
 
 
-class UpstreamConnection(asyncio.Protocol):
+class RestUpstreamConnection(asyncio.Protocol):
     """A client connection to the upstream: writes one request, parses one response, repeats."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: RestUpstreamPool) -> None:
         self._pool = pool
         self.transport: asyncio.Transport | None = None
         self._parser = HttpResponseParser(self)
@@ -259,7 +259,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange.succeed(response)
 
 
-class UpstreamPool:
+class RestUpstreamPool:
     """Connections to one upstream `host:port`; up to `max_idle` idle ones are kept for reuse."""
 
     def __init__(self, host: str, port: int, *, max_idle: int, connect_timeout: float, response_timeout: float,
@@ -271,8 +271,8 @@ class UpstreamPool:
         self.response_timeout = response_timeout
         self._loop = loop or asyncio.get_running_loop()
         self.deadlines = Deadlines(self._loop, tick=min(0.05, max(0.001, response_timeout / 4)))
-        self._idle: list[UpstreamConnection] = []
-        self.connections: set[UpstreamConnection] = set()
+        self._idle: list[RestUpstreamConnection] = []
+        self.connections: set[RestUpstreamConnection] = set()
         self._connecting: set[asyncio.Task[None]] = set()
         self.opened = 0
         self._closed = False
@@ -303,7 +303,7 @@ class UpstreamPool:
     async def _open(self, exchange: UpstreamExchange) -> None:
         try:
             _, connection = await asyncio.wait_for(
-                self._loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+                self._loop.create_connection(lambda: RestUpstreamConnection(self), self.host, self.port),
                 self.connect_timeout)
         except TimeoutError:
             exchange.fail(UpstreamFailure(TIMEOUT, f"could not connect to the upstream within "
@@ -323,7 +323,7 @@ class UpstreamPool:
         else:
             connection.send(exchange, reused=False)
 
-    def release(self, connection: UpstreamConnection) -> None:
+    def release(self, connection: RestUpstreamConnection) -> None:
         if self._closed or len(self._idle) >= self.max_idle:
             connection.closed = True
             if connection.transport is not None:
@@ -331,7 +331,7 @@ class UpstreamPool:
             return
         self._idle.append(connection)
 
-    def forget(self, connection: UpstreamConnection) -> None:
+    def forget(self, connection: RestUpstreamConnection) -> None:
         self.connections.discard(connection)
         with contextlib.suppress(ValueError):
             self._idle.remove(connection)

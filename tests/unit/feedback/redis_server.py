@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,13 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support.helpers import free_port
+
 INSTALL_HINT = "redis-server is not installed (Debian: apt-get install -y redis-server)"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -29,7 +24,7 @@ def running_redis(work_dir: Path) -> Iterator[str]:
     if binary is None:
         pytest.skip(INSTALL_HINT)
     for _ in range(5):  # another process may grab the free port before redis binds it
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(work_dir)],

@@ -9,23 +9,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
 from sidecar.feedback.sqlite_store import SqliteStore
 from sidecar.feedback.store import PredictionRow, StoredPrediction
 from sidecar.messages.results import PredictedInstance, Predictions
 from sidecar.proxy.ids import new_prediction_id
 from sidecar.proxy.rest.local import LocalRequest
 from sidecar.telemetry.metrics import new_registry
+from tests.support.helpers import metric
 
 from .builders import answer, classified, post, regressed
 from .conftest import StartService
 from .redis_server import running_redis
 from .test_arrival import uuid7_at
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
 
 
 async def test_feedback_for_an_analysed_prediction_joins_every_instance(start_service: StartService) -> None:
@@ -37,13 +32,13 @@ async def test_feedback_for_an_analysed_prediction_joins_every_instance(start_se
     assert response.status == 200
     assert response.headers["Content-Type"] == "application/json"
     assert answer(response) == {"joined": 3, "duplicate": 0, "pending": 0}
-    assert sample(registry, "sidecar_feedback_total", model="iris", outcome="joined") == 3
-    assert sample(registry, "sidecar_quality_accuracy", model="iris") == 2 / 3
-    assert sample(registry, "sidecar_confusion_total", model="iris", truth="1", predicted="2") == 1
-    assert sample(registry, "sidecar_quality_correct_total", model="iris") == 2
-    assert sample(registry, "sidecar_quality_joined_total", model="iris") == 3
-    assert sample(registry, "sidecar_quality_recall", model="iris", **{"class": "1"}) == 0.5
-    assert sample(registry, "sidecar_quality_precision", model="iris", **{"class": "macro"}) == (1 + 1 + 0) / 3
+    assert metric(registry, "sidecar_feedback_total", model="iris", outcome="joined") == 3
+    assert metric(registry, "sidecar_quality_accuracy", model="iris") == 2 / 3
+    assert metric(registry, "sidecar_confusion_total", model="iris", truth="1", predicted="2") == 1
+    assert metric(registry, "sidecar_quality_correct_total", model="iris") == 2
+    assert metric(registry, "sidecar_quality_joined_total", model="iris") == 3
+    assert metric(registry, "sidecar_quality_recall", model="iris", **{"class": "1"}) == 0.5
+    assert metric(registry, "sidecar_quality_precision", model="iris", **{"class": "macro"}) == (1 + 1 + 0) / 3
 
 
 async def test_the_same_instance_posted_twice_counts_once(start_service: StartService) -> None:
@@ -55,8 +50,8 @@ async def test_the_same_instance_posted_twice_counts_once(start_service: StartSe
     again = await service.handle(post([{"prediction_id": pid, "truth": [0, 0]}]))
     assert answer(first) == {"joined": 1, "duplicate": 0, "pending": 0}
     assert answer(again) == {"joined": 1, "duplicate": 1, "pending": 0}
-    assert sample(registry, "sidecar_quality_joined_total", model="iris") == 2
-    assert sample(registry, "sidecar_feedback_total", model="iris", outcome="duplicate") == 1
+    assert metric(registry, "sidecar_quality_joined_total", model="iris") == 2
+    assert metric(registry, "sidecar_feedback_total", model="iris", outcome="duplicate") == 1
 
 
 async def test_a_batch_can_mix_ids_and_single_instances(start_service: StartService) -> None:
@@ -80,13 +75,13 @@ async def test_feedback_before_its_prediction_is_held_then_joined(start_service:
     pid = new_prediction_id()
     response = await service.handle(post({"prediction_id": pid, "truth": [2]}))
     assert answer(response) == {"joined": 0, "duplicate": 0, "pending": 1}
-    assert sample(registry, "sidecar_feedback_pending_instances") == 1
+    assert metric(registry, "sidecar_feedback_pending_instances") == 1
     service.add_predictions(classified("iris", pid, [2]))
     await service.flush()
-    assert sample(registry, "sidecar_feedback_total", model="", outcome="pending") == 1
-    assert sample(registry, "sidecar_feedback_total", model="iris", outcome="joined") == 1
-    assert sample(registry, "sidecar_quality_accuracy", model="iris") == 1.0
-    assert sample(registry, "sidecar_feedback_pending_instances") == 0
+    assert metric(registry, "sidecar_feedback_total", model="", outcome="pending") == 1
+    assert metric(registry, "sidecar_feedback_total", model="iris", outcome="joined") == 1
+    assert metric(registry, "sidecar_quality_accuracy", model="iris") == 1.0
+    assert metric(registry, "sidecar_feedback_pending_instances") == 0
 
 
 async def test_held_feedback_that_never_meets_its_prediction_expires_and_is_counted(
@@ -96,13 +91,13 @@ async def test_held_feedback_that_never_meets_its_prediction_expires_and_is_coun
     response = await service.handle(post({"prediction_id": "client-order-17", "truth": [1, 0]}))
     assert answer(response)["pending"] == 2
     for _ in range(100):
-        if sample(registry, "sidecar_feedback_total", model="", outcome="expired") == 2:
+        if metric(registry, "sidecar_feedback_total", model="", outcome="expired") == 2:
             break
         await asyncio.sleep(0.05)
-    assert sample(registry, "sidecar_feedback_total", model="", outcome="expired") == 2
+    assert metric(registry, "sidecar_feedback_total", model="", outcome="expired") == 2
     service.add_predictions(classified("iris", "client-order-17", [1, 0]))
     await service.flush()
-    assert sample(registry, "sidecar_feedback_total", model="iris", outcome="joined") == 0
+    assert metric(registry, "sidecar_feedback_total", model="iris", outcome="joined") == 0
 
 
 async def test_held_feedback_beyond_the_bound_expires_the_oldest(start_service: StartService) -> None:
@@ -110,8 +105,8 @@ async def test_held_feedback_beyond_the_bound_expires_the_oldest(start_service: 
     service = await start_service(registry=registry, pending_max=3)
     for index in range(4):
         await service.handle(post({"prediction_id": f"order-{index}", "truth": [1]}))
-    assert sample(registry, "sidecar_feedback_total", model="", outcome="expired") == 1
-    assert sample(registry, "sidecar_feedback_pending_instances") == 3
+    assert metric(registry, "sidecar_feedback_total", model="", outcome="expired") == 1
+    assert metric(registry, "sidecar_feedback_pending_instances") == 3
 
 
 async def test_held_feedback_that_does_not_fit_its_prediction_is_counted_invalid(start_service: StartService) -> None:
@@ -120,7 +115,7 @@ async def test_held_feedback_that_does_not_fit_its_prediction_is_counted_invalid
     await service.handle(post({"prediction_id": "order-1", "truth": [1, 2, 3]}))
     service.add_predictions(classified("iris", "order-1", [1]))
     await service.flush()
-    assert sample(registry, "sidecar_feedback_total", model="iris", outcome="invalid") == 3
+    assert metric(registry, "sidecar_feedback_total", model="iris", outcome="invalid") == 3
 
 
 async def test_an_old_sidecar_id_that_was_never_analysed_is_unknown(start_service: StartService) -> None:
@@ -130,7 +125,7 @@ async def test_an_old_sidecar_id_that_was_never_analysed_is_unknown(start_servic
     response = await service.handle(post({"prediction_id": pid, "truth": [1]}))
     assert response.status == 404
     assert answer(response)["error"].startswith(f"unknown prediction id '{pid}'")
-    assert sample(registry, "sidecar_feedback_total", model="", outcome="unknown") == 1
+    assert metric(registry, "sidecar_feedback_total", model="", outcome="unknown") == 1
 
 
 async def test_an_id_older_than_the_retention_has_expired(start_service: StartService) -> None:
@@ -142,7 +137,7 @@ async def test_an_id_older_than_the_retention_has_expired(start_service: StartSe
     response = await service.handle(post({"prediction_id": pid, "truth": [1]}))
     assert response.status == 404
     assert "has expired" in answer(response)["error"]
-    assert sample(registry, "sidecar_feedback_total", model="iris", outcome="expired") + sample(
+    assert metric(registry, "sidecar_feedback_total", model="iris", outcome="expired") + metric(
         registry, "sidecar_feedback_total", model="", outcome="expired") == 1
 
 
@@ -159,7 +154,7 @@ async def test_malformed_json_is_a_400_in_tf_serving_shape(start_service: StartS
     response = await service.handle(post(None, raw=b'{"prediction_id": '))
     assert response.status == 400
     assert answer(response)["error"].startswith("malformed JSON: Expecting value")
-    assert sample(registry, "sidecar_feedback_total", model="", outcome="invalid") == 1
+    assert metric(registry, "sidecar_feedback_total", model="", outcome="invalid") == 1
 
 
 async def test_a_wrong_truth_count_is_a_400_and_nothing_joins(start_service: StartService) -> None:
@@ -172,8 +167,8 @@ async def test_a_wrong_truth_count_is_a_400_and_nothing_joins(start_service: Sta
                                           {"prediction_id": bad, "truth": [0, 1]}]))
     assert response.status == 400
     assert answer(response)["error"] == f"item 1: prediction '{bad}' has 3 instance(s) but 2 truth(s) were sent"
-    assert sample(registry, "sidecar_feedback_total", model="iris", outcome="joined") == 0
-    assert sample(registry, "sidecar_feedback_total", model="iris", outcome="invalid") == 2
+    assert metric(registry, "sidecar_feedback_total", model="iris", outcome="joined") == 0
+    assert metric(registry, "sidecar_feedback_total", model="iris", outcome="invalid") == 2
     retry = await service.handle(post({"prediction_id": good, "truth": [0]}))
     assert answer(retry)["joined"] == 1  # the rejected request claimed nothing
 
@@ -236,7 +231,7 @@ async def test_feedback_joins_predictions_stored_before_a_restart(start_service:
     second = await start_service(state_dir=state, registry=registry)
     response = await second.handle(post({"prediction_id": pid, "truth": [0, 1]}))
     assert answer(response) == {"joined": 1, "duplicate": 1, "pending": 0}
-    assert sample(registry, "sidecar_quality_accuracy", model="iris") == 1.0
+    assert metric(registry, "sidecar_quality_accuracy", model="iris") == 1.0
 
 
 async def test_the_task_override_turns_bare_scores_into_a_regressor(start_service: StartService) -> None:
@@ -245,9 +240,9 @@ async def test_the_task_override_turns_bare_scores_into_a_regressor(start_servic
     pid = new_prediction_id()
     service.add_predictions(Predictions("score", "auto", [PredictedInstance(pid, 0, "score", {"value": 0.25})]))
     await service.handle(post({"prediction_id": pid, "truth": [1]}))
-    assert sample(registry, "sidecar_quality_mae", model="score") == 0.75
-    assert sample(registry, "sidecar_quality_abs_error_sum_total", model="score") == 0.75
-    assert sample(registry, "sidecar_quality_squared_error_sum_total", model="score") == 0.5625
+    assert metric(registry, "sidecar_quality_mae", model="score") == 0.75
+    assert metric(registry, "sidecar_quality_abs_error_sum_total", model="score") == 0.75
+    assert metric(registry, "sidecar_quality_squared_error_sum_total", model="score") == 0.5625
 
 
 async def test_binary_probabilities_use_the_configured_threshold(start_service: StartService) -> None:
@@ -258,8 +253,8 @@ async def test_binary_probabilities_use_the_configured_threshold(start_service: 
                  for i, p in enumerate([0.7, 0.9])]
     service.add_predictions(Predictions("churn", "classification", instances))
     await service.handle(post({"prediction_id": pid, "truth": [1, 1]}))
-    assert sample(registry, "sidecar_confusion_total", model="churn", truth="1", predicted="0") == 1
-    assert sample(registry, "sidecar_confusion_total", model="churn", truth="1", predicted="1") == 1
+    assert metric(registry, "sidecar_confusion_total", model="churn", truth="1", predicted="0") == 1
+    assert metric(registry, "sidecar_confusion_total", model="churn", truth="1", predicted="1") == 1
 
 
 async def test_the_quality_window_keeps_the_last_instances(start_service: StartService) -> None:
@@ -269,9 +264,9 @@ async def test_the_quality_window_keeps_the_last_instances(start_service: StartS
         pid = new_prediction_id()
         service.add_predictions(classified("iris", pid, [0]))
         await service.handle(post({"prediction_id": pid, "truth": [truth]}))
-    assert sample(registry, "sidecar_quality_window_instances", model="iris") == 2
-    assert sample(registry, "sidecar_quality_accuracy", model="iris") == 1.0
-    assert sample(registry, "sidecar_quality_correct_total", model="iris") == 2
+    assert metric(registry, "sidecar_quality_window_instances", model="iris") == 2
+    assert metric(registry, "sidecar_quality_accuracy", model="iris") == 1.0
+    assert metric(registry, "sidecar_quality_correct_total", model="iris") == 2
 
 
 async def test_the_monitor_snapshot_shows_the_confusion_matrix(start_service: StartService) -> None:
@@ -311,8 +306,8 @@ async def test_models_beyond_the_label_cap_share_one_label(tmp_path: Path) -> No
             pid = new_prediction_id()
             service.add_predictions(classified(model, pid, [0]))
             await service.handle(post({"prediction_id": pid, "truth": [0]}))
-        assert sample(registry, "sidecar_quality_joined_total", model="a") == 1
-        assert sample(registry, "sidecar_quality_joined_total", model="__other__") == 2
+        assert metric(registry, "sidecar_quality_joined_total", model="a") == 1
+        assert metric(registry, "sidecar_quality_joined_total", model="__other__") == 2
     finally:
         await service.stop()
 
@@ -370,12 +365,12 @@ async def test_two_services_sharing_redis_join_feedback_posted_to_either(start_s
     one.add_predictions(classified("iris", early, [2]))
     await one.flush()
     for _ in range(100):
-        if sample(registry_two, "sidecar_quality_joined_total", model="iris") == 3:
+        if metric(registry_two, "sidecar_quality_joined_total", model="iris") == 3:
             break
         await asyncio.sleep(0.05)
-    assert sample(registry_two, "sidecar_quality_joined_total", model="iris") == 3
-    assert sample(registry_two, "sidecar_quality_accuracy", model="iris") == 2 / 3
-    assert sample(registry_one, "sidecar_quality_joined_total", model="iris") == 0
+    assert metric(registry_two, "sidecar_quality_joined_total", model="iris") == 3
+    assert metric(registry_two, "sidecar_quality_accuracy", model="iris") == 2 / 3
+    assert metric(registry_one, "sidecar_quality_joined_total", model="iris") == 0
 
 
 async def test_a_store_that_goes_away_answers_503_and_is_counted(start_service: StartService, tmp_path: Path) -> None:
@@ -385,4 +380,4 @@ async def test_a_store_that_goes_away_answers_503_and_is_counted(start_service: 
     response = await service.handle(post({"prediction_id": "order-1", "truth": [1]}))
     assert response.status == 503
     assert answer(response)["error"].startswith("the prediction store is unavailable: redis-reader:")
-    assert sample(registry, "sidecar_feedback_store_errors_total", operation="read") == 1
+    assert metric(registry, "sidecar_feedback_store_errors_total", operation="read") == 1

@@ -49,8 +49,8 @@ from sidecar.proxy.grpc.peek import NO_MODEL
 from sidecar.proxy.ids import choose_prediction_id
 
 if TYPE_CHECKING:
-    from sidecar.proxy.grpc.h2.server import ClientConnection
-    from sidecar.proxy.grpc.h2.upstream import UpstreamConnection, UpstreamPool
+    from sidecar.proxy.grpc.h2.server import H2ClientConnection
+    from sidecar.proxy.grpc.h2.upstream import H2UpstreamConnection, H2UpstreamPool
 
 OK = grpc.StatusCode.OK
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
@@ -77,7 +77,7 @@ class Relay:
     target: str  # upstream host:port, for error details
     max_message_bytes: int
     deadlines: Deadlines
-    pool: UpstreamPool
+    pool: H2UpstreamPool
     batch: WriteBatch
     loop: asyncio.AbstractEventLoop
 
@@ -100,7 +100,7 @@ class Relay:
         return f"sidecar: upstream model server {self.target} is unavailable: {reason}"
 
 
-def accept(relay: Relay, client: ClientConnection, stream_id: int, block: HeaderBlock, end_stream: bool) -> None:
+def accept(relay: Relay, client: H2ClientConnection, stream_id: int, block: HeaderBlock, end_stream: bool) -> None:
     """A new request stream: read its headers and start the call, or answer at once when it is not gRPC."""
     head = request_head(block, relay.fields, relay.tracing, relay.describe)
     method = head.method
@@ -128,7 +128,7 @@ class RelayCall:
                  "retried", "sent_at", "started", "timeout", "timer", "trace", "upstream", "upstream_finished",
                  "upstream_owed", "upstream_sender", "upstream_stream", "waiting")
 
-    def __init__(self, relay: Relay, client: ClientConnection, stream_id: int, method: GrpcMethod,
+    def __init__(self, relay: Relay, client: H2ClientConnection, stream_id: int, method: GrpcMethod,
                  head: RequestHead, metadata: RequestMetadata) -> None:
         self.relay = relay
         self.client = client
@@ -149,7 +149,7 @@ class RelayCall:
         self.response_meter = MessageMeter(relay.max_message_bytes)
         self.response_parts: list[Chunk] | None = [] if method.captured and relay.capturing else None
         self.exchange: Exchange | None = None
-        self.upstream: UpstreamConnection | None = None
+        self.upstream: H2UpstreamConnection | None = None
         self.upstream_stream = 0
         self.upstream_sender: Sender | None = None
         self.upstream_finished = False
@@ -254,7 +254,7 @@ class RelayCall:
         self.exchange = exchange
         return exchange
 
-    def opened(self, upstream: UpstreamConnection, stream_id: int, sender: Sender) -> None:
+    def opened(self, upstream: H2UpstreamConnection, stream_id: int, sender: Sender) -> None:
         """The upstream stream exists: send the request headers and whatever of the body is here."""
         self.upstream = upstream
         self.upstream_stream = stream_id

@@ -22,8 +22,8 @@ from sidecar.proxy.deadlines import Deadlines
 from sidecar.proxy.grpc.exchange import Capture, Recording
 from sidecar.proxy.grpc.h2.call import Relay
 from sidecar.proxy.grpc.h2.endpoint import WriteBatch
-from sidecar.proxy.grpc.h2.server import ClientConnection
-from sidecar.proxy.grpc.h2.upstream import UpstreamPool
+from sidecar.proxy.grpc.h2.server import H2ClientConnection
+from sidecar.proxy.grpc.h2.upstream import H2UpstreamPool
 from sidecar.proxy.grpc.target import grpc_target
 from sidecar.proxy.settings import ProxySettings
 from sidecar.telemetry.health import UpstreamHealth
@@ -51,7 +51,7 @@ class H2GrpcProxy:
         self._recording = Recording(self.upstream_target, settings.upstream_timeout, capture, metrics, tracing, health)
         self._server: asyncio.AbstractServer | None = None
         self._relay: Relay | None = None
-        self._connections: set[ClientConnection] = set()
+        self._connections: set[H2ClientConnection] = set()
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -62,13 +62,13 @@ class H2GrpcProxy:
         assert settings.listen_grpc is not None and settings.upstream_grpc is not None
         loop = asyncio.get_running_loop()
         batch = WriteBatch()
-        pool = UpstreamPool(*settings.upstream_grpc, settings.connect_timeout, batch)
+        pool = H2UpstreamPool(*settings.upstream_grpc, settings.connect_timeout, batch)
         relay = Relay(self._recording, self.upstream_target, settings.grpc_max_message_bytes,
                       Deadlines(loop, DEADLINE_TICK_SECONDS), pool, batch, loop)
         connections = self._connections
         host, port = settings.listen_grpc
         try:
-            server = await loop.create_server(lambda: ClientConnection(relay, connections, batch), host, port)
+            server = await loop.create_server(lambda: H2ClientConnection(relay, connections, batch), host, port)
         except OSError as exc:
             await pool.close()
             raise OSError(exc.errno, f"cannot listen for gRPC on {self.listen_address}: "

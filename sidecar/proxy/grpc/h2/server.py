@@ -1,4 +1,4 @@
-"""The client-facing side of the HTTP/2 relay: one `ClientConnection` per accepted gRPC client connection."""
+"""The client-facing side of the HTTP/2 relay: one `H2ClientConnection` per accepted gRPC client connection."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from sidecar.proxy.grpc.h2.endpoint import H2Endpoint, H2ProtocolError, Sender, 
 from sidecar.proxy.grpc.h2.hpack import HeaderBlock
 
 
-class ClientConnection(H2Endpoint):
+class H2ClientConnection(H2Endpoint):
     """Server role: turns each new request stream into a `RelayCall`."""
 
     client_side = False
 
-    def __init__(self, relay: Relay, connections: set[ClientConnection], batch: WriteBatch) -> None:
+    def __init__(self, relay: Relay, connections: set[H2ClientConnection], batch: WriteBatch) -> None:
         super().__init__(batch)
         self.relay = relay
         self.calls: dict[int, RelayCall] = {}

@@ -27,12 +27,12 @@ INITIAL_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 2.0
 
 
-class UpstreamConnection(H2Endpoint):
+class H2UpstreamConnection(H2Endpoint):
     """Client role: opens one stream per call and hands the upstream's frames to it."""
 
     client_side = True
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: H2UpstreamPool) -> None:
         super().__init__(pool.batch)
         self.pool = pool
         self.streams: dict[int, RelayCall] = {}
@@ -135,7 +135,7 @@ class UpstreamConnection(H2Endpoint):
             call.upstream_lost(reason)
 
 
-class UpstreamPool:
+class H2UpstreamPool:
     """Holds the current upstream connection and opens a new one when needed."""
 
     def __init__(self, host: str, port: int, connect_timeout: float, batch: WriteBatch) -> None:
@@ -143,8 +143,8 @@ class UpstreamPool:
         self.host = host
         self.port = port
         self.connect_timeout = connect_timeout
-        self.current: UpstreamConnection | None = None
-        self.connections: set[UpstreamConnection] = set()
+        self.current: H2UpstreamConnection | None = None
+        self.connections: set[H2UpstreamConnection] = set()
         self.failure: str | None = None
         self._waiting: list[RelayCall] = []
         self._connecting: asyncio.Task[None] | None = None
@@ -173,15 +173,15 @@ class UpstreamPool:
         if self._connecting is None and self.current is None and not self._stopped:
             self._connecting = self._loop.create_task(self._connect(), name="h2-relay-connect")
 
-    def retire(self, connection: UpstreamConnection) -> None:
+    def retire(self, connection: H2UpstreamConnection) -> None:
         if self.current is connection:
             self.current = None
 
     async def _connect(self) -> None:
-        connection: UpstreamConnection | None = None
+        connection: H2UpstreamConnection | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, connection = await self._loop.create_connection(lambda: UpstreamConnection(self), self.host,
+                _, connection = await self._loop.create_connection(lambda: H2UpstreamConnection(self), self.host,
                                                                    self.port)
                 await asyncio.shield(connection.settled)
         except (OSError, TimeoutError) as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from sidecar.proxy.settings import ProxySettings
 from sidecar.telemetry.health import UpstreamHealth
 from sidecar.telemetry.metrics import RequestMetrics
 from sidecar.telemetry.tracing import Tracing, disabled, with_processor
+from tests.support.helpers import eventually, free_port
 
 _ProxySettings = ProxySettings  # what the `engine` fixture wraps
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -170,24 +170,10 @@ async def proxied(upstream: Upstream) -> AsyncIterator[Proxied]:
         yield running
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 async def rpc_error(awaitable: Awaitable[Any]) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await awaitable
     return caught.value
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- bytes and metadata ---------------------------------------------------------------------------------------
@@ -293,7 +279,7 @@ async def test_expired_client_deadline_is_deadline_exceeded_and_stops_the_upstre
     error = await rpc_error(proxied.unary()(b"x", timeout=0.3, metadata=(("x-test-sleep", "30"),)))
     assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     await asyncio.wait_for(upstream.cancelled.wait(), 10)
-    await eventually(lambda: ("", "grpc", "predict", "DEADLINE_EXCEEDED") in proxied.metrics.requests)
+    await eventually(lambda: ("", "grpc", "predict", "DEADLINE_EXCEEDED") in proxied.metrics.requests, timeout=10.0)
     assert proxied.metrics.upstream_errors == {("grpc", "deadline"): 1}
 
 
@@ -306,14 +292,14 @@ async def test_sidecar_timeout_without_client_deadline_explains_itself(upstream:
 
 async def test_client_cancellation_cancels_the_upstream_call(proxied: Proxied, upstream: Upstream) -> None:
     call = proxied.unary()(b"x", metadata=(("x-test-sleep", "30"),))
-    await eventually(lambda: len(upstream.calls) == 1)
+    await eventually(lambda: len(upstream.calls) == 1, timeout=10.0)
     call.cancel()
     await asyncio.wait_for(upstream.cancelled.wait(), 10)
-    await eventually(lambda: ("", "grpc", "predict", "CANCELLED") in proxied.metrics.requests)
+    await eventually(lambda: ("", "grpc", "predict", "CANCELLED") in proxied.metrics.requests, timeout=10.0)
 
 
 async def test_upstream_down_is_unavailable_with_clear_details_and_no_hang() -> None:
-    port = closed_port()
+    port = free_port()
     health = UpstreamHealth({"grpc": lambda: grpc_probe(f"127.0.0.1:{port}")}, interval=60)
     health.state["grpc"] = True
     async with running_proxy(port, health=health) as proxied:
@@ -330,7 +316,7 @@ async def test_upstream_down_is_unavailable_with_clear_details_and_no_hang() -> 
 
 
 async def test_calls_succeed_again_soon_after_the_upstream_comes_back() -> None:
-    port = closed_port()
+    port = free_port()
     async with running_proxy(port) as proxied:
         error = await rpc_error(proxied.unary()(b"x", timeout=10))
         assert error.code() is grpc.StatusCode.UNAVAILABLE
@@ -501,7 +487,7 @@ def _by_kind(finished: tuple[ReadableSpan, ...]) -> tuple[ReadableSpan, Readable
 async def test_unknown_methods_are_forwarded_under_the_other_label(proxied: Proxied, upstream: Upstream) -> None:
     assert await proxied.unary("/grpc.health.v1.Health/Check")(b"ping") == b"echo:ping"
     assert upstream.calls[0].method == "/grpc.health.v1.Health/Check"
-    await eventually(lambda: proxied.metrics.requests == {("", "grpc", "other", "OK"): 1})
+    await eventually(lambda: proxied.metrics.requests == {("", "grpc", "other", "OK"): 1}, timeout=10.0)
     assert proxied.records == []
 
 
@@ -511,7 +497,7 @@ async def test_bidirectional_streams_are_relayed_in_order_with_metadata(proxied:
     initial = dict(await call.initial_metadata())
     assert initial["x-upstream"] == "stream" and "x-prediction-id" in initial
     assert dict(await call.trailing_metadata()) == {"x-stream-trailer": "done"}
-    await eventually(lambda: bool(proxied.metrics.requests))
+    await eventually(lambda: bool(proxied.metrics.requests), timeout=10.0)
     assert proxied.metrics.requests == {("", "grpc", "other", "OK"): 1}
     assert proxied.metrics.request_size.series[("", "grpc", "other")][-1] == 6
     assert proxied.metrics.response_size.series[("", "grpc", "other")][-1] == 15
@@ -538,7 +524,7 @@ async def test_stream_errors_pass_through(proxied: Proxied) -> None:
 
 
 async def test_streams_to_a_down_upstream_are_unavailable() -> None:
-    async with running_proxy(closed_port()) as proxied:
+    async with running_proxy(free_port()) as proxied:
         call = proxied.channel.stream_stream(CHAT)(iter([b"a"]), timeout=20)
         error = await rpc_error(call.read())
         assert error.code() is grpc.StatusCode.UNAVAILABLE
@@ -575,7 +561,7 @@ def test_both_addresses_are_required() -> None:
 
 async def test_probe_is_true_for_a_grpc_server_and_false_for_a_closed_port(upstream: Upstream) -> None:
     assert await grpc_probe(f"127.0.0.1:{upstream.port}") is True
-    assert await grpc_probe(f"127.0.0.1:{closed_port()}", timeout=0.5) is False
+    assert await grpc_probe(f"127.0.0.1:{free_port()}", timeout=0.5) is False
 
 
 def test_targets_are_formatted_for_grpc() -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import pytest
 
 from sidecar.telemetry.health import UpstreamHealth
 from sidecar.telemetry.metrics import RequestMetrics
+from tests.support.helpers import free_port
 from tests.support.rest_upstreams import Answered, RawClient, Reply, ScriptedUpstream, exchange, running_proxy
 
 
@@ -19,12 +19,6 @@ def post(target: str, body: bytes, *headers: str) -> bytes:
 
 
 PREDICT = post("/v1/models/m:predict", b'{"instances": [1]}')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def error_of(answer: Answered) -> str:

@@ -13,10 +13,11 @@ from sidecar.proxy.rest.upstream import (
     REFUSED,
     RESET,
     TIMEOUT,
+    RestUpstreamPool,
     UpstreamFailure,
-    UpstreamPool,
     UpstreamResponse,
 )
+from tests.support.helpers import free_port
 from tests.support.rest_upstreams import Reply, ScriptedUpstream, json_reply, response
 
 
@@ -39,24 +40,18 @@ def request(target: str = "/v1/models/m:predict", body: bytes = b"{}", method: s
 
 
 def make_pool(port: int, max_idle: int = 4, connect_timeout: float = 2.0,
-              response_timeout: float = 5.0) -> UpstreamPool:
-    return UpstreamPool("127.0.0.1", port, max_idle=max_idle, connect_timeout=connect_timeout,
+              response_timeout: float = 5.0) -> RestUpstreamPool:
+    return RestUpstreamPool("127.0.0.1", port, max_idle=max_idle, connect_timeout=connect_timeout,
                         response_timeout=response_timeout)
 
 
-async def send(pool: UpstreamPool, target: str = "/v1/models/m:predict", body: bytes = b"{}",
+async def send(pool: RestUpstreamPool, target: str = "/v1/models/m:predict", body: bytes = b"{}",
                method: str = "POST", head_only: bool = False) -> UpstreamResponse | UpstreamFailure:
     outcome = Outcome()
     head, payload = request(target, body, method)
     pool.send(head, payload, outcome, head_only=head_only)
     result: UpstreamResponse | UpstreamFailure = await asyncio.wait_for(outcome.done, 10)
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_sequential_requests_reuse_one_keep_alive_connection() -> None:
