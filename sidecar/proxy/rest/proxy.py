@@ -1,6 +1,6 @@
 """The REST reverse proxy: forwards every request to the model server and its answer back, byte for byte.
 
-Hot path, per request: parse (httptools, in `rest_connection`), classify the route, choose the prediction id,
+Hot path, per request: parse (httptools, in `connection`), classify the route, choose the prediction id,
 join the upstream request head from byte strings, send it on a pooled keep-alive connection (`upstream`), and on
 the answer join the client response head, write it, append one capture record (O(1), never awaited) and update
 the request metrics. No task is created per request; everything runs in protocol callbacks.

@@ -1,6 +1,6 @@
 """One gRPC call through the HTTP/2 relay: a client stream paired with an upstream stream.
 
-Headers are rewritten by the rules of `h2_headers`; DATA passes unchanged both ways, its length prefixes followed
+Headers are rewritten by the rules of `headers`; DATA passes unchanged both ways, its length prefixes followed
 by a `MessageMeter` (byte counts, size limit). Known unary methods are received whole before anything goes
 upstream (the request is peeked for its model, checked against the size limit and kept for capture and for a
 retry); every other method is relayed as it arrives. A unary call without a client deadline gets the configured

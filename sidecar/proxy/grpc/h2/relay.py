@@ -5,12 +5,12 @@
     ...
     await proxy.stop(grace=5.0)
 
-Same behaviour as the grpc.aio engine (`sidecar.proxy.grpc.engine`), at a fraction of its cost per call: grpc.aio
+Same behaviour as the grpc.aio engine (`sidecar.proxy.grpc.aio`), at a fraction of its cost per call: grpc.aio
 spends about half a millisecond of CPU and several thread hops per forwarded call, while this relay parses
 HTTP/2 frames in the event loop, decodes header blocks with a caching HPACK decoder and never touches message
-bytes beyond their 5-byte prefixes. Modules: `h2_frames` (frame bytes), `h2_hpack` (header blocks),
-`h2_endpoint` (one connection: settings, pings, flow control), `h2_server` (client connections), `h2_upstream`
-(the model-server connection), `h2_call` (one call: the gRPC rules), `h2_grpc` (timeouts, statuses, messages).
+bytes beyond their 5-byte prefixes. Modules: `frames` (frame bytes), `hpack` (header blocks),
+`endpoint` (one connection: settings, pings, flow control), `server` (client connections), `upstream`
+(the model-server connection), `call` (one call: the gRPC rules), `wire` (timeouts, statuses, messages).
 """
 
 from __future__ import annotations
