@@ -11,39 +11,28 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.analysis.pool import AnalysisPool, shard
+from sidecar.analysis.pool import AnalysisPool
+from sidecar.analysis.shards import shard
 from sidecar.capture.settings import CaptureSettings
 from sidecar.feedback.tasks import PredictionRules
 from sidecar.messages.records import CaptureRecord
 from sidecar.messages.results import StoredPredictions
 from sidecar.worker.settings import AnalysisSettings
+from tests.support.helpers import eventually, metric
 from tests.support.traffic import stream
 
 pytestmark = pytest.mark.slow
 STARTUP = 60.0  # spawned workers import numpy and scipy; a busy machine can take a while
+SPAWN_HOLD = 0.5  # how long a held respawn waits for stop() to return (one that waits for it does not)
 CAPTURE = CaptureSettings(capture_max_bytes=4 << 20, capture_batch_size=10, capture_flush_interval=0.01)
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Wait for an asynchronous effect of the workers (results travel back through a pipe)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture
@@ -76,7 +65,7 @@ def test_a_model_maps_to_the_same_worker_in_every_process() -> None:
     names = [f"model-{n}" for n in range(50)]
     here = [shard(name, 4) for name in names]
     assert set(here) == {0, 1, 2, 3}
-    code = ("from sidecar.analysis.pool import shard; "
+    code = ("from sidecar.analysis.shards import shard; "
             f"print([shard(n, 4) for n in {names!r}])")
     for seed in ("1", "2"):
         output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -95,15 +84,15 @@ async def test_drift_is_raised_on_a_shifted_stream_and_not_on_a_stable_one(
     later = [*stream("stable", 10, 10, seed=3), *stream("shifted", 10, 10, seed=4, shift=2.5)]
     await append_all(pool, reference + later)
     checks = "sidecar_drift_checks_total"
-    await eventually(lambda: sample(registry, checks, model="stable", detector="feature_drift") == 1
-                     and sample(registry, checks, model="shifted", detector="feature_drift") == 1)
-    assert sample(registry, "sidecar_drift_detected", model="shifted", detector="feature_drift") == 1
-    assert sample(registry, "sidecar_drift_detected", model="stable", detector="feature_drift") == 0
-    assert sample(registry, "sidecar_drift_p_value", model="shifted", detector="feature_drift",
+    await eventually(lambda: metric(registry, checks, model="stable", detector="feature_drift") == 1
+                     and metric(registry, checks, model="shifted", detector="feature_drift") == 1)
+    assert metric(registry, "sidecar_drift_detected", model="shifted", detector="feature_drift") == 1
+    assert metric(registry, "sidecar_drift_detected", model="stable", detector="feature_drift") == 0
+    assert metric(registry, "sidecar_drift_p_value", model="shifted", detector="feature_drift",
                   feature="input[1]") < 0.05
-    assert sample(registry, "sidecar_reference_instances", model="shifted") == 100
-    assert sample(registry, "sidecar_analysed_instances_total", model="stable") == 200
-    assert sample(registry, "sidecar_analysis_lag_seconds_count") == 40
+    assert metric(registry, "sidecar_reference_instances", model="shifted") == 100
+    assert metric(registry, "sidecar_analysed_instances_total", model="stable") == 200
+    assert metric(registry, "sidecar_analysis_lag_seconds_count") == 40
     snapshot = pool.monitor("shifted")
     assert snapshot is not None
     assert snapshot["detectors"]["feature_drift"]["drift"] is True
@@ -123,17 +112,17 @@ async def test_a_killed_worker_is_restarted_and_keeps_its_reference_from_disk(
     [pid] = pool.worker_pids()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    await eventually(lambda: sample(registry, "sidecar_worker_restarts_total", worker="0") == 1)
+    await eventually(lambda: metric(registry, "sidecar_worker_restarts_total", worker="0") == 1)
     assert await pool.wait_ready(STARTUP)
     assert pool.worker_pids() != [pid]
     await append_all(pool, list(stream("iris", 10, 10, seed=2)))
-    await eventually(lambda: sample(registry, "sidecar_drift_checks_total", model="iris",
+    await eventually(lambda: metric(registry, "sidecar_drift_checks_total", model="iris",
                                     detector="feature_drift") == 1)
     snapshot = pool.monitor("iris")
     assert snapshot is not None
     assert snapshot["reference"]["restored"] is True
     assert snapshot["reference"]["instances"] == 100
-    assert sample(registry, "sidecar_drift_detected", model="iris", detector="feature_drift") == 0
+    assert metric(registry, "sidecar_drift_detected", model="iris", detector="feature_drift") == 0
 
 
 async def test_stopping_while_a_worker_is_being_respawned_leaves_no_process_behind(
@@ -142,19 +131,35 @@ async def test_stopping_while_a_worker_is_being_respawned_leaves_no_process_behi
     await pool.start()
     [pid] = pool.worker_pids()
     assert pid is not None
-    spawning = threading.Event()
+    spawning, stop_begun, stop_returned, spawned = (threading.Event() for _ in range(4))
+    processes: list[BaseProcess] = []
     spawn = pool._spawn
 
-    def slow_spawn(index: int, generation: int) -> Any:  # holds the respawn open long enough to stop during it
+    def held_spawn(index: int, generation: int) -> Any:
+        """The respawn, started only once stop() has begun, and held until stop() returns: at once for a stop()
+        that lets go of it, after `SPAWN_HOLD` for one that waits for it."""
         spawning.set()
-        time.sleep(0.5)
-        return spawn(index, generation)
+        stop_begun.wait(STARTUP)
+        stop_returned.wait(SPAWN_HOLD)
+        try:
+            result = spawn(index, generation)
+            processes.append(result[0])
+            return result
+        finally:
+            spawned.set()
 
-    monkeypatch.setattr(pool, "_spawn", slow_spawn)
+    monkeypatch.setattr(pool, "_spawn", held_spawn)
     os.kill(pid, signal.SIGKILL)
     await eventually(spawning.is_set)
-    await pool.stop(STARTUP)
-    await asyncio.sleep(1.0)  # a spawn that stop() let go of would have started its process by now
+    stopping = asyncio.create_task(pool.stop(STARTUP))
+    stopping.add_done_callback(lambda _: stop_returned.set())
+    await asyncio.sleep(0)  # the stop task runs its first step before this test resumes: stop() has begun
+    stop_begun.set()
+    await stopping
+    # The respawn has started its process: before stop() returned when stop() waits for it, or just now when stop()
+    # let go of it, and that process is still running then.
+    await eventually(spawned.is_set)
+    assert len(processes) == 1 and not processes[0].is_alive()
     assert pool.alive() == 0
     assert multiprocessing.active_children() == []
 
@@ -187,11 +192,11 @@ async def test_records_wait_and_drop_at_the_ring_while_the_workers_are_saturated
     finally:
         os.kill(pid, signal.SIGCONT)
     await eventually(lambda: pool.drained == 30 and len(pool) == 0)
-    await eventually(lambda: sample(registry, "sidecar_analysed_instances_total", model="iris") == 30)
+    await eventually(lambda: metric(registry, "sidecar_analysed_instances_total", model="iris") == 30)
     assert pool.bytes_waiting == 0
     await eventually(lambda: len(stored) == 30)
     assert stored == [record.prediction_id for record in records[:30]]
-    assert sample(registry, "sidecar_worker_restarts_total", worker="0") == 0
+    assert metric(registry, "sidecar_worker_restarts_total", worker="0") == 0
     assert registry.get_sample_value("sidecar_analysis_lost_records_total",
                                      {"worker": "0", "reason": "worker_exit"}) is None
 
@@ -208,7 +213,7 @@ async def test_the_ring_is_reused_as_the_worker_reads_it(started: Callable[..., 
         pool.append(record)
         await asyncio.sleep(0)
     assert pool.dropped == {}
-    await eventually(lambda: sample(registry, "sidecar_analysed_instances_total", model="iris") == 300)
+    await eventually(lambda: metric(registry, "sidecar_analysed_instances_total", model="iris") == 300)
 
 
 async def test_predictions_reach_the_hook_reduced_on_the_event_loop_thread(
@@ -238,11 +243,11 @@ async def test_stop_lets_workers_finish_their_batches(started: Callable[..., Ana
     await append_all(pool, records)
     await pool.stop(STARTUP)
     assert pool.alive() == 0
-    assert sample(registry, "sidecar_analysed_instances_total", model="a") == 100
-    assert sample(registry, "sidecar_analysed_instances_total", model="b") == 100
+    assert metric(registry, "sidecar_analysed_instances_total", model="a") == 100
+    assert metric(registry, "sidecar_analysed_instances_total", model="b") == 100
     pool.append(records[0])
     pool.append(records[1])
-    assert sum(sample(registry, "sidecar_analysis_lost_records_total", worker=str(w), reason="shutdown")
+    assert sum(metric(registry, "sidecar_analysis_lost_records_total", worker=str(w), reason="shutdown")
                for w in (0, 1)) == 2
 
 
@@ -258,8 +263,8 @@ async def test_stop_kills_workers_that_miss_the_deadline(started: Callable[..., 
         pool.append(record)
     await pool.stop(0.2)
     assert pool.alive() == 0
-    assert sample(registry, "sidecar_analysis_lost_records_total", worker="0", reason="shutdown") == 2
-    assert sample(registry, "sidecar_worker_restarts_total", worker="0") == 0
+    assert metric(registry, "sidecar_analysis_lost_records_total", worker="0", reason="shutdown") == 2
+    assert metric(registry, "sidecar_worker_restarts_total", worker="0") == 0
 
 
 SCRIPT = """

@@ -7,7 +7,6 @@ import logging
 import platform
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
@@ -198,11 +197,27 @@ def test_the_heap_keeps_freed_memory_wherever_glibc_allocates() -> None:
     assert worker.keep_heap_memory() is (platform.libc_ver()[0] == "glibc")
 
 
-def test_a_cpu_share_below_one_pauses_in_proportion_to_the_batch_cpu_time() -> None:
-    started = time.monotonic()
-    worker._keep_cpu_share(0.02, 0.25)  # 20 ms of CPU at a 25% share: pause 60 ms
-    paused = time.monotonic() - started
-    assert 0.055 <= paused < 1.0
-    started = time.monotonic()
-    worker._keep_cpu_share(0.02, 1.0)  # no cap: no pause
-    assert time.monotonic() - started < 0.01
+@pytest.fixture
+def pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses the worker takes: each `time.sleep` it calls, recorded instead of slept."""
+    taken: list[float] = []
+    monkeypatch.setattr("sidecar.worker.process.time.sleep", taken.append)
+    return taken
+
+
+@pytest.mark.parametrize(("busy", "share", "pause"), [
+    (0.02, 0.25, 0.06),  # 20 ms of CPU at a 25% share: 80 ms of wall time in all, so pause 60 ms
+    (0.03, 0.5, 0.03),
+    (0.001, 0.1, 0.009),
+])
+def test_a_cpu_share_below_one_pauses_in_proportion_to_the_batch_cpu_time(
+        pauses: list[float], busy: float, share: float, pause: float) -> None:
+    worker._keep_cpu_share(busy, share)
+    assert pauses == [pytest.approx(pause)]
+    assert busy / (busy + pauses[0]) == pytest.approx(share)  # the batch's CPU time is `share` of its wall time
+
+
+def test_no_cap_or_no_cpu_time_takes_no_pause(pauses: list[float]) -> None:
+    worker._keep_cpu_share(0.02, 1.0)  # no cap
+    worker._keep_cpu_share(0.0, 0.25)  # nothing to make up for
+    assert pauses == []

@@ -1,4 +1,4 @@
-"""grpc_metadata: what passes upstream and back, which ids the sidecar reads, and the prediction id it adds."""
+"""metadata: what passes upstream and back, which ids the sidecar reads, and the prediction id it adds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""grpc_methods: every TF Serving and Open Inference Protocol method has a bounded metric label; captured methods
+"""methods: every TF Serving and Open Inference Protocol method has a bounded metric label; captured methods
 are exactly Predict, Classify, Regress and ModelInfer; unknown paths become streamed `other` calls."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""grpc_peek reads the addressed model from serialized requests built with the official tensorflow-serving-api
+"""peek reads the addressed model from serialized requests built with the official tensorflow-serving-api
 classes (and the Open Inference Protocol's messages), skips everything else, and never raises on bad bytes."""
 
 from __future__ import annotations
