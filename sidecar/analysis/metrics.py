@@ -9,6 +9,7 @@ features of a model with issues their own label and fold the rest into `__other_
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -112,6 +113,7 @@ class AnalysisMetrics:
         self.reference_excluded = Gauge("sidecar_reference_rows_excluded", "Reference rows left out of the "
                                         "detectors' fit (extreme: beyond the robust range; non_finite: a NaN or "
                                         "infinite numeric value).", ["model", "reason"], registry=r)
+        self._decided: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = {}  # model -> decision series set
         self.workers_alive = Gauge("sidecar_analysis_workers_alive", "Analysis worker processes running.",
                                    registry=r)
 
@@ -134,14 +136,27 @@ class AnalysisMetrics:
             self.errors.labels(self.models(result.model)).inc()
 
     def _decisions(self, model: str, decisions: dict[str, Any]) -> None:
+        series = self._decided.setdefault(model, set())
         for detector, entry in decisions.get("detectors", {}).items():
             self.detector_active.labels(model, detector).set(1 if entry.get("active") else 0)
+            series.add((self.detector_active, (model, detector)))
         for entry in decisions.get("columns", []):
             self.input_columns.labels(model, entry["kind"], entry["source"]).set(entry["count"])
-        self.signature.labels(model, decisions.get("signature", {}).get("source") or "none").set(1)
+            series.add((self.input_columns, (model, entry["kind"], entry["source"])))
+        source = decisions.get("signature", {}).get("source") or "none"
+        self.signature.labels(model, source).set(1)
+        series.add((self.signature, (model, source)))
         self.projected.labels(model).set(1 if decisions.get("layout", {}).get("mode") == "projected" else 0)
+        series.add((self.projected, (model,)))
         for reason, count in decisions.get("reference_rows_excluded", {}).items():
             self.reference_excluded.labels(model, reason).set(count)
+            series.add((self.reference_excluded, (model, reason)))
+
+    def forget_decisions(self, model: str) -> None:
+        """Drop a model's decision series (its reference is being rebuilt; new ones come with the new reference)."""
+        for gauge, labels in self._decided.pop(self.models(model), set()):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
     def _batch_done(self, done: BatchDone) -> None:
         for (model, protocol, reason), count in done.decode_errors.items():

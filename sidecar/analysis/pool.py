@@ -273,6 +273,7 @@ class AnalysisPool:
             return False
         link.tasks.send(batches.encode_reset(model))
         self.store.forget_windows(model)
+        self.metrics.forget_decisions(model)
         return True
 
     # -- workers ---------------------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ class Detectors:
         self.center = None if spread is None else spread.centre
         self.scale = None if spread is None else spread.spread
         if not settings.mmd_enabled:
-            self._not_built("mmd", "off (mmd_enabled: false)")
+            self._not_built("mmd", "disabled (mmd_enabled: false)")
         elif not (self.numeric.size and numeric_reference.shape[0] >= 2):
             self._not_built("mmd", "no numeric input feature with 2 complete reference rows")
         else:

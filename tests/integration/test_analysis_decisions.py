@@ -152,6 +152,8 @@ async def test_a_reference_reset_needs_the_admin_token_and_collects_again(sideca
         async with session.delete(admin, headers={"Authorization": f"Bearer {TOKEN}"}) as answer:
             assert answer.status == 202
         await eventually(lambda: metric(sidecar.registry, "sidecar_reference_instances", model="classifier") == 0)
+        assert sidecar.registry.get_sample_value("sidecar_detector_active",
+                                                 {"model": "classifier", "detector": "feature_drift"}) is None
         snapshot = await monitor(session, sidecar, "classifier")
         assert snapshot["reference"]["complete"] is False and snapshot["decisions"] is None
         await complete_reference(session, sidecar, "/v1/models/classifier:predict", {"instances": rows.tolist()},
