@@ -130,13 +130,15 @@ class MonitorStore:
         with self._lock:
             return sorted(self._models)
 
-    def snapshot(self, model: str) -> dict[str, Any] | None:
+    def snapshot(self, model: str, extremes: bool = False) -> dict[str, Any] | None:
+        """The model's drill-down; feature summaries leave out `min` and `max` (single raw input values) unless
+        `extremes`."""
         with self._lock:
             view = self._models.get(model)
-            return None if view is None else _render(view)
+            return None if view is None else _render(view, extremes)
 
 
-def _render(view: _ModelView) -> dict[str, Any]:
+def _render(view: _ModelView, extremes: bool) -> dict[str, Any]:
     status = view.status
     snapshot: dict[str, Any] = {
         "model": view.model,
@@ -148,7 +150,7 @@ def _render(view: _ModelView) -> dict[str, Any]:
         "features": {"inputs": list(status.inputs), "outputs": list(status.outputs),
                      "columns": status.input_columns} if status else None,
         "decisions": status.decisions if status else None,
-        "detectors": {name: _render_drift(window, view.drift_counts.get(name, [0, 0]))
+        "detectors": {name: _render_drift(window, view.drift_counts.get(name, [0, 0]), extremes)
                       for name, window in sorted(view.drift.items())},
         "outliers": {name: dict(entry) for name, entry in sorted(view.outliers.items())},
         "data_quality": {"instances": view.quality_instances,
@@ -160,7 +162,7 @@ def _render(view: _ModelView) -> dict[str, Any]:
     return snapshot
 
 
-def _render_drift(window: DriftWindow, counts: list[int]) -> dict[str, Any]:
+def _render_drift(window: DriftWindow, counts: list[int], extremes: bool) -> dict[str, Any]:
     return {
         "window": dict(window.window),
         "drift": window.drift,
@@ -170,5 +172,17 @@ def _render_drift(window: DriftWindow, counts: list[int]) -> dict[str, Any]:
         "windows_evaluated": counts[0],
         "windows_drifted": counts[1],
         "duration_seconds": window.duration,
-        "features": [item._asdict() for item in window.features.all()],
+        "features": [_feature(item._asdict(), extremes) for item in window.features.all()],
     }
+
+
+_EXTREMES = ("min", "max")
+
+
+def _feature(entry: dict[str, Any], extremes: bool) -> dict[str, Any]:
+    if not extremes:
+        for side in ("reference", "current"):
+            summary = entry.get(side)
+            if isinstance(summary, dict) and "min" in summary:
+                entry[side] = {key: value for key, value in summary.items() if key not in _EXTREMES}
+    return entry

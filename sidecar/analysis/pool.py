@@ -259,8 +259,8 @@ class AnalysisPool:
 
     # -- monitor ---------------------------------------------------------------------------------------------
 
-    def monitor(self, model: str) -> dict[str, Any] | None:
-        return self.store.snapshot(model)
+    def monitor(self, model: str, extremes: bool = False) -> dict[str, Any] | None:
+        return self.store.snapshot(model, extremes)
 
     def models(self) -> list[str]:
         return self.store.list_models()

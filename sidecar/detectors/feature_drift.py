@@ -27,7 +27,7 @@ class FeatureResult:
     """One feature's test. A NaN statistic marks a feature that could not be tested (too few values on a side);
     its p-value is then 1.
 
-    `reference` / `current` summarise the two samples: count, mean, std, min, max, p50 for numeric features;
+    `reference` / `current` summarise the two samples: count, mean, std, min, max, p05, p50, p95 for numeric features;
     count and the frequencies of the most common categories (at most 5, plus "__other__" for values outside
     the known categories) for categorical ones.
     """
@@ -200,7 +200,8 @@ def _finite(x: FloatArray) -> FloatArray:
 
 
 def _numeric_summaries(columns: SortedColumns) -> list[dict[str, float]]:
-    """count, mean, std (ddof 0), min, max and median per feature, from already sorted columns."""
+    """count, mean, std (ddof 0), min, max and the 5th, 50th and 95th percentiles (lower nearest rank, the median
+    interpolated) per feature, from already sorted columns."""
     counts: IntArray = columns.counts
     values = columns.values
     features = values.shape[0]
@@ -211,13 +212,16 @@ def _numeric_summaries(columns: SortedColumns) -> list[dict[str, float]]:
     low, high = (last // 2)[:, None], ((last + 1) // 2)[:, None]
     median = (np.take_along_axis(values, low, axis=1)[:, 0] + np.take_along_axis(values, high, axis=1)[:, 0]) / 2
     maximum = np.take_along_axis(values, last[:, None], axis=1)[:, 0]
+    p05 = np.take_along_axis(values, np.floor(0.05 * last).astype(np.int64)[:, None], axis=1)[:, 0]
+    p95 = np.take_along_axis(values, np.ceil(0.95 * last).astype(np.int64)[:, None], axis=1)[:, 0]
     summaries = []
     for f in range(features):
         if counts[f] == 0:
             summaries.append({"count": 0.0})
             continue
         summaries.append({"count": float(counts[f]), "mean": float(mean[f]), "std": float(std[f]),
-                          "min": float(values[f, 0]), "max": float(maximum[f]), "p50": float(median[f])})
+                          "min": float(values[f, 0]), "max": float(maximum[f]), "p05": float(p05[f]),
+                          "p50": float(median[f]), "p95": float(p95[f])})
     return summaries
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -13,16 +13,30 @@ from prometheus_client.exposition import choose_encoder
 
 from sidecar.telemetry.health import UpstreamHealth
 
-MonitorLookup = Callable[[str], dict[str, Any] | None]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MonitorLookup = Callable[[str, bool], dict[str, Any] | None]
 MonitorIndex = Callable[[], list[str]]
 ReferenceReset = Callable[[str], bool]
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes answer without the token
+_TRUE = {"1", "true", "yes"}
 
 
 def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
                     monitor: MonitorLookup | None = None, monitor_index: MonitorIndex | None = None,
                     reset_reference: ReferenceReset | None = None, token: str | None = None) -> web.Application:
-    """`reset_reference(model)` forgets a model's reference (False: its worker is not running); it is served only
-    with `token`, which callers send as `Authorization: Bearer <token>`."""
+    """With `token`, every route but the probes needs `Authorization: Bearer <token>` (401 otherwise); without it,
+    the routes that change state (`DELETE /v1/monitor/{model}/reference`) are refused (403). `monitor(model,
+    extremes)` answers the drill-down; `?extremes=true` keeps single raw values (feature min and max)."""
+
+    @web.middleware
+    async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token is not None and request.path not in OPEN_PATHS and not bearer_matches(
+                request.headers.get("Authorization", ""), token):
+            return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="sidecar-admin"'})
+        return await handler(request)
+
     async def metrics(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
@@ -40,7 +54,8 @@ def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
 
     async def monitor_model(request: web.Request) -> web.Response:
         model = request.match_info["model"]
-        snapshot = monitor(model) if monitor else None
+        extremes = request.query.get("extremes", "").lower() in _TRUE
+        snapshot = monitor(model, extremes) if monitor else None
         if snapshot is None:
             return web.json_response({"error": f"no monitoring data for model {model!r}"}, status=404)
         return web.Response(text=json.dumps(json_safe(snapshot), allow_nan=False), content_type="application/json")
@@ -50,16 +65,13 @@ def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
         if token is None or reset_reference is None:
             return web.json_response({"error": "reference resets are off: set admin_token (SIDECAR_ADMIN_TOKEN) "
                                       "to enable them"}, status=403)
-        if not bearer_matches(request.headers.get("Authorization", ""), token):
-            return web.json_response({"error": "missing or wrong bearer token"}, status=401,
-                                     headers={"WWW-Authenticate": "Bearer"})
         if not reset_reference(model):
             return web.json_response({"error": "the analysis worker of this model is not running; try again"},
                                      status=503)
         return web.json_response({"model": model, "reference": "reset: collecting a new one from traffic"},
                                  status=202)
 
-    app = web.Application()
+    app = web.Application(middlewares=[authorize])
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 
 class AnalysisView(Protocol):
-    def monitor(self, model: str) -> dict[str, Any] | None: ...
+    def monitor(self, model: str, extremes: bool = False) -> dict[str, Any] | None: ...
 
     def models(self) -> list[str]: ...
 
@@ -23,9 +23,10 @@ class DrillDown:
         self.analysis = analysis
         self.quality = quality
 
-    def model(self, name: str) -> dict[str, Any] | None:
-        """The analysis snapshot with the feedback quality under `quality`; None when neither knows the model."""
-        snapshot = self.analysis.monitor(name) if self.analysis is not None else None
+    def model(self, name: str, extremes: bool = False) -> dict[str, Any] | None:
+        """The analysis snapshot with the feedback quality under `quality`; None when neither knows the model.
+        `extremes`: feature summaries keep their min and max (single raw input values)."""
+        snapshot = self.analysis.monitor(name, extremes) if self.analysis is not None else None
         quality = self.quality.quality_snapshot(name) if self.quality is not None else None
         if snapshot is None and quality is None:
             return None

@@ -22,7 +22,7 @@ def test_defaults_match_the_documented_ports() -> None:
     assert settings.proxy.upstream_grpc == ("127.0.0.1", 9500)
     assert settings.proxy.listen_rest == ("0.0.0.0", 8501)
     assert settings.proxy.listen_grpc == ("0.0.0.0", 8500)
-    assert settings.telemetry.listen_admin == ("0.0.0.0", 8508)
+    assert settings.telemetry.listen_admin == ("127.0.0.1", 8508)
     assert settings.proxy.max_body_bytes == 64 * 1024**2
     assert settings.proxy.grpc_max_message_bytes >= 64 * 1024**2
     assert settings.telemetry.model_label_cap == 100

@@ -84,3 +84,18 @@ def test_a_model_seen_only_through_decode_errors_is_listed() -> None:
     assert snapshot is not None
     assert snapshot["reference"] is None
     assert snapshot["decode_errors"] == {"rest": {"json": 2}}
+
+
+def test_feature_summaries_leave_out_single_raw_values_unless_asked() -> None:
+    store = MonitorStore()
+    summary = {"count": 100.0, "mean": 0.0, "min": -9.5, "max": 12.25, "p05": -1.6, "p50": 0.0, "p95": 1.7}
+    stat = FeatureStat("x[0]", "numeric", 0.4, 0.001, 0.002, 1.3, True, summary, dict(summary))
+    store.apply(DriftWindow("iris", "feature_drift", {"index": 1}, True, 0.002, 0.05, None,
+                            PackedFeatures.of([stat], 20), 0.01))
+    shown = store.snapshot("iris")
+    assert shown is not None
+    [feature] = shown["detectors"]["feature_drift"]["features"]
+    assert set(feature["reference"]) == set(feature["current"]) == {"count", "mean", "p05", "p50", "p95"}
+    asked = store.snapshot("iris", extremes=True)
+    assert asked is not None
+    assert asked["detectors"]["feature_drift"]["features"][0]["reference"]["max"] == 12.25

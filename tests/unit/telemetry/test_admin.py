@@ -1,4 +1,5 @@
-"""The admin listener: metrics in both exposition formats, liveness, readiness that follows the upstream."""
+"""The admin listener: metrics in both exposition formats, liveness, readiness that follows the upstream, the
+drill-down, and the optional bearer token."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from sidecar.telemetry.health import UpstreamHealth, tcp_http_probe
 from sidecar.telemetry.metrics import RequestMetrics, new_registry
 
 
-async def start_admin(health: UpstreamHealth | None, monitor: Any = None) -> AdminServer:
+async def start_admin(health: UpstreamHealth | None, monitor: Any = None, token: str | None = None) -> AdminServer:
     registry = new_registry()
     metrics = RequestMetrics()
     registry.register(metrics)
     metrics.record("iris", "rest", "predict", "200", 0.01, 0.005, 100, 50)
-    server = AdminServer(build_admin_app(registry, health, monitor, lambda: ["iris"]), "127.0.0.1", 0)
+    server = AdminServer(build_admin_app(registry, health, monitor, lambda: ["iris"], token=token), "127.0.0.1", 0)
     await server.start()
     return server
 
@@ -75,7 +76,7 @@ async def test_readyz_follows_the_upstream_while_healthz_stays_alive() -> None:
 
 async def test_monitor_drill_down_is_json_and_unknown_models_are_404() -> None:
     snapshots = {"iris": {"model": "iris", "p": float("nan"), "values": (1, 2)}}
-    server = await start_admin(None, snapshots.get)
+    server = await start_admin(None, lambda model, extremes: snapshots.get(model))
     try:
         async with aiohttp.ClientSession() as session:
             base = f"http://127.0.0.1:{server.port}"
@@ -87,6 +88,45 @@ async def test_monitor_drill_down_is_json_and_unknown_models_are_404() -> None:
                 assert "nope" in (await response.json())["error"]
             async with session.get(f"{base}/v1/monitor") as response:
                 assert await response.json() == {"models": ["iris"]}
+    finally:
+        await server.stop()
+
+
+async def test_the_drill_down_keeps_raw_extremes_only_when_asked() -> None:
+    asked: list[bool] = []
+
+    def monitor(model: str, extremes: bool) -> dict[str, Any]:
+        asked.append(extremes)
+        return {"model": model}
+
+    server = await start_admin(None, monitor)
+    try:
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{server.port}/v1/monitor/iris"
+            for query in ("", "?extremes=true", "?extremes=no"):
+                async with session.get(base + query) as response:
+                    assert response.status == 200
+    finally:
+        await server.stop()
+    assert asked == [False, True, False]
+
+
+async def test_with_a_token_every_route_but_the_probes_needs_it() -> None:
+    server = await start_admin(None, lambda model, extremes: {"model": model}, token="t0k")
+    try:
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{server.port}"
+            for path in ("/metrics", "/v1/monitor", "/v1/monitor/iris"):
+                async with session.get(base + path) as response:
+                    assert response.status == 401
+                    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+                async with session.get(base + path, headers={"Authorization": "Bearer wrong"}) as response:
+                    assert response.status == 401
+                async with session.get(base + path, headers={"Authorization": "Bearer t0k"}) as response:
+                    assert response.status == 200
+            for path in ("/healthz", "/readyz"):
+                async with session.get(base + path) as response:
+                    assert response.status == 200
     finally:
         await server.stop()
 
