@@ -90,7 +90,8 @@ class AnalysisMetrics:
         self.restarts = Counter("sidecar_worker_restarts", "Analysis worker processes restarted after they died.",
                                 ["worker"], registry=r)
         self.lost_records = Counter("sidecar_analysis_lost_records", "Records handed to the analysis but never "
-                                    "analysed (reason: worker_exit, shutdown).",
+                                    "analysed (reason: worker_died: in flight to a worker that died; shutdown: "
+                                    "waiting when the pool stopped).",
                                     ["worker", "reason"], registry=r)
         self.detector_duration = Histogram("sidecar_detector_duration_seconds", "Time one detector run took (the "
                                            "latest run per model in each result a worker sends).",

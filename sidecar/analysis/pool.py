@@ -354,7 +354,7 @@ class AnalysisPool:
         lost = self._rings[slot.index].reset()
         link.inflight.clear()
         slot.link = None
-        self.metrics.records_lost(slot.index, "shutdown" if self._stopping else "worker_exit", lost)
+        self.metrics.records_lost(slot.index, "shutdown" if self._stopping else "worker_died", lost)
         if not self._stopping:
             log.warning("analysis worker %d (pid %s) exited; %d records in flight lost; restarting",
                         slot.index, link.process.pid, lost)

@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,9 +56,12 @@ def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str
         upstreams: tuple[tuple[str, int] | None, tuple[str, int] | None] = (None, None)) -> None:
     """Worker main loop (the spawn target). Records are read from `ring` as batches name them. Predictions are
     reduced with `prediction_rules` and sent as `StoredPredictions`; without rules (nobody stores them) they are not
-    sent."""
+    sent.
+
+    The worker starts at the priority it was spawned with and lowers it (`worker_priority`) only once it has
+    analysed its first batch: at idle priority on a busy machine, a respawned worker's imports and first batch
+    waited seconds for CPU the proxy was using, and the analysis stayed off that long."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
-    lower_priority(settings.worker_priority)
     keep_heap_memory()
     single_threaded_math()
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s analysis-{worker} %(name)s: %(message)s")
@@ -69,7 +73,8 @@ def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str
     reader = SharedRingReader(ring)
     try:
         results.send([WorkerStarted(worker, generation, os.getpid())])
-        _serve(worker, generation, state, reader, tasks, results, prediction_rules)
+        _serve(worker, generation, state, reader, tasks, results, prediction_rules,
+               settle=lambda: lower_priority(settings.worker_priority))
         results.send([WorkerStopped(worker, generation)])
     except (BrokenPipeError, EOFError, ConnectionResetError):
         pass  # the main process is gone: nothing left to report to
@@ -124,7 +129,9 @@ def lower_priority(priority: str) -> None:
 
 
 def _serve(worker: int, generation: int, state: AnalysisState, reader: SharedRingReader, tasks: Connection,
-           results: Connection, rules: PredictionReducer | None = None) -> None:
+           results: Connection, rules: PredictionReducer | None = None,
+           settle: Callable[[], None] | None = None) -> None:
+    """Serve batches until STOP; `settle` is called once, after the first batch."""
     interval = state.settings.result_interval
     held = ResultBuffer()
     sent_at = -math.inf
@@ -145,6 +152,9 @@ def _serve(worker: int, generation: int, state: AnalysisState, reader: SharedRin
             found, done = _process(worker, generation, state, batch.batch_id, reader.read(batch.start, batch.end))
             held.extend(_for_the_store(found, rules))
             results.send([done])
+            if settle is not None:
+                settle()
+                settle = None
             if held and time.monotonic() - sent_at >= interval:
                 _send_held(held, results)
                 sent_at = time.monotonic()

@@ -116,7 +116,7 @@ def test_restarts_and_lost_records_are_counted_per_worker() -> None:
     registry = CollectorRegistry()
     metrics = AnalysisMetrics(registry, max_feature_labels=2)
     metrics.worker_restarted(1)
-    metrics.records_lost(1, "worker_exit", 12)
-    metrics.records_lost(1, "worker_exit", 0)
+    metrics.records_lost(1, "worker_died", 12)
+    metrics.records_lost(1, "worker_died", 0)
     assert metric(registry, "sidecar_worker_restarts_total", worker="1") == 1
-    assert metric(registry, "sidecar_analysis_lost_records_total", worker="1", reason="worker_exit") == 12
+    assert metric(registry, "sidecar_analysis_lost_records_total", worker="1", reason="worker_died") == 12

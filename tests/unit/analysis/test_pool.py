@@ -198,7 +198,7 @@ async def test_records_wait_and_drop_at_the_ring_while_the_workers_are_saturated
     assert stored == [record.prediction_id for record in records[:30]]
     assert metric(registry, "sidecar_worker_restarts_total", worker="0") == 0
     assert registry.get_sample_value("sidecar_analysis_lost_records_total",
-                                     {"worker": "0", "reason": "worker_exit"}) is None
+                                     {"worker": "0", "reason": "worker_died"}) is None
 
 
 async def test_the_ring_is_reused_as_the_worker_reads_it(started: Callable[..., AnalysisPool]) -> None:
@@ -296,3 +296,42 @@ def test_running_the_pool_keeps_numpy_out_of_the_main_process(tmp_path: Path) ->
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
                             timeout=120, check=True)
     assert result.stdout.split() == ["20.0", "False", "False", "False"]
+
+
+async def test_records_in_flight_to_a_worker_that_dies_are_counted_lost_and_the_rest_analysed(
+        started: Callable[..., AnalysisPool]) -> None:
+    registry = CollectorRegistry()
+    stored: list[str] = []
+    capture = CaptureSettings(capture_max_records=100, capture_batch_size=10, capture_flush_interval=0.01)
+    pool = started(registry, workers=1, analysis_queue_batches=1, capture=capture,
+                   hook=lambda predictions: stored.extend(predictions.ids))
+    await pool.start()
+    assert await pool.wait_ready(STARTUP)
+    [pid] = pool.worker_pids()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # the batch handed to it stays in flight
+    records = list(stream("iris", 30, 1, seed=5))
+    for record in records:
+        pool.append(record)
+    await eventually(lambda: pool.drained == 10)
+    os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: metric(registry, "sidecar_analysis_lost_records_total", worker="0",
+                                    reason="worker_died") == 10)
+    assert await pool.wait_ready(STARTUP)
+    await eventually(lambda: len(stored) == 20)  # the 20 records still waiting went to the new worker
+    assert sorted(stored) == sorted(record.prediction_id for record in records[10:])
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling classes")
+async def test_a_worker_runs_at_normal_priority_until_its_first_batch_then_at_idle(
+        started: Callable[..., AnalysisPool]) -> None:
+    registry = CollectorRegistry()
+    pool = started(registry, workers=1, worker_priority="idle")
+    await pool.start()
+    assert await pool.wait_ready(STARTUP)
+    [pid] = pool.worker_pids()
+    assert pid is not None
+    assert os.sched_getscheduler(pid) == os.SCHED_OTHER  # imports and set-up competed at normal priority
+    await append_all(pool, list(stream("iris", 2, 10, seed=8)))
+    await eventually(lambda: metric(registry, "sidecar_analysed_instances_total", model="iris") == 20)
+    await eventually(lambda: os.sched_getscheduler(pid) == os.SCHED_IDLE)
