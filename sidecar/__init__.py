@@ -1,4 +1,4 @@
 """Monitoring sidecar for TensorFlow Serving and Open Inference Protocol model servers."""
 
 __all__ = ["__version__"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -19,7 +19,7 @@ commands:
   demo           start the testbed and the sidecar, send traffic and feedback, show what is seen
   anodot-replay  post stored Anodot bucket files to the Anodot API
 
-`sidecar COMMAND --help` shows the options of a command.
+`sidecar COMMAND --help` shows the options of a command; `sidecar --version` prints the version.
 """
 
 
@@ -28,6 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in {"-h", "--help", "help"}:
         print(USAGE)
         return 0 if args else 2
+    if args[0] in {"-V", "--version", "version"}:
+        from sidecar import __version__
+
+        print(f"sidecar {__version__}")
+        return 0
     command, rest = args[0], args[1:]
     if command == "run":
         return run_command(rest)
@@ -57,7 +62,7 @@ def run_command(argv: Sequence[str]) -> int:
     except (config.ConfigError, ValueError) as exc:
         print(f"sidecar: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.general.log_level)
+    configure_logging(settings.general.log_level, settings.general.log_format)
     install_fast_loop()
     shorten_gil_switch_interval()
     try:

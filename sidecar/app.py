@@ -22,7 +22,7 @@ from sidecar.config import Settings
 from sidecar.proxy.listener import Listener
 from sidecar.telemetry.admin import AdminServer, build_admin_app
 from sidecar.telemetry.drilldown import DrillDown
-from sidecar.telemetry.health import Probe, UpstreamHealth, tcp_http_probe
+from sidecar.telemetry.health import Probe, UpstreamHealth, UpstreamMetrics, tcp_http_probe
 from sidecar.telemetry.metrics import CaptureMetrics, RequestMetrics, add_process_metrics, new_registry
 from sidecar.telemetry.tracing import Tracing, disabled
 
@@ -175,6 +175,7 @@ class Sidecar:
         health = self.health = UpstreamHealth(probes, self.settings.telemetry.readiness_interval)
         await health.start()
         self._on_stop("health", health.stop)
+        self.registry.register(UpstreamMetrics(health))
 
     async def _start_proxies(self) -> None:
         proxy = self.settings.proxy
@@ -209,7 +210,10 @@ class Sidecar:
 
     async def stop(self) -> None:
         """Stop everything started so far, in reverse order; one part failing does not stop the rest."""
+        started = asyncio.get_running_loop().time()
+        log.info("shutting down")
         await self._stack.aclose()
+        log.info("stopped in %.1f s", asyncio.get_running_loop().time() - started)
 
 
 async def _logged_stop(name: str, stopper: Stopper) -> None:
@@ -217,6 +221,8 @@ async def _logged_stop(name: str, stopper: Stopper) -> None:
         await stopper()
     except Exception:
         log.exception("stopping %s failed", name)
+    else:
+        log.debug("%s stopped", name)
 
 
 async def run_until_signalled(sidecar: Sidecar, stop_event: asyncio.Event,

@@ -35,6 +35,7 @@ class GeneralSettings:
     state_dir: str = option("./sidecar-state", "directory for state that survives restarts (references, "
                             "prediction store)", parse_str)
     log_level: str = option("info", "log level", parse_choice("debug", "info", "warning", "error"))
+    log_format: str = option("text", "log lines as text or as one JSON object per line", parse_choice("text", "json"))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import sys
 
 GIL_SWITCH_INTERVAL = 0.0005
@@ -32,8 +31,10 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, log_format: str = "text") -> None:
+    from sidecar.telemetry.logs import configure
+
+    configure(level, log_format)
 
 
 def install_fast_loop() -> None:

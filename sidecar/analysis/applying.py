@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from sidecar.analysis.metrics import AnalysisMetrics
 from sidecar.analysis.monitor import MonitorStore
-from sidecar.messages.results import Result, StoredPredictions
+from sidecar.messages.results import DriftWindow, Result, StoredPredictions
 
 log = logging.getLogger(__name__)
 PredictionsHook = Callable[[StoredPredictions], None]
@@ -21,6 +21,7 @@ class ResultSink:
         self.metrics = metrics
         self.store = store
         self.on_predictions = on_predictions
+        self._drifting: dict[tuple[str, str], bool] = {}  # (model, detector) -> the latest window drifted
 
     def apply(self, message: Result) -> None:
         try:
@@ -28,7 +29,22 @@ class ResultSink:
                 if self.on_predictions is not None:
                     self.on_predictions(message)
                 return
+            if isinstance(message, DriftWindow):
+                self._log_drift(message)
             self.metrics.apply(message)
             self.store.apply(message)
         except Exception:
             log.exception("applying an analysis result failed")
+
+    def _log_drift(self, window: DriftWindow) -> None:
+        """One line when a model's detector starts or stops seeing drift, not one per window."""
+        key = (window.model, window.detector)
+        if self._drifting.get(key, False) == window.drift:
+            return
+        self._drifting[key] = window.drift
+        if window.drift:
+            worst = ", ".join(f"{item.name} (p={item.adjusted_p_value:.2g})" for item in window.features.worst[:3])
+            log.warning("model %s: drift detected by %s (p=%.3g)%s", window.model, window.detector, window.p_value,
+                        f"; most drifted: {worst}" if worst else "")
+        else:
+            log.info("model %s: drift cleared for %s (p=%.3g)", window.model, window.detector, window.p_value)

@@ -56,6 +56,7 @@ from sidecar.messages.results import (
     WorkerStarted,
     WorkerStopped,
 )
+from sidecar.telemetry.logs import current_format
 from sidecar.worker.settings import AnalysisSettings
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ class AnalysisPool:
     def _spawn(self, index: int, generation: int) -> tuple[BaseProcess, int, int]:
         return spawn_worker(self._context, index, (index, generation, self.settings, str(self.state_dir),
                                                    self._rings[index].handle, self._log_level, self.prediction_rules,
-                                                   self.upstreams))
+                                                   self.upstreams, current_format()))
 
     def _on_results(self, link: _Link) -> None:
         """The worker's result pipe is readable: queue the complete messages and apply the first; forget the pipe

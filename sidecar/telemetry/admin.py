@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from prometheus_client.exposition import choose_encoder
 
 from sidecar.telemetry.health import UpstreamHealth
 
+log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MonitorLookup = Callable[[str, bool], dict[str, Any] | None]
@@ -117,6 +119,7 @@ class AdminServer:
         sockets = getattr(site._server, "sockets", None)
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        log.info("admin listener on %s:%d (/metrics, /healthz, /readyz, /v1/monitor)", self.host, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 log = logging.getLogger(__name__)
 Probe = Callable[[], Awaitable[bool]]
@@ -18,6 +20,7 @@ class UpstreamHealth:
         self.probes = probes
         self.interval = interval
         self.state: dict[str, bool] = dict.fromkeys(probes, False)
+        self._reported: dict[str, bool | None] = dict.fromkeys(probes, None)  # what the log said last
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -35,7 +38,19 @@ class UpstreamHealth:
                 self.state[name] = await asyncio.wait_for(probe(), timeout=max(self.interval, 1.0))
             except Exception:
                 self.state[name] = False
+            self._report(name)
         return self.ready
+
+    def _report(self, name: str) -> None:
+        """One log line per change of an upstream's verdict (seen by a probe), never one per request."""
+        up, before = self.state[name], self._reported[name]
+        if up == before:
+            return
+        self._reported[name] = up
+        if up:
+            log.info("%s upstream is up", name)
+        else:
+            log.warning("%s upstream is %s", name, "not answering" if before is None else "down: not answering")
 
     async def start(self) -> None:
         await self.check()
@@ -69,3 +84,22 @@ async def tcp_http_probe(host: str, port: int, timeout: float = 2.0) -> bool:
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+class UpstreamMetrics:
+    """`sidecar_upstream_up{protocol}`: 1 while the model server answers the readiness probe, else 0 (an alert can
+    fire for a dead model server that gets no traffic)."""
+
+    def __init__(self, health: UpstreamHealth) -> None:
+        self.health = health
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily("sidecar_upstream_up", "1 while the model server answers the readiness probe.",
+                                  labels=["protocol"])]
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("sidecar_upstream_up", "1 while the model server answers the readiness probe.",
+                                   labels=["protocol"])
+        for protocol, up in sorted(self.health.state.items()):
+            family.add_metric([protocol], 1.0 if up else 0.0)
+        yield family

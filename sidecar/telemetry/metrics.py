@@ -13,9 +13,11 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from sidecar import __version__
 
 OTHER_MODELS = "__other__"
 DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -185,8 +187,10 @@ def new_registry() -> CollectorRegistry:
 
 def add_process_metrics(registry: CollectorRegistry) -> CollectorRegistry:
     """Add the standard `process_*` (CPU, resident memory, open files), `python_gc_*` and `python_info` metrics
-    that any Python exporter offers; they are read only when scraped."""
+    that any Python exporter offers (read only when scraped), and `sidecar_build_info{version}`."""
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+    Gauge("sidecar_build_info", "Always 1; the sidecar's version as a label.", ["version"],
+          registry=registry).labels(__version__).set(1)
     return registry

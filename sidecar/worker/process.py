@@ -38,6 +38,7 @@ from sidecar.messages.results import (
     WorkerStopped,
     bucket_counts,
 )
+from sidecar.telemetry.logs import configure as configure_logs
 from sidecar.worker.coalesce import ResultBuffer
 from sidecar.worker.settings import AnalysisSettings
 
@@ -53,7 +54,8 @@ log = logging.getLogger(__name__)
 def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str, ring: RingHandle,
         tasks: Connection, results: Connection, log_level: int = logging.WARNING,
         prediction_rules: PredictionReducer | None = None,
-        upstreams: tuple[tuple[str, int] | None, tuple[str, int] | None] = (None, None)) -> None:
+        upstreams: tuple[tuple[str, int] | None, tuple[str, int] | None] = (None, None),
+        log_format: str = "text") -> None:
     """Worker main loop (the spawn target). Records are read from `ring` as batches name them. Predictions are
     reduced with `prediction_rules` and sent as `StoredPredictions`; without rules (nobody stores them) they are not
     sent.
@@ -64,7 +66,7 @@ def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
     keep_heap_memory()
     single_threaded_math()
-    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s analysis-{worker} %(name)s: %(message)s")
+    configure_logs(log_level, log_format, process=f"analysis-{worker}")
     from sidecar.worker.signature import SignatureFetcher
     from sidecar.worker.state import AnalysisState
 

@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "capture": {"messages", "options"},
     "codec": {"messages", "_proto"},
     "proxy": {"messages", "capture", "options", "telemetry"},
-    "worker": {"messages", "capture", "codec", "detectors", "options", "_proto"},
+    "worker": {"messages", "capture", "codec", "detectors", "options", "_proto", "telemetry"},  # logs only
     "analysis": {"messages", "capture", "worker", "telemetry", "options"},
     "feedback": {"messages", "proxy", "telemetry", "options"},
     "telemetry": {"options"},

@@ -114,7 +114,8 @@ class AioGrpcProxy:
         await server.start()
         channel.get_state(try_to_connect=True)  # connect now so the first call does not wait for it
         self._server, self._channel, self.port = server, channel, port
-        log.info("gRPC proxy listening on port %d, forwarding to %s", port, self.upstream_target)
+        log.info("gRPC proxy (grpc.aio) listening on %s (port %d), forwarding to %s", self.listen_address, port,
+                 self.upstream_target)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, let running ones finish for up to `grace` seconds, then close the channel."""
