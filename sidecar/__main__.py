@@ -65,8 +65,14 @@ def run_command(argv: Sequence[str]) -> int:
     configure_logging(settings.general.log_level, settings.general.log_format)
     install_fast_loop()
     shorten_gil_switch_interval()
+    from sidecar.app import StartupError
+
     try:
         asyncio.run(_serve(settings, tracer))
+    except StartupError as exc:
+        logging.getLogger("sidecar").debug("start-up failed", exc_info=exc.__cause__)
+        print(f"sidecar: cannot start: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"sidecar: cannot start: {exc}", file=sys.stderr)
         return 1

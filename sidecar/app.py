@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,22 @@ if TYPE_CHECKING:  # each part's module is imported only when the settings ask f
 
 log = logging.getLogger(__name__)
 Stopper = Callable[[], Awaitable[object]]
+
+
+class StartupError(Exception):
+    """A part could not start: `str()` is one line naming the setting, its value and the cause."""
+
+
+@contextlib.asynccontextmanager
+async def _starting(setting: str, value: object) -> AsyncIterator[None]:
+    """Turn a part's start-up failure (a taken port, an unusable directory, an unreachable store) into one line."""
+    try:
+        yield
+    except StartupError:
+        raise
+    except (OSError, ConnectionError, RuntimeError, ValueError) as exc:
+        cause = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise StartupError(f"{setting} {value}: {cause}") from exc
 
 
 class Sidecar:
@@ -82,7 +99,8 @@ class Sidecar:
     async def _start(self) -> None:
         settings = self.settings
         state_dir = settings.state_path
-        state_dir.mkdir(parents=True, exist_ok=True)
+        async with _starting("--state-dir", state_dir):
+            _check_writable(state_dir)
         self._on_stop("tracing", self._shutdown_tracing)
 
         await self._start_anodot(state_dir)  # stopped last of all, so its final bucket has the final counts
@@ -104,7 +122,8 @@ class Sidecar:
         feedback = self.feedback = FeedbackService(
             self.settings.feedback, state_dir, self.registry, self.settings.analysis.task_overrides(),
             model_label_cap=self.settings.telemetry.model_label_cap)
-        await feedback.start()
+        async with _starting("--store", self.settings.feedback.store):
+            await feedback.start()
         self._on_stop("feedback", feedback.stop)
 
     async def _start_analysis(self, state_dir: Path) -> None:
@@ -186,14 +205,16 @@ class Sidecar:
             local_routes = {"/v1/feedback": self.feedback.handle} if self.feedback is not None else None
             rest = self.rest = RestProxy(proxy, capture=capture, metrics=self.request_metrics, tracing=self.tracing,
                                          health=self.health, local_routes=local_routes)
-            await rest.start()
+            async with _starting("--listen-rest", _address(proxy.listen_rest)):
+                await rest.start()
             self._on_stop("rest proxy", rest.stop)
         if proxy.listen_grpc is not None:
             from sidecar.proxy.grpc.engine import GrpcProxy
 
             grpc = self.grpc = GrpcProxy(proxy, capture=capture, metrics=self.request_metrics, tracing=self.tracing,
                                          health=self.health)
-            await grpc.start()
+            async with _starting("--listen-grpc", _address(proxy.listen_grpc)):
+                await grpc.start()
             self._on_stop("grpc proxy", grpc.stop)
 
     async def _start_admin(self) -> None:
@@ -205,7 +226,8 @@ class Sidecar:
                               self.pool.reset_reference if self.pool is not None else None,
                               self.settings.telemetry.admin_token)
         admin = self.admin = AdminServer(app, *listen)
-        await admin.start()
+        async with _starting("--listen-admin", _address(listen)):
+            await admin.start()
         self._on_stop("admin", admin.stop)
 
     async def stop(self) -> None:
@@ -214,6 +236,18 @@ class Sidecar:
         log.info("shutting down")
         await self._stack.aclose()
         log.info("stopped in %.1f s", asyncio.get_running_loop().time() - started)
+
+
+def _address(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def _check_writable(directory: Path) -> None:
+    """Create the state directory and prove a file can be written there (the sidecar may run as another user)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write-check-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
 
 
 async def _logged_stop(name: str, stopper: Stopper) -> None:
