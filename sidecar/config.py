@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import yaml
 from sidecar.capture.settings import CaptureSettings
 from sidecar.export.settings import ExportSettings
 from sidecar.feedback.settings import FeedbackSettings
-from sidecar.options import option, parse_choice, parse_str
+from sidecar.options import format_duration, format_size, option, parse_choice, parse_str
 from sidecar.proxy.settings import ProxySettings
 from sidecar.telemetry.settings import TelemetrySettings
 from sidecar.worker.settings import AnalysisSettings
@@ -72,21 +72,52 @@ def _all_options() -> dict[str, tuple[str, Any]]:
     return table
 
 
+_SECTION_TITLES = {"general": "general", "proxy": "proxying (REST and gRPC)", "capture": "capture",
+                   "telemetry": "admin listener, metrics and tracing", "analysis": "analysis (drift, outliers, data "
+                   "quality)", "feedback": "feedback and the prediction store", "export": "payload log and Anodot"}
+_METAVARS = {"parse_size": "SIZE", "parse_duration": "DURATION", "parse_bool": "BOOL", "parse_int": "N",
+             "parse_float": "NUMBER", "parse_hostport": "HOST:PORT", "parse_http_url": "URL", "parse_choice": "CHOICE",
+             "parse_mapping": "YAML", "parse_str_list": "LIST"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting (all default to None so unset flags do not override other sources)."""
+    """Add one flag per setting, grouped by topic (all default to None so unset flags do not override other
+    sources); each help line ends with the default, written as one would type it, and the environment variable."""
     parser.add_argument("--config", metavar="FILE", help="YAML file with settings (keys as the flags, without --)")
-    for name, (_, item) in sorted(_all_options().items()):
-        default = item.default
-        parser.add_argument(_flag(name), dest=name, default=None, metavar="VALUE",
-                            help=f"{item.metadata['help']} (default: {_describe(default)}; env "
-                                 f"{ENV_PREFIX}{name.upper()})")
+    table = _all_options()
+    for section in SECTIONS:
+        group = parser.add_argument_group(_SECTION_TITLES.get(section, section))
+        for name, (owner, item) in sorted(table.items()):
+            if owner != section:
+                continue
+            kind = _parser_kind(item.metadata["parse"])
+            group.add_argument(_flag(name), dest=name, default=None, metavar=_METAVARS.get(kind, "TEXT"),
+                               help=f"{item.metadata['help']} (default: {_describe(_default(item), kind)}; env "
+                                    f"{ENV_PREFIX}{name.upper()})")
 
 
-def _describe(value: Any) -> str:
+def _parser_kind(parse: Any) -> str:
+    """Which `sidecar.options` parser this is (its factory's name), to name and show its values."""
+    return str(getattr(parse, "__qualname__", "")).split(".")[0]
+
+
+def _default(item: Any) -> Any:
+    if item.default is not MISSING:
+        return item.default
+    return item.default_factory() if item.default_factory is not MISSING else None
+
+
+def _describe(value: Any, kind: str = "") -> str:
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
         return f"{value[0]}:{value[1]}"
-    if value is None:
-        return "off"
+    if value is None or value == {}:
+        return "off" if value is None else "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if kind == "parse_size" and isinstance(value, int):
+        return format_size(value)
+    if kind == "parse_duration" and isinstance(value, (int, float)):
+        return format_duration(float(value))
     return str(value)
 
 
@@ -182,11 +213,25 @@ def redacted(settings: Settings) -> dict[str, Any]:
 
 
 def argv_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description, usage=f"{prog} [options]")
     add_arguments(parser)
     return parser
 
 
 def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
-    parser = argv_parser("sidecar run", "Run the monitoring sidecar.")
-    return load(parser.parse_args(argv), environ)
+    parser = argv_parser("sidecar run", "Run the monitoring sidecar. Every setting is also an environment "
+                                        "variable and a key of the --config file; flags win over the environment, "
+                                        "which wins over the file.")
+    return load(parser.parse_args(_attach_negative_values(list(argv or []))), environ)
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """`--flag -5s` as `--flag=-5s`: argparse would take `-5s` for an option and say a value is missing; this way
+    the setting's own parser refuses it with one line naming the setting."""
+    out: list[str] = []
+    for item in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and item[:1] == "-" and item[1:2].isdigit():
+            out[-1] = f"{out[-1]}={item}"
+        else:
+            out.append(item)
+    return out

@@ -36,6 +36,23 @@ def _infer_parser(default: Any) -> Parser:
     return parse_str
 
 
+def format_size(size: int) -> str:
+    """`67108864` -> `64MiB`: the largest binary unit that divides it, else plain bytes."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def format_duration(seconds: float) -> str:
+    """`604800.0` -> `7d`, `0.25` -> `250ms`: the largest unit that gives a whole number, else seconds."""
+    for unit, factor in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001), ("us", 1e-6)):
+        count = seconds / factor
+        if seconds >= factor and abs(count - round(count)) < 1e-9:
+            return f"{round(count)}{unit}"
+    return f"{seconds:g}s"
+
+
 def parse_str(value: Any) -> str:
     if isinstance(value, (dict, list)):
         raise ValueError("expected a string")

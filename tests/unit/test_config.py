@@ -95,3 +95,19 @@ def test_sidecar_run_stops_with_one_line_on_a_bad_value() -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines == ["sidecar: configuration error: --listen-admin: expected HOST:PORT or off, got 'nowhere'"]
+
+
+def test_help_groups_settings_by_topic_with_human_defaults_and_their_variables(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        config.parse_args(["--help"], {})
+    text = capsys.readouterr().out
+    assert "proxying (REST and gRPC):" in text and "feedback and the prediction store:" in text
+    assert "--max-body-bytes SIZE" in text and "(default: 64MiB; env SIDECAR_MAX_BODY_BYTES)" in text
+    assert "(default: 7d; env SIDECAR_STORE_RETENTION)" in text
+    assert "_MISSING_TYPE" not in text and "VALUE" not in text
+
+
+def test_a_negative_duration_is_refused_in_one_line_naming_the_setting() -> None:
+    with pytest.raises(config.ConfigError, match=r"^--upstream-timeout: expected a duration like 30s"):
+        config.parse_args(["--upstream-timeout", "-5s"], {})
