@@ -105,7 +105,7 @@ def test_help_groups_settings_by_topic_with_human_defaults_and_their_variables(
     assert "proxying (REST and gRPC):" in text and "feedback and the prediction store:" in text
     assert "--max-body-bytes SIZE" in text and "(default: 64MiB; env SIDECAR_MAX_BODY_BYTES)" in text
     assert "(default: 7d; env SIDECAR_STORE_RETENTION)" in text
-    assert "_MISSING_TYPE" not in text and "VALUE" not in text
+    assert "_MISSING_TYPE" not in text and " VALUE" not in text
 
 
 def test_a_negative_duration_is_refused_in_one_line_naming_the_setting() -> None:
