@@ -1,6 +1,7 @@
 """The feedback service: `POST /v1/feedback` on the REST listener, the prediction hook, and quality metrics.
 
-Flow of a POST: check the method and the bearer token, parse the body (400 at the first problem), look the ids up
+Flow of a POST: check the method and the bearer token, parse the body (413 past `feedback_max_body_bytes`, as sent
+or inflated; 400 at the first problem, never an exception: see parse.py), look the ids up
 (recent predictions still on their way to the store are answered from memory, the rest by the store's reader
 thread), match every item with its prediction (400 for a wrong count or type, 404 for an unknown or expired id),
 then claim the (id, instance) pairs in the store (the first claim joins, later ones are duplicates) and update
@@ -31,9 +32,9 @@ from sidecar.feedback.monitor import quality_snapshot
 from sidecar.feedback.parse import FeedbackError, FeedbackItem, parse_body
 from sidecar.feedback.pending import PendingFeedback
 from sidecar.feedback.recent import RecentPredictions
-from sidecar.feedback.responses import check_bearer, error_response, inflate, json_response
+from sidecar.feedback.responses import BodyTooLarge, check_bearer, error_response, inflate, json_response
 from sidecar.feedback.settings import FeedbackSettings
-from sidecar.feedback.store import PredictionColumns, PredictionStore, StoredPrediction, StoreError
+from sidecar.feedback.store import Drained, PredictionColumns, PredictionStore, StoredPrediction, StoreError
 from sidecar.feedback.tasks import PredictionRules
 from sidecar.messages.results import Predictions, StoredPredictions
 from sidecar.proxy.rest.local import LocalRequest, LocalResponse
@@ -60,7 +61,8 @@ class FeedbackService:
         self.task_overrides = dict(task_overrides)
         self.rules = PredictionRules(settings.binary_threshold, self.task_overrides)  # applied by the analysis
         self.store = store or open_store(settings.store, state_dir, settings.store_retention, settings.store_max_rows,
-                                         settings.store_key_prefix)
+                                         settings.store_key_prefix, settings.store_flush_interval,
+                                         settings.store_flush_rows)
         self.pending = PendingFeedback(settings.pending_max, settings.pending_timeout)
         self.counts = FeedbackCounts()
         self.board = QualityBoard(settings.quality_window, settings.max_class_labels, model_label_cap)
@@ -76,6 +78,7 @@ class FeedbackService:
         self._loop_thread = 0
         self._event_sink: EventSink | None = None
         self._token = (settings.feedback_token or "").encode()
+        self._stopping = False
 
     # lifecycle
 
@@ -90,19 +93,35 @@ class FeedbackService:
         self._sweeper = self._loop.create_task(self._sweep(), name="feedback-sweeper")
 
     async def stop(self) -> None:
+        """Write every prediction still queued for the store, within `store_stop_timeout` seconds, and say so in one
+        line (INFO; WARNING when rows were lost). The app calls this on SIGTERM and SIGINT, after the analysis
+        has stopped, so the last predictions it handed over are among them."""
+        started = time.monotonic()
+        timeout = self.settings.store_stop_timeout
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5.0)
+        if self._tasks:  # held feedback joining now: at most half the time, the store's writes need the rest
+            await asyncio.wait(list(self._tasks), timeout=min(5.0, timeout / 2))
         if self.pending.instances:
             log.info("stopping with %d feedback instances still waiting for their predictions (dropped)",
                      self.pending.instances)
-        await self.store.stop()
+        self._stopping = True  # predictions arriving from now on are dropped and counted
+        drained = await self.store.stop(max(0.1, timeout - (time.monotonic() - started)))
+        self._log_stop(drained, time.monotonic() - started)
         with contextlib.suppress(KeyError):
             self.registry.unregister(self.collector)
+
+    def _log_stop(self, drained: Drained, seconds: float) -> None:
+        if drained.complete:
+            log.info("feedback stopped: flushed %d queued prediction rows to the store in %.3f s", drained.written,
+                     seconds)
+            return
+        log.warning("feedback stopped: flushed %d of %d queued prediction rows to the store in %.3f s; %d failed to "
+                    "write and %d were not written within store_stop_timeout (%g s): they are lost", drained.written,
+                    drained.queued, seconds, drained.failed, drained.left, self.settings.store_stop_timeout)
 
     async def flush(self) -> None:
         """Wait until held feedback that can join has joined and every queued prediction is stored."""
@@ -137,7 +156,7 @@ class FeedbackService:
 
     def _accept(self, put: PredictionColumns) -> None:
         """On the loop: queue the put for the store writer and join held feedback for its ids."""
-        if self.recent.queued_rows + len(put) > self.settings.store_queue_max:
+        if self._stopping or self.recent.queued_rows + len(put) > self.settings.store_queue_max:
             self.counts.store_dropped += len(put)
         else:
             self.recent.added(put)
@@ -167,9 +186,14 @@ class FeedbackService:
         denied = check_bearer(self._token, request.headers.get("authorization", ""))
         if denied is not None:
             return denied
+        settings = self.settings
         try:
-            body = inflate(request.body, request.headers.get("content-encoding", ""))
-            items = parse_body(body, self.settings.feedback_max_instances)
+            body = inflate(request.body, request.headers.get("content-encoding", ""), settings.feedback_max_body_bytes)
+            items = parse_body(body, settings.feedback_max_instances, settings.feedback_max_depth,
+                               settings.feedback_max_number_length)
+        except BodyTooLarge as exc:
+            self.counts.outcome(NO_MODEL, "invalid")
+            return error_response(413, f"{exc} (feedback_max_body_bytes)")
         except FeedbackError as exc:
             self.counts.outcome(NO_MODEL, "invalid")
             return error_response(400, str(exc))

@@ -58,7 +58,8 @@ class FeedbackCollector(Collector):
             outcomes.add_metric([model, outcome], value)
         yield outcomes
         dropped = CounterMetricFamily("sidecar_feedback_store_dropped_rows", "Prediction instances not stored "
-                                      "because the store writer was too far behind.")
+                                      "because the store writer was too far behind (store_queue_max), or because "
+                                      "they arrived while the service stopped.")
         dropped.add_metric([], self.counts.store_dropped)
         yield dropped
         errors = CounterMetricFamily("sidecar_feedback_store_errors", "Prediction store operations that failed.",

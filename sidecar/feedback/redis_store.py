@@ -7,7 +7,9 @@ Keys (all expire `retention` seconds after the prediction, so Redis does the tri
   replica that adds an instance, which is what dedupes feedback across replicas.
 Each operation is one Lua script call however many ids it covers (a write of every queued row, a batch of
 claims, a batch of lookups): one round trip and one reply to parse, which matters because redis-py parses replies
-in Python. The writer thread writes and claims; lookups run on a reader thread.
+in Python. The writer thread writes and claims; lookups run on a reader thread. Rows wait at most `flush_interval`
+for their write (see threads.py); once Redis has answered, how long they last is Redis's persistence setting
+(docs/durability.md).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import redis
 
-from sidecar.feedback.store import Key, Predicted, Row, StoredPrediction
+from sidecar.feedback.store import DEFAULT_FLUSH_INTERVAL, DEFAULT_FLUSH_ROWS, Key, Predicted, Row, StoredPrediction
 from sidecar.feedback.threads import StoreThread, ThreadedStore
 
 SOCKET_TIMEOUT = 5.0
@@ -78,12 +80,14 @@ def decode_predicted(text: str) -> Predicted:
 class RedisStore(ThreadedStore):
     shared = True
 
-    def __init__(self, url: str, retention: float, key_prefix: str = "sidecar:") -> None:
+    def __init__(self, url: str, retention: float, key_prefix: str = "sidecar:",
+                 flush_interval: float = DEFAULT_FLUSH_INTERVAL, flush_rows: int = DEFAULT_FLUSH_ROWS) -> None:
         self.url = url
         self.retention = retention
         self.prefix = key_prefix
         self._writer: StoreThread[_Connection] = StoreThread("redis-writer", self._connect, _close,
-                                                             write_rows=self._write)
+                                                             write_rows=self._write, flush_interval=flush_interval,
+                                                             flush_rows=flush_rows)
         self._reader: StoreThread[_Connection] = StoreThread("redis-reader", self._connect, _close)
 
     def _connect(self) -> _Connection:

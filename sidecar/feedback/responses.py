@@ -1,4 +1,5 @@
-"""The endpoint's answers and request checks: TF Serving's `{"error": ...}` shape, bearer tokens, gzip bodies."""
+"""The endpoint's answers and request checks: TF Serving's `{"error": ...}` shape, bearer tokens, bounded
+(gzip) bodies."""
 
 from __future__ import annotations
 
@@ -38,8 +39,16 @@ def check_bearer(token: bytes, authorization: str) -> LocalResponse | None:
                           {"WWW-Authenticate": 'Bearer realm="sidecar"'})
 
 
-def inflate(body: bytes, encoding: str) -> bytes:
-    """The body as sent (`Content-Encoding` gzip or none), at most MAX_INFLATED_BYTES once inflated."""
+class BodyTooLarge(FeedbackError):
+    """The body, as sent or once inflated, is larger than the limit: answered 413."""
+
+
+def inflate(body: bytes, encoding: str, limit: int | None = None) -> bytes:
+    """The body as sent (`Content-Encoding` gzip or none), at most `limit` bytes (default MAX_INFLATED_BYTES)
+    once inflated; beyond it `BodyTooLarge`."""
+    limit = MAX_INFLATED_BYTES if limit is None else limit
+    if len(body) > limit:
+        raise BodyTooLarge(f"the body of {len(body)} bytes is larger than the limit of {limit} bytes")
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
@@ -47,9 +56,11 @@ def inflate(body: bytes, encoding: str) -> bytes:
         raise FeedbackError(f"unsupported Content-Encoding {encoding!r} (use gzip or none)")
     inflater = zlib.decompressobj(wbits=31)
     try:
-        data = inflater.decompress(body, MAX_INFLATED_BYTES)
+        data = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
         raise FeedbackError(f"the gzip body is corrupt: {exc}") from None
-    if inflater.unconsumed_tail:
-        raise FeedbackError(f"the body inflates to more than {MAX_INFLATED_BYTES} bytes")
+    if len(data) > limit:
+        raise BodyTooLarge(f"the body inflates to more than {limit} bytes")
+    if not inflater.eof:
+        raise FeedbackError("the gzip body is cut short")
     return data

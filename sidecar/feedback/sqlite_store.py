@@ -2,6 +2,9 @@
 
 A writer thread owns the only writing connection (inserts, feedback claims, retention trimming); a reader thread
 owns a second connection for lookups. WAL journaling lets the reader run while the writer commits.
+Durability: each write is one transaction, committed in WAL mode with `synchronous=NORMAL`: a commit survives the
+process being killed (the WAL is in the file system), and survives a power loss or kernel crash once the next
+checkpoint has synced it (docs/durability.md). Rows wait at most `flush_interval` for their write (see threads.py).
 Retention: rows older than `retention` seconds are deleted, and beyond `max_rows` instances the oldest go first
 (down to 95% of `max_rows`, so a store at its bound is trimmed once per 5% of new rows, not on every write).
 """
@@ -13,7 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from sidecar.feedback.store import Key, Row, StoredPrediction
+from sidecar.feedback.store import DEFAULT_FLUSH_INTERVAL, DEFAULT_FLUSH_ROWS, Key, Row, StoredPrediction
 from sidecar.feedback.threads import StoreThread, ThreadedStore
 
 SCHEMA = """
@@ -61,13 +64,14 @@ def _connect(path: Path) -> sqlite3.Connection:
 class SqliteStore(ThreadedStore):
     shared = False
 
-    def __init__(self, path: Path, retention: float, max_rows: int) -> None:
+    def __init__(self, path: Path, retention: float, max_rows: int, flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+                 flush_rows: int = DEFAULT_FLUSH_ROWS) -> None:
         self.path = path
         self.retention = retention
         self.max_rows = max_rows
         self._writer: StoreThread[_Writer] = StoreThread(
             "sqlite-writer", self._open_writer, lambda w: w.conn.close(), write_rows=_insert, idle=_trim,
-            idle_interval=TRIM_INTERVAL)
+            idle_interval=TRIM_INTERVAL, flush_interval=flush_interval, flush_rows=flush_rows)
         self._reader: StoreThread[sqlite3.Connection] = StoreThread("sqlite-reader", self._open_reader,
                                                                      sqlite3.Connection.close)
 

@@ -4,6 +4,10 @@ Two backends share this interface: SQLite in the state directory (default, one r
 replicas; feedback posted to any of them joins). Neither is ever touched from the event loop thread: writes go
 to a dedicated writer thread through a queue, reads run on a reader thread (see `threads.py`).
 
+Write-behind window (docs/durability.md): a put row is written at most `flush_interval` seconds after its put, or
+as soon as `flush_rows` rows are queued, whichever comes first, provided the writer keeps up; `stop` writes
+everything queued, within its deadline, and says what it wrote.
+
 A stored predicted value is already reduced (see `tasks.py`): a class label (`str`) or a number (`float`: a
 binary probability, a regression value, or a scalar whose task is still undecided).
 """
@@ -16,6 +20,10 @@ from typing import NamedTuple, Protocol
 
 Predicted = str | float
 Key = tuple[str, int]
+
+DEFAULT_FLUSH_INTERVAL = 0.1  # seconds a queued row may wait for its write (the store_flush_interval setting)
+DEFAULT_FLUSH_ROWS = 1000  # queued rows that start a write at once (the store_flush_rows setting)
+DEFAULT_STOP_TIMEOUT = 10.0  # seconds `stop` waits for the writer (the store_stop_timeout setting)
 
 
 class PredictionRow(NamedTuple):
@@ -98,6 +106,20 @@ class PredictionColumns:
 WrittenCallback = Callable[[int, bool], None]  # (rows written, stored ok), called on the loop
 
 
+class Drained(NamedTuple):
+    """What a store's `stop` did with the rows still queued for its writer."""
+
+    queued: int  # rows queued, not yet written, when the stop began
+    written: int  # rows written during the stop (including any put while it ran)
+    failed: int  # rows whose write failed during the stop (the store said why in a warning)
+    left: int  # rows still not written when the deadline passed: lost once the process exits
+    seconds: float  # how long the stop took
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and not self.left
+
+
 class StoreError(RuntimeError):
     """The store cannot be reached or used; the message says which store and why."""
 
@@ -110,8 +132,8 @@ class PredictionStore(Protocol):
     async def start(self, on_written: WrittenCallback | None = None) -> None:
         """Connect; `on_written(rows, ok)` is then called on the event loop after each batch of `put` rows."""
 
-    async def stop(self) -> None:
-        """Write what is queued, then close."""
+    async def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> Drained:
+        """Write what is queued (for at most `timeout` seconds), then close; says what became of the queued rows."""
 
     def put(self, rows: Rows) -> None:
         """Queue rows for the writer thread (never blocks); the store keeps `rows` until written: do not change it."""

@@ -6,6 +6,12 @@ calls in order, merging consecutive batched calls of one function (many concurre
 query or pipeline. So a call sees every row queued before it, and concurrency costs fewer round trips, not more.
 Results come back to the loop with `call_soon_threadsafe`.
 
+Write-behind window: rows wait in the queue until the oldest of them has waited `flush_interval` seconds, or until
+`flush_rows` rows are queued, or until a call is queued behind them (a call must see them), whichever comes first;
+then one write takes everything queued (up to `MAX_COALESCED_ROWS`). While it waits, the writer sleeps on an event
+that the loop sets only for those reasons, not once per put. `stop` writes everything queued and reports it
+(`Drained`).
+
 Writer threads yield to the event loop, which shares their process and GIL: they run at a lower CPU priority
 (`WRITER_NICE`, Linux only) and pause briefly every `PACE_ROWS` rows (`paced`). Without both, the SQLite writer,
 woken once a second with about 900 rows (bench/bench_analysis_load.py's saturated analysis), took the loop's CPU for
@@ -25,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from typing import Any, Generic, TypeVar
 
-from sidecar.feedback.store import Row, Rows, StoreError, WrittenCallback
+from sidecar.feedback.store import DEFAULT_STOP_TIMEOUT, Drained, Row, Rows, StoreError, WrittenCallback
 
 log = logging.getLogger(__name__)
 Conn = TypeVar("Conn")
@@ -64,12 +70,14 @@ def lower_thread_priority(nice: int) -> bool:
 
 
 class _Rows:
-    """Rows queued for writing (a wrapper: the queue also carries calls and the stop mark)."""
+    """Rows queued for writing, with when (`time.monotonic()`) they were queued (a wrapper: the queue also carries
+    calls and the stop mark)."""
 
-    __slots__ = ("rows",)
+    __slots__ = ("queued_at", "rows")
 
-    def __init__(self, rows: Rows) -> None:
+    def __init__(self, rows: Rows, queued_at: float) -> None:
         self.rows = rows
+        self.queued_at = queued_at
 
 
 class _Call:
@@ -88,22 +96,36 @@ class StoreThread(Generic[Conn]):
 
     `connect` runs in the thread (connections stay in the thread that made them); `idle(conn)` runs after each
     burst of work and at least every `idle_interval` seconds (retention trimming); `close(conn)` on stop. A thread
-    that writes rows runs at `WRITER_NICE` below the process's priority.
+    that writes rows runs at `WRITER_NICE` below the process's priority. Rows are written at most `flush_interval`
+    seconds after their put, or once `flush_rows` are queued (0 seconds: as soon as the thread is free).
     """
 
     def __init__(self, name: str, connect: Callable[[], Conn], close: Callable[[Conn], None],
                  write_rows: Callable[[Conn, Iterable[Row], int], None] | None = None,
-                 idle: Callable[[Conn], None] | None = None, idle_interval: float = 5.0) -> None:
+                 idle: Callable[[Conn], None] | None = None, idle_interval: float = 5.0,
+                 flush_interval: float = 0.0, flush_rows: int = MAX_COALESCED_ROWS) -> None:
         self.name = name
         self._connect = connect
         self._close = close
         self._write_rows = write_rows
         self._idle = idle
         self._idle_interval = idle_interval
+        self._flush_interval = max(0.0, flush_interval)
+        self._flush_rows = max(1, min(flush_rows, MAX_COALESCED_ROWS))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._wake = threading.Event()  # set by the loop: enough rows queued, a call queued, or stopping
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_written: WrittenCallback | None = None
+        self._closing = False
+        self._rows_put = 0  # changed by the putting thread only
+        self._rows_done = 0  # changed by this store thread only: written or failed
+        self._rows_failed = 0  # changed by this store thread only
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows put and not yet written (nor failed)."""
+        return self._rows_put - self._rows_done
 
     async def start(self, on_written: WrittenCallback | None = None) -> None:
         """Start the thread and wait until its connection is open; a failure to connect raises `StoreError`."""
@@ -115,35 +137,55 @@ class StoreThread(Generic[Conn]):
         await ready
 
     def put(self, rows: Rows) -> None:
-        self._queue.put(_Rows(rows))
+        self._rows_put += len(rows)  # counted before the writer can see them: never negative
+        self._queue.put(_Rows(rows, time.monotonic()))
+        if self._rows_put - self._rows_done >= self._flush_rows:  # set after the put: the writer will find them
+            self._wake.set()
 
     def call(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        assert self._loop is not None, "start() first"
-        future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Call(function, args, future))
-        return future
+        return self._enqueue(_Call(function, args, self._future()))
 
     def call_batched(self, function: Callable[[Conn, list[A]], list[T]], argument: A) -> asyncio.Future[T]:
         """`function(conn, [argument, ...])[i]` for this call's argument, merged with neighbouring calls of it."""
+        return self._enqueue(_Call(function, (argument,), self._future(), batched=True))
+
+    def _future(self) -> asyncio.Future[Any]:
         assert self._loop is not None, "start() first"
-        future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Call(function, (argument,), future, batched=True))
-        return future
+        return self._loop.create_future()
+
+    def _enqueue(self, call: _Call) -> asyncio.Future[Any]:
+        if self._closing:  # nothing would answer it
+            call.future.set_exception(StoreError(f"{self.name} is stopped"))
+        else:
+            self._queue.put(call)
+            self._wake.set()
+        return call.future
 
     async def flush(self) -> None:
         """Wait until everything queued before this call has been processed."""
         await self.call(_nothing)
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Finish everything queued so far, close the connection and end the thread."""
+    async def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> Drained:
+        """Finish everything queued so far (for at most `timeout` seconds), close the connection and end the thread.
+
+        Past the deadline the thread is left to finish on its own (a daemon: it dies with the process), and the
+        rows it had not written are reported as `left`.
+        """
+        started = time.monotonic()
         thread = self._thread
-        if thread is None:
-            return
+        if thread is None or self._closing:
+            return Drained(0, 0, 0, 0, 0.0)
+        queued, done, failed = self.queued_rows, self._rows_done, self._rows_failed
+        self._closing = True
         self._queue.put(_STOP)
-        await asyncio.to_thread(thread.join, timeout)
-        if thread.is_alive():
-            log.warning("%s did not finish its queue within %.0f s", self.name, timeout)
-        self._thread = None
+        self._wake.set()
+        await asyncio.to_thread(thread.join, max(0.0, timeout))
+        if not thread.is_alive():
+            self._thread = None
+        elif self._write_rows is None:  # a writer's rows left are the caller's to report
+            log.warning("%s did not finish its queue within %.1f s", self.name, timeout)
+        failed = self._rows_failed - failed
+        return Drained(queued, self._rows_done - done - failed, failed, self.queued_rows, time.monotonic() - started)
 
     def _run(self, ready: asyncio.Future[None]) -> None:
         if self._write_rows is not None:
@@ -169,19 +211,36 @@ class StoreThread(Generic[Conn]):
             except queue.Empty:
                 self._run_idle(conn)
                 continue
-            burst = [first]
-            rows = len(first.rows) if isinstance(first, _Rows) else 0
+            stop = self._process(conn, self._gather(first))
+            self._run_idle(conn)
+            if stop:
+                return
+
+    def _gather(self, first: Any) -> list[Any]:
+        """`first` and what else is queued, waiting for more rows while the rows' window allows it: until the oldest
+        row has waited `flush_interval`, `flush_rows` rows are in, or a call (or the stop mark) is queued."""
+        burst = [first]
+        rows = len(first.rows) if isinstance(first, _Rows) else 0
+        urgent = not isinstance(first, _Rows)
+        due = first.queued_at + self._flush_interval if isinstance(first, _Rows) else 0.0
+        while True:
+            self._wake.clear()  # before looking: a set from now on ends the wait below at once
             while rows < MAX_COALESCED_ROWS:  # take what else is queued: one transaction for the lot
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 burst.append(item)
-                rows += len(item.rows) if isinstance(item, _Rows) else 0
-            stop = self._process(conn, burst)
-            self._run_idle(conn)
-            if stop:
-                return
+                if isinstance(item, _Rows):
+                    rows += len(item.rows)
+                else:
+                    urgent = True
+            if urgent or rows >= self._flush_rows:
+                return burst
+            remaining = due - time.monotonic()
+            if remaining <= 0:
+                return burst
+            self._wake.wait(remaining)
 
     def _process(self, conn: Conn, burst: list[Any]) -> bool:
         """Rows first, then the calls in order (consecutive batched calls of one function merged)."""
@@ -233,7 +292,9 @@ class StoreThread(Generic[Conn]):
             self._write_rows(conn, paced(chain.from_iterable(batches)), count)
         except Exception as exc:
             ok = False
+            self._rows_failed += count
             log.warning("%s: storing %d prediction instances failed: %s", self.name, count, exc)
+        self._rows_done += count
         callback = self._on_written
         if callback is not None and self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):
@@ -279,9 +340,10 @@ class ThreadedStore:
             await self._writer.stop()
             raise
 
-    async def stop(self) -> None:
-        await self._reader.stop()
-        await self._writer.stop()
+    async def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> Drained:
+        """Stop both threads at once, within `timeout` seconds; says what the writer did with its queue."""
+        _, drained = await asyncio.gather(self._reader.stop(timeout), self._writer.stop(timeout))
+        return drained
 
     def put(self, rows: Rows) -> None:
         self._writer.put(rows)

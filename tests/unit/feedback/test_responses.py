@@ -53,3 +53,18 @@ def test_corrupt_gzip_and_unknown_encodings_are_refused() -> None:
         inflate(b"not gzip", "gzip")
     with pytest.raises(FeedbackError, match="unsupported Content-Encoding 'deflate'"):
         inflate(b"x", "deflate")
+
+
+def test_a_body_larger_than_the_limit_is_too_large_as_sent_or_inflated() -> None:
+    assert inflate(b"x" * 100, "", 100) == b"x" * 100
+    with pytest.raises(responses.BodyTooLarge, match="the body of 101 bytes is larger than the limit of 100"):
+        inflate(b"x" * 101, "", 100)
+    assert inflate(gzip.compress(b"y" * 100), "gzip", 100) == b"y" * 100
+    with pytest.raises(responses.BodyTooLarge, match="inflates to more than 100 bytes"):
+        inflate(gzip.compress(b"y" * 101), "gzip", 100)
+
+
+def test_a_gzip_body_cut_short_is_refused() -> None:
+    compressed = gzip.compress(b'{"prediction_id": "p", "truth": [1]}')
+    with pytest.raises(FeedbackError, match="cut short"):
+        inflate(compressed[:-4], "gzip")

@@ -35,3 +35,21 @@ def test_settings_load_from_a_mapping_and_name_the_bad_key() -> None:
     assert config.redacted(settings)["feedback_token"] == "***"
     with pytest.raises(config.ConfigError, match=r"^store: expected sqlite or redis://"):
         config.from_mapping({"store": "postgres://x"})
+
+
+def test_limits_of_bodies_and_of_the_store_window_have_defaults_and_bounds() -> None:
+    settings = FeedbackSettings()
+    assert settings.feedback_max_body_bytes == 64 * 1024**2
+    assert settings.feedback_max_depth == 8
+    assert settings.feedback_max_number_length == 100
+    assert settings.store_flush_interval == 0.1
+    assert settings.store_flush_rows == 1000
+    assert settings.store_stop_timeout == 10.0
+    loaded = config.from_mapping({"feedback_max_body_bytes": "1MiB", "store_flush_interval": "250ms",
+                                  "store_flush_rows": 10, "store_stop_timeout": "30s"}).feedback
+    assert (loaded.feedback_max_body_bytes, loaded.store_flush_interval) == (1024**2, 0.25)
+    assert (loaded.store_flush_rows, loaded.store_stop_timeout) == (10, 30.0)
+    for key, value in (("feedback_max_depth", 3), ("feedback_max_depth", 500), ("feedback_max_number_length", 5000),
+                       ("store_flush_rows", 0)):
+        with pytest.raises(config.ConfigError, match=f"^{key}: must be"):
+            config.from_mapping({key: value})
