@@ -24,7 +24,13 @@ from sidecar.proxy.listener import Listener
 from sidecar.telemetry.admin import AdminServer, build_admin_app
 from sidecar.telemetry.drilldown import DrillDown
 from sidecar.telemetry.health import Probe, UpstreamHealth, UpstreamMetrics, tcp_http_probe
-from sidecar.telemetry.metrics import CaptureMetrics, RequestMetrics, add_process_metrics, new_registry
+from sidecar.telemetry.metrics import (
+    CaptureMetrics,
+    LimitMetrics,
+    RequestMetrics,
+    add_process_metrics,
+    new_registry,
+)
 from sidecar.telemetry.tracing import Tracing, disabled
 
 if TYPE_CHECKING:  # each part's module is imported only when the settings ask for the part
@@ -72,6 +78,8 @@ class Sidecar:
         self.grpc: Listener | None = None
         self.admin: AdminServer | None = None
         self.drilldown = DrillDown(None, None)
+        self.limit_metrics = LimitMetrics()
+        self.registry.register(self.limit_metrics)
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -208,6 +216,7 @@ class Sidecar:
             async with _starting("--listen-rest", _address(proxy.listen_rest)):
                 await rest.start()
             self._on_stop("rest proxy", rest.stop)
+            self.limit_metrics.add("rest", rest.limit_events)
         if proxy.listen_grpc is not None:
             from sidecar.proxy.grpc.engine import GrpcProxy
 
@@ -216,6 +225,9 @@ class Sidecar:
             async with _starting("--listen-grpc", _address(proxy.listen_grpc)):
                 await grpc.start()
             self._on_stop("grpc proxy", grpc.stop)
+            events = getattr(grpc.engine, "limit_events", None)  # the h2 relay counts its limits; grpc.aio has none
+            if events is not None:
+                self.limit_metrics.add("grpc", events)
 
     async def _start_admin(self) -> None:
         self.drilldown = DrillDown(self.pool, self.feedback)

@@ -34,5 +34,59 @@ class ProxySettings:
     grpc_max_message_bytes: int = option(64 * 1024**2, "largest gRPC message either way, on both sides",
                                          parse_size(minimum=4 * 1024**2))
     upstream_pool_size: int = option(64, "idle keep-alive connections kept to the REST upstream", parse_int(1, 4096))
+    rest_header_timeout: float = option(
+        20.0, "seconds a REST client has to send a request line and header fields, from the request's first byte "
+              "(from connecting, for its first request); slower: 408 and the connection closes",
+        parse_duration(minimum=0.001))
+    rest_body_timeout: float = option(
+        60.0, "seconds a REST request body has to arrive in full after its header fields (a stall that long fails "
+              "too); slower: 408 and the connection closes", parse_duration(minimum=0.001))
+    rest_idle_timeout: float = option(
+        75.0, "seconds a REST keep-alive connection may wait for its next request before it is closed (quietly)",
+        parse_duration(minimum=0.001))
+    rest_send_timeout: float = option(
+        60.0, "seconds a REST client may take none of the response bytes waiting for it (it does not read) before "
+              "its connection is aborted", parse_duration(minimum=0.001))
+    rest_max_connections: int = option(
+        4096, "open REST client connections; one more is answered 503 'too many connections' and closed",
+        parse_int(1, 1_000_000))
     grpc_engine: str = option("h2", "gRPC proxy engine: h2 (asyncio HTTP/2 relay, fast) or aio (grpc.aio)",
                               parse_choice(*GRPC_ENGINES))
+    # Limits of the h2 relay's client connections (sidecar/proxy/grpc/h2/limits.py); each one reached is counted in
+    # sidecar_h2_limit_events_total{limit=...}.
+    h2_max_concurrent_streams: int = option(
+        128, "h2 relay: concurrent streams per client connection, advertised in SETTINGS; more are refused "
+             "(RST_STREAM REFUSED_STREAM)", parse_int(1, 2**31 - 1))
+    h2_max_resets: int = option(
+        500, "h2 relay: streams a client may reset while running (or have refused) per --h2-flood-window when they "
+             "are over half the streams it opened; beyond: GOAWAY ENHANCE_YOUR_CALM", parse_int(1))
+    h2_max_control_frames: int = option(
+        1000, "h2 relay: SETTINGS, PING, PRIORITY, WINDOW_UPDATE and other control frames a client may send per "
+              "--h2-flood-window without the relay sending it HEADERS or DATA; beyond: GOAWAY ENHANCE_YOUR_CALM",
+        parse_int(1))
+    h2_max_empty_frames: int = option(
+        10, "h2 relay: empty DATA/HEADERS/CONTINUATION frames (no payload, no END_STREAM) a client may send in a "
+            "row; beyond: GOAWAY ENHANCE_YOUR_CALM", parse_int(0))
+    h2_flood_window: float = option(10.0, "h2 relay: the window --h2-max-resets and --h2-max-control-frames count in",
+                                    parse_duration(0.001))
+    h2_max_header_block_bytes: int = option(
+        64 * 1024, "h2 relay: largest request header block (HEADERS + CONTINUATION, compressed); larger: GOAWAY "
+                   "ENHANCE_YOUR_CALM", parse_size(minimum=1024))
+    h2_write_buffer_bytes: int = option(
+        1024 * 1024, "h2 relay: bytes queued to a client connection above which the relay stops reading from it "
+                     "(until below a quarter)", parse_size(minimum=16 * 1024))
+    h2_max_connection_buffered_bytes: int = option(
+        128 * 1024**2, "h2 relay: request bytes the calls of one client connection may buffer before their requests "
+                       "are complete and taken upstream; beyond: RESOURCE_EXHAUSTED", parse_size())
+    h2_max_total_buffered_bytes: int = option(
+        512 * 1024**2, "h2 relay: request bytes all client connections together may buffer; beyond: "
+                       "RESOURCE_EXHAUSTED", parse_size())
+    h2_preface_timeout: float = option(
+        10.0, "h2 relay: seconds a new client connection has to send the HTTP/2 preface and SETTINGS",
+        parse_duration(0.001))
+    h2_idle_timeout: float = option(
+        180.0, "h2 relay: seconds a client connection may stay without running calls, or without taking our writes, "
+               "before it is closed (0: never)", parse_duration(0.0))
+    h2_max_connections: int = option(
+        4096, "h2 relay: open client connections on the gRPC port; one more gets GOAWAY and is closed",
+        parse_int(1, 1_000_000))

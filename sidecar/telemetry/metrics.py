@@ -10,7 +10,7 @@ prometheus_client metrics registered on the same `CollectorRegistry`.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCollector, ProcessCollector
@@ -194,3 +194,29 @@ def add_process_metrics(registry: CollectorRegistry) -> CollectorRegistry:
     Gauge("sidecar_build_info", "Always 1; the sidecar's version as a label.", ["version"],
           registry=registry).labels(__version__).set(1)
     return registry
+
+
+class LimitMetrics:
+    """`sidecar_limit_events_total{protocol, limit}`: how often a listener's production limits were reached
+    (timeouts, connection caps, flood budgets, buffer bounds), read at scrape time from the listener's own counts
+    (`limit_events`, a dict the request path only increments)."""
+
+    NAME = "sidecar_limit_events"
+    HELP = ("Limits reached on a listener (rest: header/body/idle/send timeouts, connection cap, sizes; grpc: the h2 "
+            "relay's stream, reset, control/empty-frame, buffer, preface and idle limits), by protocol and limit.")
+
+    def __init__(self) -> None:
+        self._sources: dict[str, Mapping[str, int]] = {}
+
+    def add(self, protocol: str, events: Mapping[str, int]) -> None:
+        self._sources[protocol] = events
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        return [CounterMetricFamily(self.NAME, self.HELP, labels=["protocol", "limit"])]
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=["protocol", "limit"])
+        for protocol, events in sorted(self._sources.items()):
+            for limit, count in sorted(events.items()):
+                family.add_metric([protocol, limit], float(count))
+        return [family]

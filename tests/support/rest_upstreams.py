@@ -270,13 +270,17 @@ async def exchange(port: int, request: bytes, count: int = 1) -> list[Answered]:
 async def running_proxy(upstream_port: int, *, capture: Callable[[CaptureRecord], None] | None = None,
                         metrics: RequestMetrics | None = None, tracing: Tracing | None = None,
                         health: UpstreamHealth | None = None, local_routes: Mapping[str, LocalHandler] | None = None,
-                        host: str = "127.0.0.1", idle_timeout: float = 75.0, head_timeout: float = 60.0,
-                        **settings: Any) -> AsyncIterator[RestProxy]:
-    """A started RestProxy on a free loopback port forwarding to `host:upstream_port`; stopped on exit."""
+                        host: str = "127.0.0.1", idle_timeout: float | None = None,
+                        head_timeout: float | None = None, **settings: Any) -> AsyncIterator[RestProxy]:
+    """A started RestProxy on a free loopback port forwarding to `host:upstream_port`; stopped on exit.
+    `idle_timeout` and `head_timeout` set `rest_idle_timeout` and `rest_header_timeout`; other settings by name."""
+    if idle_timeout is not None:
+        settings["rest_idle_timeout"] = idle_timeout
+    if head_timeout is not None:
+        settings["rest_header_timeout"] = head_timeout
     proxy = RestProxy(ProxySettings(upstream_rest=(host, upstream_port), listen_rest=("127.0.0.1", 0), **settings),
                       capture=capture, metrics=metrics or RequestMetrics(), tracing=tracing or disabled(),
-                      health=health, local_routes=local_routes, idle_timeout=idle_timeout,
-                      head_timeout=head_timeout)
+                      health=health, local_routes=local_routes)
     await proxy.start()
     try:
         yield proxy

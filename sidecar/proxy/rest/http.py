@@ -109,20 +109,24 @@ KEEP_ALIVE_LINE = b"Connection: keep-alive\r\n"
 
 
 def simple_response(status: int, body: bytes, *, content_type: bytes = JSON_CONTENT_TYPE,
-                    prediction_id: str | None = None, connection_line: bytes = b"") -> bytes:
-    """A complete response written by the sidecar itself; `connection_line` is a `Connection: ...` line or empty."""
+                    prediction_id: str | None = None, connection_line: bytes = b"", head_only: bool = False) -> bytes:
+    """A complete response written by the sidecar itself; `connection_line` is a `Connection: ...` line or empty.
+    With `head_only` (the answer to a HEAD request) the body is left out and Content-Length still gives its size."""
     parts = [status_line(status), b"Content-Type: ", content_type, b"\r\nContent-Length: ",
              str(len(body)).encode("ascii"), b"\r\n"]
     if prediction_id is not None:
         parts += (PREDICTION_ID_HEADER, b": ", prediction_id.encode("ascii"), b"\r\n")
-    parts += (connection_line, b"\r\n", body)
+    parts += (connection_line, b"\r\n")
+    if not head_only:
+        parts.append(body)
     return b"".join(parts)
 
 
 def error_response(status: int, message: str, *, prediction_id: str | None = None,
-                   connection_line: bytes = b"") -> bytes:
-    """The sidecar's own error answer, in the model server's shape."""
-    return simple_response(status, error_body(message), prediction_id=prediction_id, connection_line=connection_line)
+                   connection_line: bytes = b"", head_only: bool = False) -> bytes:
+    """The sidecar's own error answer, in the model server's shape (its body left out for a HEAD request)."""
+    return simple_response(status, error_body(message), prediction_id=prediction_id, connection_line=connection_line,
+                           head_only=head_only)
 
 
 def origin_form(target: bytes) -> bytes:

@@ -12,7 +12,19 @@ What changes on the way through, and nothing else:
 - to the client: hop-by-hop fields removed, Content-Length re-framed, `X-Prediction-Id` added, and `Connection`
   set when the connection will close (or stays open for an HTTP/1.0 client).
 The sidecar's own answers use the model server's error shape `{"error": "..."}`: 502 (refused, reset, invalid
-answer; 503 while the upstream is known not ready), 504 (timeout), 400/405/413/431 (bad requests).
+answer; 503 while the upstream is known not ready), 504 (timeout), 400/405/413/431 (bad requests), 408 (request
+head or body too slow), 503 `too many connections` (see below) and 501 (a transfer coding other than chunked, as
+RFC 9112 section 6.1 asks).
+
+Limits on clients (settings `rest_header_timeout`, `rest_body_timeout`, `rest_idle_timeout`, `rest_send_timeout`,
+`rest_max_connections`; the phases they apply to are described in `connection`): one sweeper task checks every
+open connection a few times per shortest timeout (`ClientLimits.sweep_interval`, at most once a second), so the
+request path arms no timer and reads no clock for them. Every time a limit is reached, its entry in
+`RestProxy.limit_events` (names in `connection.LIMITS`; the size limits 413/431 are counted there too) goes up by
+one. The dict is plain and only grows, so it exports as a Prometheus counter family read at scrape time, e.g. a
+collector yielding `CounterMetricFamily("sidecar_rest_limit_events", ..., labels=["limit"])` with one sample per
+entry (`sidecar_rest_limit_events_total{limit="body_timeout"}`). `RestProxy.connections` is the open-connection
+gauge to put beside it.
 """
 
 from __future__ import annotations
@@ -29,7 +41,14 @@ from opentelemetry.trace import Span
 
 from sidecar.messages.records import LOG_OPT_OUT_HEADER, PROTOCOL_REST, CaptureRecord
 from sidecar.proxy.ids import choose_prediction_id
-from sidecar.proxy.rest.connection import IncomingRequest, RestClientConnection
+from sidecar.proxy.rest.connection import (
+    IDLE_TIMEOUT,
+    LIMITS,
+    MAX_CONNECTIONS,
+    ClientLimits,
+    IncomingRequest,
+    RestClientConnection,
+)
 from sidecar.proxy.rest.http import (
     CLOSE_LINE,
     PREDICTION_ID_HEADER,
@@ -60,8 +79,8 @@ from sidecar.telemetry.tracing import Tracing
 log = logging.getLogger(__name__)
 
 HEALTH_NAME = "rest"
-IDLE_TIMEOUT_SECONDS = 75.0  # keep-alive connections with no request for this long are closed (as nginx does)
-HEAD_TIMEOUT_SECONDS = 60.0  # a request whose header fields take longer gets 408 (nginx's client_header_timeout)
+LIMIT_LOG_INTERVAL = 60.0  # seconds between two log lines summing up the limits reached meanwhile
+_FDS_PER_CONNECTION = 2  # a client connection and, while its request is in flight, an upstream one
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"; used in metrics only
 _LOG_OPT_OUT = LOG_OPT_OUT_HEADER.encode()
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD"})
@@ -78,8 +97,7 @@ class RestProxy:
 
     def __init__(self, settings: ProxySettings, *, capture: Capture | None, metrics: RequestMetrics,
                  tracing: Tracing, health: UpstreamHealth | None = None,
-                 local_routes: Mapping[str, LocalHandler] | None = None, stop_grace: float = 5.0,
-                 idle_timeout: float = IDLE_TIMEOUT_SECONDS, head_timeout: float = HEAD_TIMEOUT_SECONDS) -> None:
+                 local_routes: Mapping[str, LocalHandler] | None = None, stop_grace: float = 5.0) -> None:
         if settings.listen_rest is None or settings.upstream_rest is None:
             raise ValueError("the REST proxy needs both listen_rest and upstream_rest")
         self.settings = settings
@@ -89,8 +107,16 @@ class RestProxy:
         self.health = health
         self.local_routes: dict[str, LocalHandler] = dict(local_routes or {})
         self.stop_grace = stop_grace
-        self.idle_timeout = idle_timeout
-        self.head_timeout = head_timeout
+        # How many times each client limit was reached, by name (connection.LIMITS); export it as counters.
+        self.limit_events: dict[str, int] = {name: 0 for name in LIMITS}
+        self.limits = ClientLimits(
+            header_timeout=settings.rest_header_timeout,
+            body_timeout=settings.rest_body_timeout,
+            idle_timeout=settings.rest_idle_timeout,
+            send_timeout=settings.rest_send_timeout, max_connections=settings.rest_max_connections,
+            events=self.limit_events)
+        self._logged_events = dict(self.limit_events)
+        self._logged_at = float("-inf")
         self.upstream_host, self.upstream_port = settings.upstream_rest
         self._host_line = header_line(b"Host", f"{self.upstream_host}:{self.upstream_port}".encode("idna"))
         self._drop = REQUEST_DROP_TRACED if tracing.enabled else REQUEST_DROP
@@ -99,7 +125,7 @@ class RestProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connections: set[RestClientConnection] = set()
         self._local_tasks: set[asyncio.Task[None]] = set()
-        self._idle_sweeper: asyncio.Task[None] | None = None
+        self._limits_sweeper: asyncio.Task[None] | None = None
         self._routes: dict[tuple[bytes, bytes], tuple[Route, LocalHandler | None]] = {}
         self.port = 0
 
@@ -117,19 +143,21 @@ class RestProxy:
                                   response_timeout=settings.upstream_timeout, loop=loop)
         host, port = settings.listen_rest
         max_body = settings.max_body_bytes
+        limits = self.limits
         self._server = await loop.create_server(
-            lambda: RestClientConnection(self, max_body, loop, self.connections), host or None, port,
+            lambda: RestClientConnection(self, max_body, loop, self.connections, limits), host or None, port,
             reuse_address=True, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
-        self._idle_sweeper = loop.create_task(self._close_stalled_connections(), name="rest-stalled-connections")
+        self._limits_sweeper = loop.create_task(self._enforce_limits(), name="rest-client-limits")
+        _check_file_limit(limits.max_connections)
         log.info("REST proxy listening on %s:%d, forwarding to %s:%d", host, self.port, self.upstream_host,
                  self.upstream_port)
 
     async def stop(self) -> None:
         """Stop accepting, let requests already received finish within `stop_grace`, then close everything."""
-        if self._idle_sweeper is not None:
-            self._idle_sweeper.cancel()
-            self._idle_sweeper = None
+        if self._limits_sweeper is not None:
+            self._limits_sweeper.cancel()
+            self._limits_sweeper = None
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
@@ -148,13 +176,33 @@ class RestProxy:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
 
-    async def _close_stalled_connections(self) -> None:
+    async def _enforce_limits(self) -> None:
+        """The one periodic task behind the header, body and idle timeouts (see `connection`)."""
         loop = asyncio.get_running_loop()
+        interval = self.limits.sweep_interval()
         while True:
-            await asyncio.sleep(min(5.0, self.idle_timeout / 2, self.head_timeout / 2))
+            await asyncio.sleep(interval)
             now = loop.time()
             for connection in list(self.connections):
-                connection.close_if_stalled(now, self.idle_timeout, self.head_timeout)
+                connection.enforce_timeouts(now)
+            if self.limit_events != self._logged_events and now - self._logged_at >= LIMIT_LOG_INTERVAL:
+                self._log_limits(now)
+
+    def _log_limits(self, now: float) -> None:
+        """One line, at most every LIMIT_LOG_INTERVAL, with the limits reached since the last one; a warning when
+        connections were refused (capacity), info otherwise (idle closes alone are routine and not logged)."""
+        reached = {name: count - self._logged_events.get(name, 0) for name, count in self.limit_events.items()}
+        self._logged_events = dict(self.limit_events)
+        self._logged_at = now
+        shown = {name: count for name, count in reached.items() if count and name != IDLE_TIMEOUT}
+        if not shown:
+            return
+        summary = ", ".join(f"{name} {count}" for name, count in shown.items())
+        if shown.get(MAX_CONNECTIONS):
+            log.warning("REST client limits reached: %s (at most %d connections are open at once: "
+                        "rest_max_connections)", summary, self.limits.max_connections)
+        else:
+            log.info("REST client limits reached: %s", summary)
 
     # RequestHandler
     def handle(self, request: IncomingRequest) -> None:
@@ -215,7 +263,7 @@ class RestProxy:
         if request.method and request.target:
             route = parse_route(method_name(request.method), request.target.decode("latin-1"))
         data = error_response(status, message, prediction_id=_prediction_id(request.fields),
-                              connection_line=CLOSE_LINE)
+                              connection_line=CLOSE_LINE, head_only=request.method == b"HEAD")
         self.metrics.record(route.model, PROTOCOL_REST, route.method, status_text(status),
                             perf_counter() - request.started, None, request.body_size, len(data))
         connection.respond(request, data, b"", keep_alive=False)
@@ -243,9 +291,27 @@ class RestProxy:
                              connection_header, b"\r\n"))
         except Exception:
             log.exception("local route %s %s failed", local.method, local.path)
-            data = error_response(500, "internal error", connection_line=connection_header)
+            data = error_response(500, "internal error", connection_line=connection_header,
+                                  head_only=request.method == b"HEAD")
             body = b""
         connection.respond(request, data, body, keep_alive)
+
+
+def _check_file_limit(max_connections: int) -> None:
+    """Warn when the process may run out of file descriptors before the connection limit is reached: past that
+    point accepting fails with EMFILE instead of the clear 503."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return
+    needed = max_connections * _FDS_PER_CONNECTION + 256
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("rest_max_connections is %d, which may need about %d file descriptors, but the limit is %d: "
+                    "raise it (ulimit -n) or lower rest_max_connections", max_connections, needed, soft)
 
 
 def method_name(method: bytes) -> str:
@@ -329,7 +395,7 @@ class ProxyCall:
             health.mark(HEALTH_NAME, False)
         connection_header, keep_alive = connection.connection_line(request)
         data = error_response(status, failure.detail, prediction_id=self.prediction_id,
-                              connection_line=connection_header)
+                              connection_line=connection_header, head_only=request.method == b"HEAD")
         connection.respond(request, data, b"", keep_alive)
         self._unlink()
         proxy.metrics.upstream_error(PROTOCOL_REST, failure.reason)

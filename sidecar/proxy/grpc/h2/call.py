@@ -3,10 +3,14 @@
 Headers are rewritten by the rules of `headers`; DATA passes unchanged both ways, its length prefixes followed
 by a `MessageMeter` (byte counts, size limit). Known unary methods are received whole before anything goes
 upstream (the request is peeked for its model, checked against the size limit and kept for capture and for a
-retry); every other method is relayed as it arrives. A unary call without a client deadline gets the configured
-upstream timeout as `grpc-timeout` and a timer; with a client deadline the client and the model server each
-enforce it, and a client's cancel close to its deadline counts as DEADLINE_EXCEEDED. The outcome is recorded once
-through `Exchange` (metrics, capture, spans, health), exactly as by the grpc.aio engine.
+retry); every other method is relayed as it arrives. A client deadline (`grpc-timeout`) runs from the request's
+headers: the relay ends the call with DEADLINE_EXCEEDED when it passes, whether or not the request is complete (the
+client and the model server enforce it too, and a client's cancel close to its deadline counts as
+DEADLINE_EXCEEDED). A unary call without a client deadline must complete its request within the configured upstream
+timeout, and then gets that timeout again as `grpc-timeout` and a timer for the answer. Request bytes a call holds
+before its request is complete (or before the model server takes them) count against the per-connection and total
+buffer limits (`limits.RequestBuffers`); a call that would pass them ends with RESOURCE_EXHAUSTED. The outcome is
+recorded once through `Exchange` (metrics, capture, spans, health), exactly as by the grpc.aio engine.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from sidecar.proxy.grpc.h2.headers import (
     with_message,
 )
 from sidecar.proxy.grpc.h2.hpack import HeaderBlock, encode_headers
+from sidecar.proxy.grpc.h2.limits import REQUEST_TIMEOUT, H2Limits, RequestBuffers
 from sidecar.proxy.grpc.h2.wire import (
     MessageMeter,
     format_timeout,
@@ -80,6 +85,9 @@ class Relay:
     pool: H2UpstreamPool
     batch: WriteBatch
     loop: asyncio.AbstractEventLoop
+    limits: H2Limits
+    events: dict[str, int]  # limit events by limit name
+    buffers: RequestBuffers
 
     def __post_init__(self) -> None:
         self.default_timeout = self.recording.default_timeout
@@ -100,8 +108,9 @@ class Relay:
         return f"sidecar: upstream model server {self.target} is unavailable: {reason}"
 
 
-def accept(relay: Relay, client: H2ClientConnection, stream_id: int, block: HeaderBlock, end_stream: bool) -> None:
-    """A new request stream: read its headers and start the call, or answer at once when it is not gRPC."""
+def accept(relay: Relay, client: H2ClientConnection, stream_id: int, block: HeaderBlock,
+           end_stream: bool) -> RelayCall | None:
+    """A new request stream: read its headers and start the call, or answer at once (None) when it is not gRPC."""
     head = request_head(block, relay.fields, relay.tracing, relay.describe)
     method = head.method
     if method is None:
@@ -110,20 +119,21 @@ def accept(relay: Relay, client: H2ClientConnection, stream_id: int, block: Head
         client.write_headers(stream_id, ((b":status", http_status), (b"content-type", b"application/grpc"),
                                          *status_fields(INTERNAL, details)), True)
         client.write(frames.rst_stream(stream_id, frames.NO_ERROR))
-        return
+        return None
     call = RelayCall(relay, client, stream_id, method, head,
                      RequestMetadata([], head.prediction_id, head.request_id, head.carrier, head.log_opt_out))
     if not method.unary:
         call.start()
     if end_stream:
         call.client_data(b"", True, 0)
+    return call
 
 
 class RelayCall:
     """Both halves of one forwarded call and its outcome."""
 
     __slots__ = ("body", "client", "client_owed", "client_sender", "client_stream", "deadline", "done", "exchange",
-                 "head", "http_status", "metadata", "method", "own_timeout", "parked", "parked_handle", "relay",
+                 "head", "held", "http_status", "metadata", "method", "own_timeout", "parked", "parked_handle", "relay",
                  "request", "request_end", "request_meter", "responded", "response_meter", "response_parts",
                  "retried", "sent_at", "started", "timeout", "timer", "trace", "upstream", "upstream_finished",
                  "upstream_owed", "upstream_sender", "upstream_stream", "waiting")
@@ -165,11 +175,21 @@ class RelayCall:
         self.upstream_owed = 0
         self.parked: str | None = None  # why the upstream is unreachable, answered once the client wrote
         self.parked_handle: asyncio.TimerHandle | None = None
+        self.held = 0  # request bytes held against the buffer limits
+        if timeout is not None:  # the client's deadline runs from its headers
+            self.timer = relay.deadlines.arm(self, timeout)
+        elif method.unary:  # the request must be complete within the upstream timeout
+            self.timer = relay.deadlines.arm(self, relay.default_timeout)
 
     # --- the request ----------------------------------------------------------------------------------------
 
     def client_data(self, data: Chunk, end_stream: bool, flow_length: int) -> None:
         if self.done:
+            return
+        if self.request_end:  # a frame after END_STREAM: the stream is half-closed (RFC 9113 section 5.1)
+            self.client.write(frames.rst_stream(self.client_stream, frames.STREAM_CLOSED))
+            self.client_reset()
+            self.client.stream_refused()  # may end the connection (raises H2ProtocolError)
             return
         if data and self.request_meter.feed(data) >= 0:
             meter = self.request_meter
@@ -184,6 +204,8 @@ class RelayCall:
                            upstream_answered=False)
                 return
             if data:
+                if not self.hold(self.held + len(data)):
+                    return
                 self.body.append(data)
             if end_stream:
                 self.start()
@@ -194,7 +216,11 @@ class RelayCall:
         upstream, sender = self.upstream, self.upstream_sender
         if upstream is not None and sender is not None:
             upstream.send_data(sender, data, end_stream)
+            if sender.queued != self.held and not self.hold(sender.queued):
+                return
         elif data:
+            if not self.hold(self.held + len(data)):
+                return
             self.body.append(data)
         if self.parked is not None:
             self._unpark()
@@ -203,12 +229,38 @@ class RelayCall:
 
     def upstream_drained(self) -> None:
         """Reopen the client's stream window once what it sent has mostly gone upstream."""
+        sender = self.upstream_sender
+        if self.held and sender is not None and sender.queued < self.held:
+            self.release(sender.queued)
         if self.client_owed < STREAM_UPDATE_AT or self.request_end or self.done:
             return
-        sender = self.upstream_sender
         if sender is not None and sender.queued < HIGH_WATER:
             self.client.grant(self.client_stream, self.client_owed)
             self.client_owed = 0
+
+    def hold(self, amount: int) -> bool:
+        """Hold `amount` request bytes against the buffer limits; False (and the call refused) when that would pass
+        one of them."""
+        more = amount - self.held
+        if more > 0:
+            refusal = self.relay.buffers.refusal(self.client.request_bytes, more)
+            if refusal is not None:
+                self._refuse(RESOURCE_EXHAUSTED, refusal)
+                self.client.stream_refused()  # may end the connection (raises H2ProtocolError)
+                return False
+        self.release(amount)
+        return True
+
+    def release(self, amount: int = 0) -> None:
+        """Hold `amount` bytes (less than before, or none)."""
+        delta = amount - self.held
+        if delta:
+            self.held = amount
+            self.client.request_bytes += delta
+            buffers = self.relay.buffers
+            buffers.total += delta
+            if buffers.total > buffers.peak:
+                buffers.peak = buffers.total
 
     def start(self) -> None:
         """Open the upstream stream; the exchange (prediction id, model, spans) begins first only when tracing
@@ -220,8 +272,11 @@ class RelayCall:
             body = self.body
             self.request = bytes(body[0]) if len(body) == 1 else b"".join(body)
             self.body = []
+            self.release()  # complete: bounded by the message size limit and the stream limit from here on
         if self.deadline is None and method.unary:
             self.own_timeout = True
+            if self.timer is not None:
+                relay.deadlines.disarm(self, self.timer)
             self.timer = relay.deadlines.arm(self, relay.default_timeout)
         if relay.tracing:
             outgoing = self.begin_exchange().metadata.outgoing  # the client span's trace context
@@ -279,6 +334,8 @@ class RelayCall:
             upstream.send_data(sender, chunk, False)
         if self.request_end:
             upstream.send_data(sender, b"", True)
+        if self.held:
+            self.release(min(sender.queued, self.held))
 
     # --- the response ---------------------------------------------------------------------------------------
 
@@ -343,10 +400,10 @@ class RelayCall:
             self.client_drained()
 
     def client_drained(self) -> None:
-        """Reopen the upstream's stream window once the client has taken most of what it sent."""
+        """Reopen the upstream's stream window once the client has taken most of what it sent (and takes more)."""
         if self.upstream_owed < STREAM_UPDATE_AT or self.done or self.upstream is None:
             return
-        if self.client_sender.queued < HIGH_WATER:
+        if self.client_sender.queued < HIGH_WATER and not self.client.writing_paused:
             self.upstream.grant(self.upstream_stream, self.upstream_owed)
             self.upstream_owed = 0
 
@@ -395,10 +452,10 @@ class RelayCall:
         if self.parked_handle is not None:
             self.parked_handle.cancel()
             self.parked_handle = None
-        client = self.client
-        if client.calls.get(self.client_stream) is self:
-            del client.calls[self.client_stream]
-        client.drop_sender(self.client_stream)
+        if self.held:
+            self.release()
+        self.body = []
+        self.client.call_ended(self)
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
@@ -416,10 +473,28 @@ class RelayCall:
                 f"{self.relay.default_timeout:g} s")
 
     def expired(self) -> None:
-        """The sidecar's own deadline (a unary call without a client deadline) passed."""
+        """The call's deadline passed: the client's (from its headers), or the sidecar's (a unary call without a
+        client deadline: for its request to complete, then for the upstream's answer)."""
         self.timer = None
-        if not self.done:
-            self._fail(DEADLINE_EXCEEDED, self._own_deadline_details(), upstream_answered=False)
+        if self.done:
+            return
+        if self.own_timeout:
+            details = self._own_deadline_details()
+        elif self.deadline is None:
+            details = f"sidecar: the request did not complete within {self.relay.default_timeout:g} s"
+        else:
+            details = "Deadline Exceeded"
+        if not self.request_end:
+            events = self.relay.events
+            events[REQUEST_TIMEOUT] = events.get(REQUEST_TIMEOUT, 0) + 1
+        self._refuse(DEADLINE_EXCEEDED, details)
+
+    def _refuse(self, code: grpc.StatusCode, details: str) -> None:
+        """End the call with the sidecar's status; a client still sending its request is told to stop
+        (RST_STREAM NO_ERROR after the response, RFC 9113 section 8.1)."""
+        self._fail(code, details, upstream_answered=False)
+        if not self.request_end and self.client_sender.closed:  # only once the status went out
+            self.client.write(frames.rst_stream(self.client_stream, frames.NO_ERROR))
 
     def client_reset(self) -> None:
         """The client cancelled the call (RST_STREAM) or went away: cancel upstream and record why."""

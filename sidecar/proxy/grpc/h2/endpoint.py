@@ -6,6 +6,10 @@ peer's connection and stream windows, queueing the rest per stream until WINDOW_
 concerns streams (what a HEADERS or DATA frame means, when a stream's receive window is reopened) is left to the
 subclasses through the `on_*` hooks. Output is gathered and written in one socket write once the frames being
 handled are done (`WriteBatch`).
+
+Each connection has a `ConnectionGuard` (`limits`): the frames it parses are reported to it, and a spent budget
+ends the connection with GOAWAY(ENHANCE_YOUR_CALM). The relay's upstream connection gets budgets that are never
+spent; client connections get the configured ones (`server.H2ClientConnection`).
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from collections.abc import Callable, Iterable
 
 from sidecar.proxy.grpc.h2 import frames
 from sidecar.proxy.grpc.h2.hpack import Header, HeaderBlock, HeaderDecoder, HeaderEncoder, HpackError
+from sidecar.proxy.grpc.h2.limits import UPSTREAM_LIMITS, ConnectionGuard, H2Limits
 
 log = logging.getLogger(__name__)
 
 STREAM_WINDOW = 4 * 1024 * 1024  # advertised initial stream window
 CONNECTION_WINDOW = 16 * 1024 * 1024  # the connection window is raised to this right away
 MAX_FRAME = 1024 * 1024  # advertised SETTINGS_MAX_FRAME_SIZE
-MAX_HEADER_BLOCK = 256 * 1024  # assembled header blocks beyond this end the connection
+CLOSE_LINGER_SECONDS = 2.0  # a closed connection whose peer does not take the last bytes is aborted after this
 STREAM_UPDATE_AT = STREAM_WINDOW // 2
 CONNECTION_UPDATE_AT = CONNECTION_WINDOW // 4
 Chunk = bytes | memoryview
@@ -103,8 +108,11 @@ class WriteBatch:
 class H2Endpoint(asyncio.Protocol):
     client_side = False
 
-    def __init__(self, batch: WriteBatch) -> None:
+    def __init__(self, batch: WriteBatch, limits: H2Limits = UPSTREAM_LIMITS,
+                 events: dict[str, int] | None = None) -> None:
         self._batch = batch
+        self.limits = limits
+        self.guard = ConnectionGuard(limits, {} if events is None else events)
         self.transport: asyncio.Transport | None = None
         self.decoder = HeaderDecoder()
         self.encoder = HeaderEncoder()
@@ -122,10 +130,11 @@ class H2Endpoint(asyncio.Protocol):
         self._received_bytes = 0
         self._needed = 0  # bytes needed before the pending frame is complete (0: unknown yet)
         self._preface = not self.client_side  # a server first reads the client's preface
+        self._first_settings = not self.client_side  # ... and then its SETTINGS, which must be the first frame
+        self._linger: asyncio.TimerHandle | None = None
         self._owed = 0  # received DATA bytes not yet returned to the peer's connection window
         self._block_stream = 0  # stream of the header block being assembled (0: none)
-        self._block_parts: list[bytes] = []
-        self._block_size = 0
+        self._block = bytearray()
         self._block_end_stream = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------------
@@ -139,15 +148,22 @@ class H2Endpoint(asyncio.Protocol):
         values = {frames.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW, frames.SETTINGS_MAX_FRAME_SIZE: MAX_FRAME}
         if self.client_side:
             values[frames.SETTINGS_ENABLE_PUSH] = 0
+        else:
+            values[frames.SETTINGS_MAX_CONCURRENT_STREAMS] = self.limits.max_concurrent_streams
         opening = frames.settings(values) + frames.window_update(0, CONNECTION_WINDOW - frames.DEFAULT_WINDOW)
         self.write(frames.PREFACE + opening if self.client_side else opening)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._out.clear()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         self.on_connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         if self._received:
             self._received.append(data)
             self._received_bytes += len(data)
@@ -211,7 +227,12 @@ class H2Endpoint(asyncio.Protocol):
                 raise H2ProtocolError(frames.PROTOCOL_ERROR, "not an HTTP/2 client preface")
             self._preface = False
             pos = len(frames.PREFACE)
+        if self._first_settings and end - pos >= 9:
+            if data[pos + 3] != frames.SETTINGS or data[pos + 4] & frames.ACK:
+                raise H2ProtocolError(frames.PROTOCOL_ERROR, "the client preface is not followed by SETTINGS")
+            self._first_settings = False
         view = memoryview(data)
+        guard = self.guard
         unpack = frames.FRAME_HEADER.unpack_from
         while end - pos >= 9:
             high, low, kind, flags, stream_id = unpack(data, pos)
@@ -237,6 +258,11 @@ class H2Endpoint(asyncio.Protocol):
                     self._owed = 0
                 if flags & frames.PADDED:
                     payload = self._unpad(payload)
+                if payload or flags & frames.END_STREAM:
+                    if guard.empty:
+                        guard.empty = 0
+                elif guard.empty_frame():
+                    raise H2ProtocolError(frames.ENHANCE_YOUR_CALM, "too many empty frames")
                 self.on_data(stream_id, payload, bool(flags & frames.END_STREAM), length)
             elif kind == frames.HEADERS:
                 if not stream_id:
@@ -244,17 +270,27 @@ class H2Endpoint(asyncio.Protocol):
                 if flags & frames.PADDED:
                     payload = self._unpad(payload)
                 if flags & frames.PRIORITY_FLAG:
+                    if len(payload) < 5:
+                        raise H2ProtocolError(frames.FRAME_SIZE_ERROR, "HEADERS too short for its priority")
                     payload = payload[5:]
+                if payload or flags & frames.END_STREAM:
+                    if guard.empty:
+                        guard.empty = 0
+                elif guard.empty_frame():
+                    raise H2ProtocolError(frames.ENHANCE_YOUR_CALM, "too many empty frames")
+                if len(payload) > self.limits.max_header_block_bytes and guard.header_block(len(payload)):
+                    raise H2ProtocolError(frames.ENHANCE_YOUR_CALM, "header block too large")
                 if flags & frames.END_HEADERS:
                     self.on_headers(stream_id, self.decoder.decode(bytes(payload)), bool(flags & frames.END_STREAM))
                 else:
                     self._block_stream = stream_id
-                    self._block_parts = [bytes(payload)]
-                    self._block_size = length
+                    self._block = bytearray(payload)
                     self._block_end_stream = bool(flags & frames.END_STREAM)
             elif kind == frames.WINDOW_UPDATE:
                 if length != 4:
                     raise H2ProtocolError(frames.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
+                if guard.control_frame(self._loop.time()):
+                    raise H2ProtocolError(frames.ENHANCE_YOUR_CALM, "too many control frames")
                 increment = int.from_bytes(payload, "big") & 0x7FFF_FFFF
                 if stream_id:
                     sender = self.senders.get(stream_id)
@@ -264,21 +300,27 @@ class H2Endpoint(asyncio.Protocol):
                             self._pump(sender)
                 else:
                     self._connection_window(increment)
-            elif kind == frames.SETTINGS:
-                self._settings(flags, payload)
-            elif kind == frames.PING:
-                if not flags & frames.ACK:
-                    self.write(frames.ping_ack(bytes(payload)))
             elif kind == frames.RST_STREAM:
                 self._reset_received(stream_id, payload)
-            elif kind == frames.GOAWAY:
-                if length >= 8:
-                    self.on_goaway(frames.unpack_u31(payload), frames.unpack_u32(payload, 4))
             elif kind == frames.PUSH_PROMISE:
                 raise H2ProtocolError(frames.PROTOCOL_ERROR, "push is disabled")
             elif kind == frames.CONTINUATION:
                 raise H2ProtocolError(frames.PROTOCOL_ERROR, "unexpected CONTINUATION")
-            # PRIORITY and unknown frame types are ignored
+            else:  # the other control frames, each within the guard's budget
+                if guard.control_frame(self._loop.time()):
+                    raise H2ProtocolError(frames.ENHANCE_YOUR_CALM, "too many control frames")
+                if kind == frames.SETTINGS:
+                    self._settings(stream_id, flags, payload)
+                elif kind == frames.PING:
+                    if length != 8:
+                        raise H2ProtocolError(frames.FRAME_SIZE_ERROR, "PING length")
+                    if stream_id:
+                        raise H2ProtocolError(frames.PROTOCOL_ERROR, "PING on a stream")
+                    if not flags & frames.ACK:
+                        self.write(frames.ping_ack(bytes(payload)))
+                elif kind == frames.GOAWAY and length >= 8:
+                    self.on_goaway(frames.unpack_u31(payload), frames.unpack_u32(payload, 4))
+                # PRIORITY and unknown frame types are ignored
             if self.closed:
                 return
         if pos < end:
@@ -304,20 +346,29 @@ class H2Endpoint(asyncio.Protocol):
     def _continuation(self, stream_id: int, flags: int, payload: memoryview) -> None:
         if stream_id != self._block_stream:
             raise H2ProtocolError(frames.PROTOCOL_ERROR, "CONTINUATION on another stream")
-        self._block_parts.append(bytes(payload))
-        self._block_size += len(payload)
-        if self._block_size > MAX_HEADER_BLOCK:
+        guard = self.guard
+        if not payload:
+            if guard.empty_frame():
+                raise H2ProtocolError(frames.ENHANCE_YOUR_CALM, "too many empty frames")
+        elif guard.empty:
+            guard.empty = 0
+        block = self._block
+        block += payload
+        if len(block) > self.limits.max_header_block_bytes and guard.header_block(len(block)):
             raise H2ProtocolError(frames.ENHANCE_YOUR_CALM, "header block too large")
         if flags & frames.END_HEADERS:
-            block = b"".join(self._block_parts)
             self._block_stream = 0
-            self._block_parts = []
-            self.on_headers(stream_id, self.decoder.decode(block), self._block_end_stream)
+            self._block = bytearray()
+            self.on_headers(stream_id, self.decoder.decode(bytes(block)), self._block_end_stream)
 
-    def _settings(self, flags: int, payload: memoryview) -> None:
+    def _settings(self, stream_id: int, flags: int, payload: memoryview) -> None:
         """Apply the peer's settings and acknowledge them before anything they allow is sent: gRPC's library only
         grants a larger window once it has our acknowledgement."""
+        if stream_id:
+            raise H2ProtocolError(frames.PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & frames.ACK:
+            if payload:
+                raise H2ProtocolError(frames.FRAME_SIZE_ERROR, "SETTINGS acknowledgement with a payload")
             return
         if len(payload) % 6:
             raise H2ProtocolError(frames.FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
@@ -413,6 +464,7 @@ class H2Endpoint(asyncio.Protocol):
                       literal: bytes = b"") -> None:
         block = self.encoder.encode(fields, key)
         self.write(frames.headers(stream_id, block + literal if literal else block, end_stream, self.peer_max_frame))
+        self.guard.control = 0  # control frames that answer our output are earned
 
     def send_data(self, sender: Sender, data: Chunk, end_stream: bool) -> None:
         """Send DATA within the windows; what does not fit waits in the sender's queue."""
@@ -422,6 +474,7 @@ class H2Endpoint(asyncio.Protocol):
         if not sender.queue and size <= sender.window and size <= self.send_window and size <= self.peer_max_frame:
             sender.window -= size
             self.send_window -= size
+            self.guard.control = 0
             self.write(frames.frame_header(frames.DATA, frames.END_STREAM if end_stream else 0, sender.stream_id,
                                            size))
             if size:
@@ -457,6 +510,7 @@ class H2Endpoint(asyncio.Protocol):
             sender.queued -= size
             self.send_window -= size
             last = not queue and sender.end_stream
+            self.guard.control = 0
             self.write(frames.frame_header(frames.DATA, frames.END_STREAM if last else 0, sender.stream_id, size))
             self.write(piece)
             if last:
@@ -503,14 +557,17 @@ class H2Endpoint(asyncio.Protocol):
             return
         log.info("closing an HTTP/2 connection: %s", message)
         self.write(frames.goaway(self.last_peer_stream(), code, message.encode()[:256]))
-        self.flush()
-        self.transport.close()
+        self.close()
         self.closed = True
 
     def last_peer_stream(self) -> int:
         return 0
 
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
+        """Write what is queued and close; a peer that does not take it within a linger is cut off."""
+        transport = self.transport
+        if transport is not None and not self.closed:
             self.flush()
-            self.transport.close()
+            transport.close()
+            if self._linger is None:
+                self._linger = self._loop.call_later(CLOSE_LINGER_SECONDS, transport.abort)

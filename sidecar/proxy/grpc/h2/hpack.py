@@ -31,6 +31,7 @@ DEFAULT_TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE; the relay never adverti
 ENTRY_OVERHEAD = 32
 MAX_BLOCK_FIELDS = 1024
 MAX_CACHED_BLOCKS = 512
+MAX_CACHED_BYTES = 256 * 1024  # a decoder's cache of blocks holds at most this many block bytes
 MAX_CACHED_FIELDS = 4096
 MAX_STRING_BYTES = 1 << 20
 
@@ -101,13 +102,14 @@ def _string(data: bytes, pos: int) -> tuple[bytes, int]:
 class HeaderDecoder:
     """Decodes the header blocks of one direction of one connection, in order."""
 
-    __slots__ = ("_cache", "_dynamic", "_max_size", "_size")
+    __slots__ = ("_cache", "_cache_bytes", "_dynamic", "_max_size", "_size")
 
     def __init__(self, max_size: int = DEFAULT_TABLE_SIZE) -> None:
         self._dynamic: list[Header] = []  # oldest first; HPACK index 62 is the last entry
         self._size = 0
         self._max_size = max_size
         self._cache: dict[bytes, HeaderBlock] = {}
+        self._cache_bytes = 0
 
     def decode(self, block: bytes) -> HeaderBlock:
         """The fields of a complete header block. Raises HpackError; the connection is then unusable."""
@@ -118,10 +120,13 @@ class HeaderDecoder:
         decoded = HeaderBlock(fields)
         if changed:
             self._cache.clear()
+            self._cache_bytes = 0
         else:
-            if len(self._cache) >= MAX_CACHED_BLOCKS:
+            if len(self._cache) >= MAX_CACHED_BLOCKS or self._cache_bytes + len(block) > MAX_CACHED_BYTES:
                 self._cache.clear()
+                self._cache_bytes = 0
             self._cache[block] = decoded
+            self._cache_bytes += len(block)
         return decoded
 
     def _entry(self, index: int) -> Header:

@@ -10,7 +10,12 @@ spends about half a millisecond of CPU and several thread hops per forwarded cal
 HTTP/2 frames in the event loop, decodes header blocks with a caching HPACK decoder and never touches message
 bytes beyond their 5-byte prefixes. Modules: `frames` (frame bytes), `hpack` (header blocks),
 `endpoint` (one connection: settings, pings, flow control), `server` (client connections), `upstream`
-(the model-server connection), `call` (one call: the gRPC rules), `wire` (timeouts, statuses, messages).
+(the model-server connection), `call` (one call: the gRPC rules), `wire` (timeouts, statuses, messages),
+`limits` (what a client connection may do: streams, resets, floods, buffers, timeouts).
+
+Limits reached are counted in `proxy.limit_events` (limit name -> count); the app exports them as
+`sidecar_limit_events_total{protocol="grpc", limit=...}` (`sidecar.telemetry.metrics.LimitMetrics`).
+`proxy.buffered_request_bytes` and `proxy.queued_bytes()` tell what the client connections hold right now.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from sidecar.proxy.deadlines import Deadlines
 from sidecar.proxy.grpc.exchange import Capture, Recording
 from sidecar.proxy.grpc.h2.call import Relay
 from sidecar.proxy.grpc.h2.endpoint import WriteBatch
+from sidecar.proxy.grpc.h2.limits import H2Limits, RequestBuffers, new_limit_events
 from sidecar.proxy.grpc.h2.server import H2ClientConnection
 from sidecar.proxy.grpc.h2.upstream import H2UpstreamPool
 from sidecar.proxy.grpc.target import grpc_target
@@ -30,7 +36,7 @@ from sidecar.telemetry.health import UpstreamHealth
 from sidecar.telemetry.metrics import RequestMetrics
 from sidecar.telemetry.tracing import Tracing
 
-__all__ = ["H2GrpcProxy"]
+__all__ = ["H2GrpcProxy", "H2Limits"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,35 @@ class H2GrpcProxy:
         self._relay: Relay | None = None
         self._connections: set[H2ClientConnection] = set()
         self.port: int | None = None
+        self.limits = H2Limits.from_settings(settings)
+        self.limit_events: dict[str, int] = new_limit_events()
+        self._buffers = RequestBuffers(self.limits, self.limit_events)
+
+    @property
+    def buffered_request_bytes(self) -> int:
+        """Request bytes the calls of all client connections hold before their requests are complete."""
+        return self._buffers.total
+
+    @property
+    def peak_buffered_request_bytes(self) -> int:
+        """The most `buffered_request_bytes` has been since the proxy was made."""
+        return self._buffers.peak
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now."""
+        return len(self._connections)
+
+    def queued_bytes(self) -> int:
+        """Bytes waiting to go to clients, over all client connections."""
+        return sum(connection.queued_bytes() for connection in self._connections)
+
+    def connection(self) -> H2ClientConnection:
+        """A client connection of the running relay, to drive without a socket: call its `connection_made` with a
+        transport, then feed it bytes with `data_received` (tests and fuzzing)."""
+        if self._relay is None:
+            raise RuntimeError("the gRPC proxy is not started")
+        return H2ClientConnection(self._relay, self._connections, self._relay.batch)
 
     async def start(self) -> None:
         """Connect to the upstream (in the background) and start listening; OSError if the port is taken."""
@@ -64,7 +99,8 @@ class H2GrpcProxy:
         batch = WriteBatch()
         pool = H2UpstreamPool(*settings.upstream_grpc, settings.connect_timeout, batch)
         relay = Relay(self._recording, self.upstream_target, settings.grpc_max_message_bytes,
-                      Deadlines(loop, DEADLINE_TICK_SECONDS), pool, batch, loop)
+                      Deadlines(loop, DEADLINE_TICK_SECONDS), pool, batch, loop, self.limits, self.limit_events,
+                      self._buffers)
         connections = self._connections
         host, port = settings.listen_grpc
         try:

@@ -215,6 +215,20 @@ async def test_header_fields_that_arrive_too_slowly_get_408() -> None:
         assert upstream.received == []
 
 
+async def test_the_proxy_own_answer_to_head_has_no_body_and_the_connection_stays_in_step() -> None:
+    async with running_proxy(free_port()) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(b"HEAD /v1/models/m HTTP/1.1\r\nHost: s\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 502 ") and b"Content-Length: " in head  # the size a GET would get
+            writer.write(b"GET /v1/models/m HTTP/1.1\r\nHost: s\r\n\r\n")
+            following = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert following.startswith(b"HTTP/1.1 502 ")  # no body bytes of the HEAD answer in between
+        finally:
+            writer.close()
+
+
 async def test_connect_is_refused_with_405() -> None:
     async with ScriptedUpstream() as upstream, running_proxy(upstream.port) as proxy:
         (got,) = await exchange(proxy.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
