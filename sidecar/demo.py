@@ -1,8 +1,10 @@
 """`sidecar demo`: the testbed model server, the sidecar in front of it, and traffic a user can watch.
 
-Phases (by share of `--duration`): 0-45% stable inputs with feedback ~90% correct; 45-100% inputs shifted by
+Phases (by share of `--traffic`): 0-45% stable inputs with feedback ~90% correct; 45-100% inputs shifted by
 1.5 standard deviations on one feature, 2% injected outliers, feedback ~40% correct. Ground truth is simulated
 from the model's own answers (correct with the phase's probability), so accuracy moves exactly as announced.
+After the traffic the sidecar and the testbed keep serving, so the links stay alive, until Ctrl-C; `--duration`
+ends the whole demo after that many seconds instead (and sets the traffic to the same length unless given).
 """
 
 from __future__ import annotations
@@ -48,7 +50,11 @@ class Tally:
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sidecar demo", description=__doc__)
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
+    parser.add_argument("--traffic", type=float, default=None, help="seconds of traffic (default 60, or --duration)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="end the demo after this many seconds (default: keep serving until Ctrl-C)")
+    parser.add_argument("--testbed-rest-port", type=int, default=0, help="the testbed's REST port (default: free)")
+    parser.add_argument("--testbed-grpc-port", type=int, default=0, help="the testbed's gRPC port (default: free)")
     parser.add_argument("--rate", type=float, default=40.0, help="predict requests per second (default 40)")
     parser.add_argument("--batch", type=int, default=10, help="instances per request (default 10)")
     parser.add_argument("--listen-rest", default="127.0.0.1:8501")
@@ -57,7 +63,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--state-dir", default=None, help="state directory (default: a temporary one)")
     parser.add_argument("--reference-size", type=int, default=500)
     parser.add_argument("--window-size", type=int, default=500)
-    return parser.parse_args(list(argv))
+    args = parser.parse_args(list(argv))
+    if args.traffic is None:
+        args.traffic = args.duration if args.duration is not None else 60.0
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,11 +89,12 @@ class DemoError(RuntimeError):
     pass
 
 
-def start_testbed() -> tuple[subprocess.Popen[str], int, int]:
+def start_testbed(rest_port: int = 0, grpc_port: int = 0) -> tuple[subprocess.Popen[str], int, int]:
     print("starting the testbed model server (TensorFlow import and model training take a few seconds)...",
           flush=True)
     log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the testbed's lifetime
-    process = subprocess.Popen([sys.executable, "-m", "sidecar.testbed.cli", "--rest-port", "0", "--grpc-port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "sidecar.testbed.cli", "--rest-port", str(rest_port),
+                                "--grpc-port", str(grpc_port)],
                                stdout=subprocess.PIPE, stderr=log, text=True,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert process.stdout is not None
@@ -103,7 +113,7 @@ def start_testbed() -> tuple[subprocess.Popen[str], int, int]:
 
 
 async def _demo(args: argparse.Namespace) -> None:
-    testbed, rest_port, grpc_port = start_testbed()
+    testbed, rest_port, grpc_port = start_testbed(args.testbed_rest_port, args.testbed_grpc_port)
     state = tempfile.TemporaryDirectory(prefix="sidecar-demo-") if args.state_dir is None else None
     settings = from_mapping({
         "upstream_rest": f"http://127.0.0.1:{rest_port}", "upstream_grpc": f"127.0.0.1:{grpc_port}",
@@ -123,12 +133,20 @@ async def _demo(args: argparse.Namespace) -> None:
         base = f"http://127.0.0.1:{sidecar.rest_port}"
         admin = f"http://127.0.0.1:{sidecar.admin_port}"
         print(f"sidecar up: REST {base}  gRPC 127.0.0.1:{sidecar.grpc_port}  metrics {admin}/metrics  "
-              f"drill-down {admin}/v1/monitor/{MODEL}", flush=True)
+              f"drill-down {admin}/v1/monitor/{MODEL}  (testbed: REST 127.0.0.1:{rest_port}, gRPC "
+              f"127.0.0.1:{grpc_port})", flush=True)
         tally = Tally()
+        started = loop.time()
         async with aiohttp.ClientSession() as session:
             await _traffic(session, base, admin, args, tally, stop, f"127.0.0.1:{sidecar.grpc_port}")
             await asyncio.sleep(1.0)
             await _summary(session, admin, tally)
+        if not stop.is_set():
+            left = None if args.duration is None else max(0.0, args.duration - (loop.time() - started))
+            print("traffic done; the sidecar and the testbed keep serving at the links above "
+                  + ("until Ctrl-C" if left is None else f"for {left:.0f} s more"), flush=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), left)
     finally:
         await sidecar.stop()
         testbed.terminate()
@@ -157,9 +175,9 @@ async def _traffic(session: aiohttp.ClientSession, base: str, admin: str, args: 
     interval = 1.0 / args.rate
     while not stop.is_set():
         elapsed = time.monotonic() - started
-        if elapsed >= args.duration:
+        if elapsed >= args.traffic:
             break
-        shifted = elapsed >= 0.45 * args.duration
+        shifted = elapsed >= 0.45 * args.traffic
         rows = [_instance(rng, shifted) for _ in range(args.batch)]
         await _predict_and_feedback(session, base, rows, 0.4 if shifted else 0.9, rng, tally)
         if grpc_call is not None and tally.requests % 4 == 0:
@@ -251,7 +269,7 @@ async def _progress(session: aiohttp.ClientSession, admin: str, elapsed: float, 
     accuracy = _pick(values, "sidecar_quality_accuracy")
     outliers = _pick(values, "sidecar_outliers_total")
     phase = "shifted" if shifted else "stable "
-    print(f"[{elapsed:5.1f}s] {phase} requests={tally.requests} instances={tally.instances} "
+    print(f"[{elapsed:5.1f}s] {phase} rest={tally.requests} grpc={tally.grpc_requests} instances={tally.instances} "
           f"p50={tally.p50_ms():.1f}ms feedback={tally.feedback} "
           f"drift={'-' if drift is None else int(drift)} outliers={'-' if outliers is None else int(outliers)} "
           f"accuracy={'-' if accuracy is None else f'{accuracy:.2f}'}", flush=True)

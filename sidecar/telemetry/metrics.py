@@ -40,6 +40,10 @@ class ModelLabels:
                 self._known[model] = label
         return label
 
+    def labels(self) -> list[str]:
+        """Every label value given out so far (the models seen)."""
+        return sorted(set(self._known.values()))
+
 
 class _Histograms:
     """Cumulative-at-export histograms keyed by a label tuple."""
@@ -170,8 +174,9 @@ class CaptureMetrics(Collector):
         drained.add_metric([], self.drained())
         yield drained
         dropped = CounterMetricFamily("sidecar_capture_dropped", "Captured records dropped because the ring was "
-                                      "full.", labels=["model"])
-        folded: dict[str, int] = {}
+                                      "full (0 for every model seen, so a rate over it is never empty).",
+                                      labels=["model"])
+        folded: dict[str, int] = dict.fromkeys(self.models.labels(), 0)
         for model, count in list(self.ring.dropped.items()):
             label = self.models(model)
             folded[label] = folded.get(label, 0) + count

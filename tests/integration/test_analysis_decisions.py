@@ -43,7 +43,8 @@ async def sidecar(testbed: Any, tmp_path: Path) -> AsyncIterator[Sidecar]:
 
 
 async def monitor(session: aiohttp.ClientSession, sidecar: Sidecar, model: str) -> dict[str, Any]:
-    async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/{model}") as answer:
+    headers = {"Authorization": f"Bearer {TOKEN}"} if sidecar.settings.telemetry.admin_token else {}
+    async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/{model}", headers=headers) as answer:
         assert answer.status == 200
         return await answer.json()  # type: ignore[no-any-return]
 

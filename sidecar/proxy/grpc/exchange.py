@@ -87,7 +87,8 @@ class Exchange:
     """One forwarded call: what arrived, what went upstream, and its recorded outcome."""
 
     __slots__ = ("client_span", "forwarding", "metadata", "method", "model", "own_deadline", "prediction_id",
-                 "recorded", "request", "server_span", "started", "timeout", "upstream_seconds", "wall_time")
+                 "recorded", "reply_id", "request", "server_span", "started", "timeout", "upstream_seconds",
+                 "wall_time")
 
     def __init__(self, forwarding: Recording, method: GrpcMethod, context: grpc.aio.ServicerContext,
                  request: bytes) -> None:
@@ -115,6 +116,8 @@ class Exchange:
         self.request = request
         self.metadata = metadata
         self.prediction_id = choose_prediction_id(metadata.prediction_id, metadata.request_id)
+        # answers carry the id only where feedback can join it: inference calls, the ones captured
+        self.reply_id: str | None = self.prediction_id if method.captured else None
         if model is None:
             model = method.peek(request) if method.peek is not None and request else NO_MODEL
         self.model: ModelRef = model

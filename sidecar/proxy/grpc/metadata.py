@@ -63,10 +63,12 @@ def split_request(incoming: Iterable[Metadatum] | None, take_trace: bool) -> Req
     return RequestMetadata(outgoing, prediction_id, request_id, carrier, opt_out)
 
 
-def response_initial(upstream: Iterable[Metadatum] | None, prediction_id: str) -> tuple[Metadatum, ...]:
-    """The upstream's initial metadata with the sidecar's prediction id (replacing any the upstream sent)."""
+def response_initial(upstream: Iterable[Metadatum] | None, prediction_id: str | None) -> tuple[Metadatum, ...]:
+    """The upstream's initial metadata with the sidecar's prediction id (replacing any the upstream sent); none for
+    calls that make no prediction."""
     kept = [(key, value) for key, value in upstream or () if key != PREDICTION_ID and passes_through(key)]
-    kept.append((PREDICTION_ID, prediction_id))
+    if prediction_id is not None:
+        kept.append((PREDICTION_ID, prediction_id))
     return tuple(kept)
 
 

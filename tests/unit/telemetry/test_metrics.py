@@ -73,3 +73,11 @@ def test_process_metrics_are_the_standard_process_and_python_ones() -> None:
     assert (registry.get_sample_value("process_cpu_seconds_total") or 0) > 0
     assert registry.get_sample_value("python_gc_collections_total", {"generation": "0"}) is not None
     assert any(metric.name == "python_info" for metric in registry.collect())
+
+
+def test_every_model_seen_has_a_dropped_series_from_the_start() -> None:
+    registry = new_registry()
+    models = ModelLabels(10)
+    registry.register(CaptureMetrics(CaptureRing(max_records=10, max_bytes=10**6), lambda: 0, models))
+    models("iris")  # the request metrics saw the model; nothing was dropped
+    assert samples(registry)[("sidecar_capture_dropped_total", (("model", "iris"),))] == 0

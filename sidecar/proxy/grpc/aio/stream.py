@@ -43,7 +43,7 @@ def stream_handler(forwarding: Forwarding, method: GrpcMethod) -> grpc.RpcMethod
         try:
             try:
                 initial = await call.initial_metadata()
-                await context.send_initial_metadata(response_initial(initial, exchange.prediction_id))
+                await context.send_initial_metadata(response_initial(initial, exchange.reply_id))
                 async for message in call:
                     sizes[1] += len(message)
                     await context.write(message)

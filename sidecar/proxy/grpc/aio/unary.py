@@ -40,7 +40,7 @@ def unary_handler(forwarding: Forwarding, method: GrpcMethod) -> grpc.RpcMethodH
             exchange.upstream_seconds = time.perf_counter() - sent
             initial = await call.initial_metadata()
             trailing = await call.trailing_metadata()
-            await context.send_initial_metadata(response_initial(initial, exchange.prediction_id))
+            await context.send_initial_metadata(response_initial(initial, exchange.reply_id))
             if trailing:
                 context.set_trailing_metadata(response_trailing(trailing))
             exchange.record(OK, response)
@@ -63,7 +63,7 @@ async def _fail(forwarding: Forwarding, exchange: Exchange, error: grpc.aio.AioR
                 context: grpc.aio.ServicerContext) -> NoReturn:
     """Answer with the upstream's status (or the sidecar's own when the upstream was unreachable)."""
     code, details, down = forwarding.upstream_failure(error, exchange.own_deadline, exchange.timeout)
-    await context.send_initial_metadata(response_initial(error.initial_metadata(), exchange.prediction_id))
+    await context.send_initial_metadata(response_initial(error.initial_metadata(), exchange.reply_id))
     exchange.record(code, upstream_down=down, upstream_answered=not down and code is not DEADLINE_EXCEEDED)
     await context.abort(code, details, response_trailing(error.trailing_metadata()))
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

@@ -357,7 +357,7 @@ class RelayCall:
             return
         self.responded = True
         self.http_status = status = reply.status
-        pid = prediction_id_field(exchange.prediction_id)
+        pid = prediction_id_field(exchange.reply_id)
         if not end_stream:
             client.send_headers(sender, reply.head(), False, reply, pid)
             return
@@ -433,8 +433,8 @@ class RelayCall:
         exchange = self.begin_exchange() if self.started else None
         if not self.responded:
             self.responded = True
-            pid = exchange.prediction_id if exchange is not None else choose_prediction_id(
-                self.metadata.prediction_id, self.metadata.request_id)
+            pid = exchange.reply_id if exchange is not None else choose_prediction_id(
+                self.metadata.prediction_id, self.metadata.request_id) if self.method.captured else None
             client.send_headers(sender, RESPONSE_HEAD, False, RESPONSE_HEAD, prediction_id_field(pid))
         client.send_headers(sender, status_fields(code, details), True)
         if exchange is not None:

@@ -40,7 +40,10 @@ _INITIAL_NAMES = frozenset({b":status", b"content-type", b"grpc-encoding", b"grp
 _PID_PREFIX = encode_field(PID, b"")[:-1]  # the field up to its value's length
 
 
-def prediction_id_field(prediction_id: str) -> bytes:
+def prediction_id_field(prediction_id: str | None) -> bytes:
+    """The encoded `x-prediction-id` field; nothing for calls that make no prediction (status, metadata)."""
+    if prediction_id is None:
+        return b""
     value = prediction_id.encode()
     return _PID_PREFIX + bytes((len(value),)) + value if len(value) < 127 else encode_field(PID, value)
 

@@ -214,6 +214,12 @@ async def test_upstream_initial_and_trailing_metadata_come_back_with_a_predictio
     assert tuple(await call.trailing_metadata()) == UPSTREAM_TRAILING
 
 
+async def test_calls_that_make_no_prediction_get_no_prediction_id(proxied: Proxied) -> None:
+    call = proxied.unary(STATUS)(PREDICT_M)
+    await call
+    assert "x-prediction-id" not in [key for key, _ in await call.initial_metadata()]
+
+
 @pytest.mark.parametrize(("metadata", "expected"), [
     ((("x-prediction-id", "client-chosen"),), "client-chosen"),
     ((("x-request-id", "req-7"),), "req-7"),
@@ -495,7 +501,7 @@ async def test_bidirectional_streams_are_relayed_in_order_with_metadata(proxied:
     call = proxied.channel.stream_stream(CHAT)(iter([b"a", b"bb", b"ccc"]), metadata=(("x-tenant", "t"),))
     assert [message async for message in call] == [b"re:a", b"re:bb", b"re:ccc"]
     initial = dict(await call.initial_metadata())
-    assert initial["x-upstream"] == "stream" and "x-prediction-id" in initial
+    assert initial["x-upstream"] == "stream" and "x-prediction-id" not in initial  # not captured: nothing to join
     assert dict(await call.trailing_metadata()) == {"x-stream-trailer": "done"}
     await eventually(lambda: bool(proxied.metrics.requests), timeout=10.0)
     assert proxied.metrics.requests == {("", "grpc", "other", "OK"): 1}
