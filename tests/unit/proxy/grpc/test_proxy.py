@@ -137,14 +137,6 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return str(request.param)
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 @contextlib.asynccontextmanager
 async def running_proxy(upstream_port: int, *, tracing: Tracing | None = None, health: UpstreamHealth | None = None,
                         capture: Callable[[CaptureRecord], None] | None = None,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,14 +19,6 @@ from tests.unit.proxy.grpc.test_proxy import Proxied, Upstream
 
 OPENING = frames.PREFACE + frames.settings({})
 PING = frames.frame(frames.PING, 0, 0, bytes(8))
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 class Peer:

@@ -9,7 +9,6 @@ import collections
 import logging
 import random
 import struct
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -35,14 +34,6 @@ VALID_KINDS = [frames.DATA, frames.HEADERS, frames.PRIORITY, frames.RST_STREAM, 
                frames.GOAWAY, frames.WINDOW_UPDATE]
 VALID_WEIGHTS = [8, 4, 1, 2, 1, 2, 1, 2]
 NUMBERS = [0, 1, 5, 6, 8, 16_383, 16_384, 65_535, 2**24 - 1, 2**24, 2**31 - 1, 2**31, 2**32 - 1]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def random_bytes(rng: random.Random, most: int = 64) -> bytes:

@@ -4,7 +4,6 @@ then each limit on a socketless connection of a running relay (bytes in, frames 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -29,14 +28,6 @@ from tests.unit.proxy.grpc.test_proxy import Upstream
 
 DEADLINE_EXCEEDED = str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]).encode()
 RESOURCE_EXHAUSTED = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]).encode()
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def engine_of(proxied: object) -> H2GrpcProxy:

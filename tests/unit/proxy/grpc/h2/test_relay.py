@@ -157,14 +157,6 @@ async def relay_to(port: int, **settings: Any) -> AsyncIterator[Proxied]:
         yield proxied
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    server = Upstream()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 # --- the engine -------------------------------------------------------------------------------------------------
 
 def test_the_default_engine_is_the_h2_relay() -> None:
