@@ -61,21 +61,11 @@ def worker_pid(sidecar_pid: int) -> int:
     raise RuntimeError("no analysis worker found")
 
 
-@contextlib.contextmanager
-def sidecar(directory: Path, upstream_port: int, priority: str) -> Iterator[tuple[int, int, int]]:
-    port, admin = bench_rest.free_port(), bench_rest.free_port()
-    command = [sys.executable, "-m", "sidecar", "run", "--upstream-rest", f"http://127.0.0.1:{upstream_port}",
-               "--listen-rest", f"127.0.0.1:{port}", "--listen-grpc", "off", "--upstream-grpc", "off",
-               "--listen-admin", f"127.0.0.1:{admin}", "--state-dir", str(directory / f"state-{priority}"),
-               "--log-level", "error", "--workers", "1", "--reference-size", "200", "--window-size", "200",
-               "--worker-priority", priority, "--signature-lookup", "false"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        bench_rest.wait_listening(port, timeout=60)
-        bench_rest.wait_listening(admin, timeout=10)
-        yield port, admin, process.pid
-    finally:
-        bench_rest.stop(process)
+def sidecar(directory: Path, upstream_port: int, priority: str) -> contextlib.AbstractContextManager[
+        tuple[int, int, int]]:
+    return bench_rest.sidecar_run(directory / f"state-{priority}", upstream_port, "--workers", "1",
+                                  "--reference-size", "200", "--window-size", "200", "--worker-priority", priority,
+                                  "--signature-lookup", "false")
 
 
 @contextlib.contextmanager

@@ -185,6 +185,23 @@ def server_process(kind: str, directory: Path, *options: str) -> Iterator[tuple[
             print(f"--- {kind} server log (tail) ---\n{text[-2000:]}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def sidecar_run(state: Path, upstream_port: int, *options: str) -> Iterator[tuple[int, int, int]]:
+    """`sidecar run` as users run it (REST only, admin on loopback) in front of `upstream_port`, with `options`
+    added; yields its REST port, admin port and pid once both listen."""
+    port, admin = free_port(), free_port()
+    command = [sys.executable, "-m", "sidecar", "run", "--upstream-rest", f"http://127.0.0.1:{upstream_port}",
+               "--listen-rest", f"127.0.0.1:{port}", "--listen-grpc", "off", "--upstream-grpc", "off",
+               "--listen-admin", f"127.0.0.1:{admin}", "--state-dir", str(state), "--log-level", "error", *options]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, timeout=60)
+        wait_listening(admin, timeout=10)
+        yield port, admin, process.pid
+    finally:
+        stop(process)
+
+
 def stop(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()

@@ -18,13 +18,11 @@ import argparse
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -54,20 +52,10 @@ def counters(admin: int) -> dict[str, float]:
     return found
 
 
-@contextlib.contextmanager
-def sidecar(directory: Path, upstream_port: int) -> Iterator[tuple[int, int, int]]:
-    port, admin, dead = bench_rest.free_port(), bench_rest.free_port(), bench_rest.free_port()
-    command = [sys.executable, "-m", "sidecar", "run", "--upstream-rest", f"http://127.0.0.1:{upstream_port}",
-               "--listen-rest", f"127.0.0.1:{port}", "--listen-grpc", "off", "--upstream-grpc", "off",
-               "--listen-admin", f"127.0.0.1:{admin}", "--state-dir", str(directory / "state"),
-               "--log-level", "error", "--payload-log-url", f"http://127.0.0.1:{dead}/events"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        bench_rest.wait_listening(port, timeout=60)
-        bench_rest.wait_listening(admin, timeout=10)
-        yield port, admin, process.pid
-    finally:
-        bench_rest.stop(process)
+def sidecar(directory: Path, upstream_port: int) -> contextlib.AbstractContextManager[tuple[int, int, int]]:
+    dead = bench_rest.free_port()  # nobody listens: the payload log's sink is dead
+    return bench_rest.sidecar_run(directory / "state", upstream_port,
+                                  "--payload-log-url", f"http://127.0.0.1:{dead}/events")
 
 
 async def client(port: int, requests: int, outcomes: Counter[str], pace: asyncio.Queue[None]) -> None:
