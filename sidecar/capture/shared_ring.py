@@ -39,9 +39,11 @@ from sidecar.messages.records import CaptureRecord, CaptureRow
 _STRING_FIELDS = ("prediction_id", "model", "version", "label", "protocol", "api", "method", "request_encoding")
 _STRINGS = tuple(CaptureRecord._fields.index(name) for name in _STRING_FIELDS)
 _P, _M, _V, _L, _PR, _A, _ME, _E = _STRINGS
-_TIME, _REQUEST, _RESPONSE, _STATUS, _LATENCY, _OPT_OUT = (
-    CaptureRecord._fields.index(name) for name in ("time", "request", "response", "status", "latency", "log_opt_out"))
-_HEADER = struct.Struct("<I8IIIddi?")  # total, string lengths, request, response, time, latency, status, opt-out
+_TIME, _REQUEST, _RESPONSE, _STATUS, _LATENCY, _OPT_OUT, _TRUNCATED = (
+    CaptureRecord._fields.index(name) for name in ("time", "request", "response", "status", "latency", "log_opt_out",
+                                                   "response_truncated"))
+# total, string lengths, request, response, time, latency, status, opt-out, response truncated
+_HEADER = struct.Struct("<I8IIIddi??")
 _TOTAL = struct.Struct("<I")
 _ZEROS = bytes(1 << 20)
 
@@ -122,7 +124,8 @@ class SharedRingWriter:
             self.head += skip
             position = 0
         _HEADER.pack_into(view, position, total, *map(len, strings), len(request), len(response), record[_TIME],
-                          record[_LATENCY], record[_STATUS], record[_OPT_OUT])
+                          record[_LATENCY], record[_STATUS], record[_OPT_OUT],
+                          len(record) > _TRUNCATED and record[_TRUNCATED])
         start = position + _HEADER.size
         end = start + len(text)
         view[start:end] = text
@@ -186,8 +189,8 @@ class SharedRingReader:
             if size - offset < _TOTAL.size or not _TOTAL.unpack_from(view, offset)[0]:
                 position += size - offset  # the writer skipped the rest of the buffer
                 continue
-            (total, *lengths, request_length, response_length, time, latency, status,
-             opt_out) = _HEADER.unpack_from(view, offset)
+            (total, *lengths, request_length, response_length, time, latency, status, opt_out,
+             truncated) = _HEADER.unpack_from(view, offset)
             text_start = offset + _HEADER.size
             request_start = offset + total - request_length - response_length
             response_start = request_start + request_length
@@ -201,7 +204,7 @@ class SharedRingReader:
             response = bytes(view[response_start:response_start + response_length])
             prediction_id, model, version, label, protocol, api, method, encoding = strings
             records.append(CaptureRecord(prediction_id, time, model, version, label, protocol, api, method, request,
-                                         response, status, latency, encoding, opt_out))
+                                         response, status, latency, encoding, opt_out, truncated))
             position += total
         return records
 

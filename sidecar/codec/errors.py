@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-REASONS: frozenset[str] = frozenset({"gzip", "json", "protobuf", "shape", "dtype", "missing", "unsupported", "empty"})
+REASONS: frozenset[str] = frozenset({"gzip", "json", "protobuf", "shape", "dtype", "missing", "unsupported", "empty",
+                                     "truncated"})
 """Values of `DecodeError.reason`, the `reason` label of `sidecar_decode_errors_total{model,protocol,reason}`:
 
 - gzip: the body is declared or framed as compressed but does not decompress (or decompresses past the cap).
@@ -15,6 +16,8 @@ REASONS: frozenset[str] = frozenset({"gzip", "json", "protobuf", "shape", "dtype
 - unsupported: well-formed but outside what the codec decodes (complex tensors, MultiInference, an unknown
   route, a content encoding other than gzip).
 - empty: no bytes at all, or zero instances.
+- truncated: the capture holds only part of a streamed response (cut at the capture bound, or the stream ended
+  early); counted by the workers, which do not decode it.
 """
 
 

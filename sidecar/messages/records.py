@@ -19,6 +19,9 @@ class CaptureRecord(NamedTuple):
     `status` is the HTTP status for REST and the numeric gRPC status code for gRPC (0 = OK).
     `request_encoding` is the request's Content-Encoding (e.g. "gzip") or "" when the body is plain.
     `log_opt_out` is set when the client sent `X-Sidecar-Log: off`.
+    `response_truncated` is set when `response` is not the whole response body: a streamed REST response longer
+    than the capture bound (`rest_stream_capture_bytes`) or one that ended early (the client left, the upstream
+    stalled or broke off). The bytes kept are the body's first bytes, de-chunked.
     """
 
     prediction_id: str
@@ -35,6 +38,7 @@ class CaptureRecord(NamedTuple):
     latency: float
     request_encoding: str = ""
     log_opt_out: bool = False
+    response_truncated: bool = False
 
     @property
     def size(self) -> int:

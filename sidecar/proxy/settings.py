@@ -50,6 +50,16 @@ class ProxySettings:
     rest_max_connections: int = option(
         4096, "open REST client connections; one more is answered 503 'too many connections' and closed",
         parse_int(1, 1_000_000))
+    rest_stream_idle_timeout: float = option(
+        30.0, "seconds a streamed REST response (chunked, text/event-stream, or ended by the upstream closing) may "
+              "go without a byte from the upstream before it is cut (the client sees its connection close); the "
+              "upstream timeout then bounds only the wait for the response head", parse_duration(minimum=0.001))
+    rest_stream_buffer_bytes: int = option(
+        64 * 1024, "response bytes queued to a REST client above which a streamed response stops reading from the "
+                   "upstream (until below a quarter)", parse_size(minimum=4 * 1024))
+    rest_stream_capture_bytes: int = option(
+        1024**2, "bytes of a streamed REST response kept for the analysis; beyond, the capture record is marked "
+                 "truncated (whole, non-streamed answers are captured whole)", parse_size(minimum=0))
     grpc_engine: str = option("h2", "gRPC proxy engine: h2 (asyncio HTTP/2 relay, fast) or aio (grpc.aio)",
                               parse_choice(*GRPC_ENGINES))
     # Limits of the h2 relay's client connections (sidecar/proxy/grpc/h2/limits.py); each one reached is counted in

@@ -741,6 +741,10 @@ class AnalysisState:
             yield_point()
             if not record.ok:
                 continue  # failed calls carry no prediction; the request metrics count them
+            if record.response_truncated:  # a streamed answer cut at the capture bound, or ended early
+                key = (record.model, record.protocol, "truncated")
+                errors[key] = errors.get(key, 0) + 1
+                continue
             try:
                 exchange = decode_exchange(record)
             except DecodeError as exc:

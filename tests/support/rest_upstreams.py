@@ -2,8 +2,8 @@
 
 Both are real TCP endpoints parsing with httptools, so a test sees exactly the bytes the proxy put on the wire.
 The upstream's answer to each request is chosen by the test (`Reply`): bytes to write (optionally after a delay),
-or a misbehaviour: reset the connection, close it, or never answer. It records every request it received and
-every connection it saw close.
+a stream (a head, then pieces written at set intervals, each stamped when sent), or a misbehaviour: reset the
+connection, close it, or never answer. It records every request it received and every connection it saw close.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 import httptools
@@ -43,7 +44,26 @@ class Received:
 class Reply:
     data: bytes = b""
     delay: float = 0.0
-    action: str = "write"  # write | reset | close | hang
+    action: str = "write"  # write | reset | close | hang | stream
+    # stream: `data` (the head, perhaps with the first body bytes) at once, then each (seconds after the previous
+    # write, bytes) of `then`, each stamped in `ScriptedUpstream.sent`; afterwards `after`: keep (the connection
+    # stays open, nothing more is sent), close, or reset.
+    then: list[tuple[float, bytes]] = field(default_factory=list)
+    after: str = "keep"
+
+
+def stream_reply(head: bytes, pieces: list[bytes], every: float, after: str = "keep", first: float = 0.0) -> Reply:
+    """A streamed answer: `head` at once, the first piece `first` seconds later, the others `every` seconds apart."""
+    return Reply(head, action="stream", then=[(first if index == 0 else every, piece)
+                                              for index, piece in enumerate(pieces)], after=after)
+
+
+def chunk(data: bytes) -> bytes:
+    """`data` as one chunk of the chunked transfer coding."""
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+LAST_CHUNK = b"0\r\n\r\n"
 
 
 def response(status: int = 200, body: bytes = b"", headers: list[tuple[str, str]] | None = None,
@@ -77,6 +97,7 @@ class _UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.server.peers.append(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -122,6 +143,25 @@ class _UpstreamConnection(asyncio.Protocol):
             if reply.data:
                 transport.write(reply.data)
             transport.close()
+        elif reply.action == "stream":
+            transport.write(reply.data)
+            task = asyncio.get_running_loop().create_task(self._stream(transport, reply))
+            self.server.tasks.add(task)
+            task.add_done_callback(self.server.tasks.discard)
+
+    async def _stream(self, transport: asyncio.Transport, reply: Reply) -> None:
+        for delay, data in reply.then:
+            if delay:
+                await asyncio.sleep(delay)
+            if transport.is_closing():
+                return
+            transport.write(data)
+            self.server.sent.append((perf_counter(), data))
+            self.server.changed.set()
+        if reply.after == "close":
+            transport.close()
+        elif reply.after == "reset":
+            transport.abort()
 
 
 class ScriptedUpstream:
@@ -131,6 +171,9 @@ class ScriptedUpstream:
         self.answer: Answer = answer or (lambda _: json_reply())
         self.received: list[Received] = []
         self.closed: list[int] = []
+        self.sent: list[tuple[float, bytes]] = []  # streamed pieces: (time.perf_counter() when written, bytes)
+        self.peers: list[_UpstreamConnection] = []
+        self.tasks: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Event()
         self.connections = 0
         self.port = 0
@@ -143,6 +186,8 @@ class ScriptedUpstream:
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        for task in list(self.tasks):
+            task.cancel()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):

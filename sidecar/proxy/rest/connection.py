@@ -19,7 +19,8 @@ Limits on slow or idle clients (`ClientLimits`) are enforced without a timer per
   client_header_timeout); else 408 and close.
 - body: the header fields are complete and the body is arriving. It must be complete within `body_timeout` of
   the end of the header fields (a stall longer than that fails too); else 408 and close.
-- busy: a request is queued or being answered. No client timeout runs: the upstream timeout covers it.
+- busy: a request is queued or being answered. No client timeout runs: the upstream timeout covers it (and the
+  stream idle timeout a streamed answer).
 - idle: nothing in flight and nothing arriving. After `idle_timeout` (or `header_timeout` when the connection has
   not sent a first request) it is closed quietly, without an answer, since there is no request to answer.
 Whatever the phase, response bytes waiting to be sent must make progress: a client that takes none of them for
@@ -32,6 +33,11 @@ which each request has anyway), so a deadline fires between its timeout and its 
 
 A connection accepted while `max_connections` are open is refused: see `RestClientConnection.refuse`.
 Every limit reached adds one to its entry in `ClientLimits.events`.
+
+A response is written whole (`respond`) or streamed (`start_stream`, `send_stream`, then `end_stream`); while a
+stream runs the connection is busy, so only the send timeout applies to it, and the stream's `StreamFlow` is told
+when the client's write buffer goes above its high-water mark (`pause_stream`) and back below the low one
+(`resume_stream`), so the producer can stop reading its upstream meanwhile.
 """
 
 from __future__ import annotations
@@ -60,8 +66,11 @@ SEND_TIMEOUT = "send_timeout"  # connection aborted: the client took none of the
 MAX_CONNECTIONS = "max_connections"  # connection refused with 503: too many open
 HEADER_TOO_LARGE = "header_too_large"  # request line and header fields over MAX_HEADER_BYTES (431)
 BODY_TOO_LARGE = "body_too_large"  # body over the body size limit (413)
+# Limits of streamed responses (counted by the proxy, see proxy.py):
+STREAM_IDLE_TIMEOUT = "stream_idle_timeout"  # a streamed response cut: the upstream sent nothing for that long
+STREAM_WRITE_BUFFER = "stream_write_buffer"  # a streamed response paused: the client's write buffer was full
 LIMITS: tuple[str, ...] = (HEADER_TIMEOUT, BODY_TIMEOUT, IDLE_TIMEOUT, SEND_TIMEOUT, MAX_CONNECTIONS,
-                           HEADER_TOO_LARGE, BODY_TOO_LARGE)
+                           HEADER_TOO_LARGE, BODY_TOO_LARGE, STREAM_IDLE_TIMEOUT, STREAM_WRITE_BUFFER)
 _STATUS_LIMITS = {431: HEADER_TOO_LARGE, 413: BODY_TOO_LARGE}
 
 TOO_MANY_CONNECTIONS = error_response(503, "too many connections", connection_line=CLOSE_LINE)
@@ -135,6 +144,14 @@ class IncomingRequest:
         return b"".join(parts)
 
 
+class StreamFlow(Protocol):
+    """The producer of a streamed response, told when the client falls behind and when it has caught up."""
+
+    def pause_stream(self) -> None: ...
+
+    def resume_stream(self) -> None: ...
+
+
 class RequestHandler(Protocol):
     def handle(self, request: IncomingRequest) -> None:
         """Answer, now or later, through `request.connection.respond(...)`."""
@@ -155,9 +172,9 @@ class RestClientConnection(asyncio.Protocol):
     # read gets slower (31.8 -> 35.2 ns for three reads; 0.6 us per request in bench/rest_hotpath.py).
     __slots__ = ("_closing", "_continue_sent", "_discarding", "_handler", "_head_received", "_header_bytes", "_in_head",
                  "_in_serve", "_limits", "_linger", "_loop", "_max_body", "_parser", "_parsing", "_queue", "_raw_body",
-                 "_reading_paused", "_registry", "_sent_seen", "_sent_since", "_timed_key", "_timed_phase",
-                 "_timed_since", "_writing_paused", "_written", "active", "closed", "idle_since", "refused",
-                 "transport")
+                 "_reading_paused", "_registry", "_sent_seen", "_sent_since", "_stream", "_timed_key",
+                 "_timed_phase", "_timed_since", "_writing_paused", "_written", "active", "closed", "idle_since",
+                 "refused", "transport")
 
     def __init__(self, handler: RequestHandler, max_body_bytes: int, loop: asyncio.AbstractEventLoop,
                  registry: set[RestClientConnection] | None = None, limits: ClientLimits | None = None) -> None:
@@ -180,6 +197,7 @@ class RestClientConnection(asyncio.Protocol):
         self.closed = False
         self._reading_paused = False
         self._writing_paused = False
+        self._stream: StreamFlow | None = None  # the producer of the response being streamed
         self._in_serve = False
         self._continue_sent: IncomingRequest | None = None
         self._linger: asyncio.TimerHandle | None = None
@@ -240,9 +258,13 @@ class RestClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        if self._stream is not None:
+            self._stream.pause_stream()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self._stream is not None:
+            self._stream.resume_stream()
         if self.active is None:
             self._serve_next()
 
@@ -253,6 +275,7 @@ class RestClientConnection(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
         self._queue.clear()
+        self._stream = None
         request, self.active = self.active, None
         if request is not None:
             self._handler.aborted(request)
@@ -355,6 +378,50 @@ class RestClientConnection(asyncio.Protocol):
             return
         if not self._in_serve:
             self._serve_next()
+
+    def start_stream(self, request: IncomingRequest, head: bytes, flow: StreamFlow,
+                     buffer_bytes: int | None = None) -> bool:
+        """Send the head (and any first body bytes) of a streamed response to `request`; its body follows through
+        `send_stream` and `end_stream` finishes it. `flow` hears when the client falls behind: the write buffer over
+        `buffer_bytes` (the transport's high-water mark; its low one is a quarter) and when it caught up. False when
+        the client is gone or `request` is not the active one (then nothing is sent)."""
+        transport = self.transport
+        if request is not self.active or self.closed or transport is None:
+            return False
+        if buffer_bytes is not None:
+            transport.set_write_buffer_limits(high=buffer_bytes)
+        behind = self._writing_paused  # the client has not taken earlier answers yet
+        self._stream = flow
+        transport.write(head)  # may call pause_writing, which tells `flow`
+        self._written += len(head)
+        if behind:
+            flow.pause_stream()
+        return True
+
+    def send_stream(self, request: IncomingRequest, parts: list[bytes]) -> None:
+        """More bytes of the response being streamed to `request`, in one write (ignored when the client is gone)."""
+        transport = self.transport
+        if request is not self.active or self.closed or transport is None:
+            return
+        size = sum(map(len, parts))
+        if size >= _LARGE_WRITE and len(parts) > 1:
+            transport.writelines(parts)
+        elif size:
+            transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+        self._written += size
+
+    def end_stream(self, request: IncomingRequest, tail: bytes, keep_alive: bool, complete: bool = True) -> None:
+        """Finish the response streamed to `request`: write `tail` (the last chunk, or nothing), then go on with the
+        next request or close as `keep_alive` says. A stream that is not `complete` (it broke off) closes the
+        connection after what was written, so the client sees the response end early instead of a whole one."""
+        if request is not self.active or self.closed or self.transport is None:
+            return
+        self._stream = None
+        if not complete:
+            self.active = None
+            self._close(graceful=False)
+            return
+        self.respond(request, tail, b"", keep_alive)
 
     def shutdown(self) -> None:
         """Finish the requests already received, then close (the proxy is stopping)."""

@@ -10,7 +10,27 @@ What changes on the way through, and nothing else:
   `X-Prediction-Id` set to the chosen id, and with tracing on, `traceparent`/`tracestate` replaced by the
   CLIENT span's; a `Host` is added for HTTP/1.0 clients that sent none.
 - to the client: hop-by-hop fields removed, Content-Length re-framed, `X-Prediction-Id` added, and `Connection`
-  set when the connection will close (or stays open for an HTTP/1.0 client).
+  set when the connection will close (or stays open for an HTTP/1.0 client). A streamed answer is re-chunked
+  instead (below).
+
+Streamed answers (chunked, `text/event-stream`, or framed by the upstream closing; `upstream` decides) are passed
+on as their bytes arrive, instead of being held whole (unless the whole answer came in the read that brought its
+head: then it takes the path above). The client gets the upstream's status line and end-to-end header fields, the
+prediction id, and framing of its own hop: the upstream's Content-Length when it sent one; else `Transfer-Encoding:
+chunked`, one chunk per chunk the upstream sent as it was read (a chunk split across reads becomes two, chunk
+extensions and trailer fields are dropped), so the chunk bytes are the upstream's own in the usual case; else, for
+an HTTP/1.0 client that cannot take chunks, the end of the connection. Re-chunking rather than relaying the raw
+chunked bytes: the proxy must parse the chunks anyway to find the end of the answer (to reuse the upstream
+connection and to capture the body), a close-framed answer to an HTTP/1.1 client then keeps the client's
+connection alive, and one code path serves every framing pair (as nginx does). `rest_stream_idle_timeout` bounds
+the wait between two upstream reads (the upstream timeout then no longer applies); a stream cut by it, or broken
+off by the upstream, ends by closing the client connection after what was sent (without the last chunk, so the
+client knows it is incomplete), counted in `limit_events["stream_idle_timeout"]` and in the upstream errors. When
+the client does not read, the upstream is no longer read once `rest_stream_buffer_bytes` wait for the client
+(counted in `limit_events["stream_write_buffer"]`), until the client has taken three quarters of them; a client
+that takes nothing for `rest_send_timeout` loses its connection, and a client gone mid-stream closes the upstream
+connection (never pooled). A captured stream keeps its first `rest_stream_capture_bytes` (de-chunked); its record
+says `response_truncated` when the body was longer or ended early.
 The sidecar's own answers use the model server's error shape `{"error": "..."}`: 502 (refused, reset, invalid
 answer; 503 while the upstream is known not ready), 504 (timeout), 400/405/413/431 (bad requests), 408 (request
 head or body too slow), 503 `too many connections` (see below) and 501 (a transfer coding other than chunked, as
@@ -45,6 +65,8 @@ from sidecar.proxy.rest.connection import (
     IDLE_TIMEOUT,
     LIMITS,
     MAX_CONNECTIONS,
+    STREAM_IDLE_TIMEOUT,
+    STREAM_WRITE_BUFFER,
     ClientLimits,
     IncomingRequest,
     RestClientConnection,
@@ -88,6 +110,9 @@ _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _METHOD_NAMES: dict[bytes, str] = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")}
 _ROUTE_CACHE_SIZE = 4096  # distinct (method, target) pairs remembered; cleared when full
 _LOCAL_RESPONSE_DROP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+_CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CRLF = b"\r\n"
 
 Capture = Callable[[CaptureRecord], None]
 
@@ -139,8 +164,9 @@ class RestProxy:
         settings = self.settings
         assert settings.listen_rest is not None
         self._pool = RestUpstreamPool(self.upstream_host, self.upstream_port, max_idle=settings.upstream_pool_size,
-                                  connect_timeout=settings.connect_timeout,
-                                  response_timeout=settings.upstream_timeout, loop=loop)
+                                      connect_timeout=settings.connect_timeout,
+                                      response_timeout=settings.upstream_timeout,
+                                      stream_idle_timeout=settings.rest_stream_idle_timeout, loop=loop)
         host, port = settings.listen_rest
         max_body = settings.max_body_bytes
         limits = self.limits
@@ -243,7 +269,8 @@ class RestProxy:
             parts += call.start_spans(target)
         parts.append(b"\r\n")
         call.sent_at = perf_counter()
-        call.exchange = self.pool.send(b"".join(parts), body, call, head_only=request.method == b"HEAD")
+        call.exchange = self.pool.send(b"".join(parts), body, call, head_only=request.method == b"HEAD",
+                                       stream=True)
 
     def _classify(self, method: bytes, target: bytes) -> tuple[Route, LocalHandler | None]:
         """What a request line means: its route, or the local handler that answers it."""
@@ -341,7 +368,7 @@ class ProxyCall:
     """One request being proxied: listener of its upstream exchange, builder of the client's response."""
 
     __slots__ = ("client_span", "exchange", "id_bytes", "prediction_id", "proxy", "request", "route", "sent_at",
-                 "server_span")
+                 "server_span", "stream")
 
     def __init__(self, proxy: RestProxy, request: IncomingRequest, route: Route, prediction_id: str) -> None:
         self.proxy = proxy
@@ -353,6 +380,7 @@ class ProxyCall:
         self.sent_at = 0.0
         self.server_span: Span | None = None
         self.client_span: Span | None = None
+        self.stream: _Stream | None = None
 
     def upstream_response(self, response: UpstreamResponse) -> None:
         request = self.request
@@ -412,10 +440,86 @@ class ProxyCall:
         self._unlink()
         request = self.request
         route = self.route
+        stream = self.stream
+        sent = 0
+        if stream is not None:  # gone in the middle of a streamed answer: capture what came
+            self.stream = None
+            sent = stream.size
+            now = perf_counter()
+            if stream.kept is not None and self.proxy.capture is not None:
+                self._capture(self.proxy.capture, stream.status, stream.captured(), now - self.sent_at, now, True)
         self.proxy.metrics.record(route.model, PROTOCOL_REST, route.method, str(CLIENT_CLOSED),
-                                  perf_counter() - request.started, None, request.body_size, 0)
+                                  perf_counter() - request.started, None, request.body_size, sent)
         if self.server_span is not None:
             self._finish_spans(CLIENT_CLOSED, "client closed the connection")
+
+    # streamed answers (StreamListener for the upstream, StreamFlow for the client connection)
+    def upstream_stream(self, response: UpstreamResponse, parts: list[bytes]) -> None:
+        request = self.request
+        connection = request.connection
+        proxy = self.proxy
+        status = response.status
+        connection_header, keep_alive = connection.connection_line(request)
+        head = [status_line(status, response.reason), *response.header_lines]
+        chunked = False
+        if response.content_length is None:
+            if request.http10:  # no chunks for HTTP/1.0: the end of the connection ends the answer
+                connection_header, keep_alive = CLOSE_LINE, False
+            else:
+                chunked = True
+                head.append(_CHUNKED_LINE)
+        head += (PREDICTION_ID_HEADER, b": ", self.id_bytes, b"\r\n", connection_header, b"\r\n")
+        capturing = self.route.captured and proxy.capture is not None
+        stream = self.stream = _Stream(status, chunked, keep_alive,
+                                       proxy.settings.rest_stream_capture_bytes if capturing else None)
+        if parts:
+            head += stream.frame(parts)  # joined with the head: one write
+        if not connection.start_stream(request, b"".join(head), self, proxy.settings.rest_stream_buffer_bytes):
+            self.abort()  # the client is gone already
+            return
+        if proxy.health is not None:
+            proxy.health.mark(HEALTH_NAME, True)
+
+    def upstream_data(self, parts: list[bytes]) -> None:
+        stream = self.stream
+        if stream is not None:
+            self.request.connection.send_stream(self.request, stream.frame(parts))
+
+    def upstream_stream_end(self, failure: UpstreamFailure | None) -> None:
+        stream = self.stream
+        if stream is None:
+            return
+        self.stream = None
+        request = self.request
+        connection = request.connection
+        proxy = self.proxy
+        now = perf_counter()
+        if failure is None:
+            connection.end_stream(request, _LAST_CHUNK if stream.chunked else b"", stream.keep_alive)
+        else:
+            connection.end_stream(request, b"", False, complete=False)
+            proxy.metrics.upstream_error(PROTOCOL_REST, failure.reason)
+            if failure.reason == TIMEOUT:
+                proxy.limit_events[STREAM_IDLE_TIMEOUT] += 1
+        self._unlink()
+        route = self.route
+        upstream_seconds = now - self.sent_at
+        if stream.kept is not None and proxy.capture is not None:
+            self._capture(proxy.capture, stream.status, stream.captured(), upstream_seconds, now,
+                          failure is not None or stream.truncated)
+        proxy.metrics.record(route.model, PROTOCOL_REST, route.method, status_text(stream.status),
+                             now - request.started, upstream_seconds, request.body_size, stream.size)
+        if self.server_span is not None:
+            self._finish_spans(stream.status, None if failure is None else failure.detail)
+
+    def pause_stream(self) -> None:
+        if self.exchange is not None:
+            self.proxy.limit_events[STREAM_WRITE_BUFFER] += 1
+            self.exchange.pause()
+
+    def resume_stream(self) -> None:
+        if self.exchange is not None:
+            self.exchange.resume()
 
     def _unlink(self) -> None:
         """Drop the references that make this call, its request and its exchange a cycle, once answered.
@@ -427,7 +531,8 @@ class ProxyCall:
         self.exchange = None
         self.request.state = None
 
-    def _capture(self, capture: Capture, status: int, body: bytes, upstream_seconds: float, now: float) -> None:
+    def _capture(self, capture: Capture, status: int, body: bytes, upstream_seconds: float, now: float,
+                 truncated: bool = False) -> None:
         request = self.request
         route = self.route
         encoding = request.fields.get(b"content-encoding")
@@ -436,7 +541,7 @@ class ProxyCall:
         record = CaptureRecord(self.prediction_id, time.time() - (now - request.started), route.model, route.version,
                                route.label, PROTOCOL_REST, route.api, route.method, request.body, body, status,
                                upstream_seconds, "" if encoding_text == "identity" else encoding_text,
-                               opt_out is not None and opt_out.strip().lower() == b"off")
+                               opt_out is not None and opt_out.strip().lower() == b"off", truncated)
         try:
             capture(record)
         except Exception:  # capture must never break the answer
@@ -482,3 +587,47 @@ class ProxyCall:
         if self.server_span is not None:
             server_error = error or (f"answered {status}" if status >= 500 else None)
             Tracing.finish(self.server_span, attributes, server_error)
+
+
+class _Stream:
+    """A streamed answer in progress: how it is framed to the client, how much of it went out, and, when it is
+    captured, the first bytes of its body (`kept`; None when not captured) up to `limit`."""
+
+    __slots__ = ("chunked", "keep_alive", "kept", "limit", "size", "status", "truncated")
+
+    def __init__(self, status: int, chunked: bool, keep_alive: bool, capture_limit: int | None) -> None:
+        self.status = status
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.size = 0
+        self.limit = capture_limit or 0
+        self.kept: list[bytes] | None = None if capture_limit is None else []
+        self.truncated = False
+
+    def frame(self, parts: list[bytes]) -> list[bytes]:
+        """The bytes to send for these body parts (one chunk each when chunked); captures them within the limit."""
+        kept = self.kept
+        if kept is not None:
+            for part in parts:
+                room = self.limit - self.size
+                if len(part) <= room:
+                    kept.append(part)
+                else:
+                    if room > 0:
+                        kept.append(part[:room])
+                    self.truncated = True
+                self.size += len(part)
+        else:
+            for part in parts:
+                self.size += len(part)
+        if not self.chunked:
+            return parts
+        framed: list[bytes] = []
+        for part in parts:
+            if part:
+                framed += (b"%x\r\n" % len(part), part, _CRLF)
+        return framed
+
+    def captured(self) -> bytes:
+        kept = self.kept or []
+        return kept[0] if len(kept) == 1 else b"".join(kept)

@@ -106,3 +106,20 @@ def test_a_reset_forgets_what_the_lost_reader_held_and_keeps_what_it_was_not_yet
         assert read_next(writer, successor) == [record(4), record(5)]
     finally:
         successor.close()
+
+
+def test_a_truncated_response_is_marked_across_the_ring() -> None:
+    writer = SharedRingWriter(1 << 16, 10, 10)
+    try:
+        cut = CaptureRecord("p", 1.0, "m", "", "", "rest", "v2", "infer", b"{}", b"data: 1", 200, 0.1,
+                            response_truncated=True)
+        whole = tuple(cut._replace(response_truncated=False))[:-1]  # a plain row without the field reads as False
+        assert writer.append(cut) and writer.append(whole)
+        start, end, _ = writer.publish()
+        reader = SharedRingReader(writer.handle)
+        try:
+            assert [record.response_truncated for record in reader.read(start, end)] == [True, False]
+        finally:
+            reader.close()
+    finally:
+        writer.close()

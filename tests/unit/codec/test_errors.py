@@ -10,7 +10,8 @@ from sidecar.codec import REASONS, DecodeError
 
 
 def test_reasons_are_the_documented_label_values() -> None:
-    assert frozenset({"gzip", "json", "protobuf", "shape", "dtype", "missing", "unsupported", "empty"}) == REASONS
+    assert frozenset({"gzip", "json", "protobuf", "shape", "dtype", "missing", "unsupported", "empty",
+                      "truncated"}) == REASONS
 
 
 def test_an_unknown_reason_is_a_programming_error() -> None:

@@ -368,3 +368,11 @@ def test_a_reset_reference_is_collected_again(tmp_path: Path) -> None:
     assert not status.reference.complete and status.reference.instances == 0
     assert not (tmp_path / "models" / "iris" / "reference.json").exists()
     assert latest_status(run(state, list(stream("iris", 20, 10, seed=4)))).reference.complete
+
+
+def test_a_truncated_streamed_answer_is_counted_not_decoded(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    cut = rest_record("iris", np.zeros((2, FEATURES)))._replace(response_truncated=True)
+    results, errors, analysed = state.process([cut])
+    assert errors == {("iris", "rest", "truncated"): 1}
+    assert analysed == {} and results == []

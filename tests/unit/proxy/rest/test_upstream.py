@@ -18,7 +18,15 @@ from sidecar.proxy.rest.upstream import (
     UpstreamResponse,
 )
 from tests.support.helpers import free_port
-from tests.support.rest_upstreams import Reply, ScriptedUpstream, json_reply, response
+from tests.support.rest_upstreams import (
+    LAST_CHUNK,
+    Reply,
+    ScriptedUpstream,
+    chunk,
+    json_reply,
+    response,
+    stream_reply,
+)
 
 
 class Outcome:
@@ -280,4 +288,70 @@ async def test_bodies_of_any_size_arrive_whole(size: int) -> None:
         answer = await send(pool, body=body)
         assert isinstance(answer, UpstreamResponse) and answer.body == body
         assert upstream.received[0].body == body
+        await pool.close()
+
+
+# streaming (send(..., stream=True)) --------------------------------------------------------------------------
+
+class StreamOutcome(Outcome):
+    """A stream listener that logs what the pool told it, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, object]] = []
+
+    def upstream_stream(self, head: UpstreamResponse, parts: list[bytes]) -> None:
+        self.events.append(("head", head))
+        if parts:
+            self.events.append(("data", list(parts)))
+
+    def upstream_data(self, parts: list[bytes]) -> None:
+        self.events.append(("data", list(parts)))
+
+    def upstream_stream_end(self, failure: UpstreamFailure | None) -> None:
+        self.events.append(("end", failure))
+        self.done.set_result(failure)
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def test_a_streamed_answer_is_handed_on_chunk_by_chunk_and_its_connection_pooled_at_the_end() -> None:
+    reply = stream_reply(CHUNKED_HEAD, [chunk(b"one"), chunk(b"two") + chunk(b"three"), LAST_CHUNK], 0.1)
+    async with ScriptedUpstream(lambda _: reply) as upstream:
+        pool = make_pool(upstream.port, response_timeout=0.15)  # shorter than the stream: no longer applies
+        outcome = StreamOutcome()
+        pool.send(*request(), outcome, stream=True)
+        assert await asyncio.wait_for(outcome.done, 5) is None
+        (kind, head), *rest = outcome.events
+        assert kind == "head" and isinstance(head, UpstreamResponse)
+        assert (head.status, head.header_lines, head.content_length, head.body) == (
+            200, [b"Content-Type: text/event-stream\r\n"], None, b"")
+        assert rest == [("data", [b"one"]), ("data", [b"two", b"three"]), ("end", None)]
+        assert pool.idle == 1
+        await pool.close()
+
+
+async def test_a_stream_that_stalls_ends_after_the_idle_timeout_and_is_not_pooled() -> None:
+    reply = stream_reply(CHUNKED_HEAD, [chunk(b"a"), chunk(b"b"), chunk(b"c")], 0.15)  # then silence
+    async with ScriptedUpstream(lambda _: reply) as upstream:
+        pool = RestUpstreamPool("127.0.0.1", upstream.port, max_idle=4, connect_timeout=2.0, response_timeout=5.0,
+                                stream_idle_timeout=0.3)
+        outcome = StreamOutcome()
+        pool.send(*request(), outcome, stream=True)
+        failure = await asyncio.wait_for(outcome.done, 5)
+        assert isinstance(failure, UpstreamFailure) and failure.reason == TIMEOUT
+        assert "nothing for 0.3s" in failure.detail
+        assert [kind for kind, _ in outcome.events] == ["head", "data", "data", "data", "end"]
+        await upstream.wait_for(lambda: upstream.closed == [1])
+        assert pool.idle == 0
+        await pool.close()
+
+
+async def test_without_stream_a_chunked_answer_is_still_held_whole() -> None:
+    reply = stream_reply(CHUNKED_HEAD, [chunk(b"one"), chunk(b"two"), LAST_CHUNK], 0.05)
+    async with ScriptedUpstream(lambda _: reply) as upstream:
+        pool = make_pool(upstream.port)
+        answer = await send(pool)
+        assert isinstance(answer, UpstreamResponse) and answer.body == b"onetwo"
         await pool.close()
