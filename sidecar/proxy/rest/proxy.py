@@ -367,8 +367,8 @@ def _local_header_lines(response: LocalResponse) -> list[bytes]:
 class ProxyCall:
     """One request being proxied: listener of its upstream exchange, builder of the client's response."""
 
-    __slots__ = ("client_span", "exchange", "id_bytes", "prediction_id", "proxy", "request", "route", "sent_at",
-                 "server_span", "stream")
+    __slots__ = ("client_span", "exchange", "id_bytes", "prediction_id", "proxy", "reply_id_line", "request", "route",
+                 "sent_at", "server_span", "stream")
 
     def __init__(self, proxy: RestProxy, request: IncomingRequest, route: Route, prediction_id: str) -> None:
         self.proxy = proxy
@@ -376,6 +376,8 @@ class ProxyCall:
         self.route = route
         self.prediction_id = prediction_id
         self.id_bytes = prediction_id.encode("ascii")
+        # answers carry the id only where feedback can join it: inference calls, the ones captured
+        self.reply_id_line = (PREDICTION_ID_HEADER + b": " + self.id_bytes + b"\r\n") if route.captured else b""
         self.exchange: UpstreamExchange | None = None
         self.sent_at = 0.0
         self.server_span: Span | None = None
@@ -393,7 +395,7 @@ class ProxyCall:
         parts = [status_line(status, response.reason), *response.header_lines]
         if response.content_length is None and status not in (204, 304) and request.method != b"HEAD":
             parts += (b"Content-Length: ", str(len(body)).encode("ascii"), b"\r\n")  # re-framed
-        parts += (PREDICTION_ID_HEADER, b": ", self.id_bytes, b"\r\n", connection_header, b"\r\n")
+        parts += (self.reply_id_line, connection_header, b"\r\n")
         connection.respond(request, b"".join(parts), body, keep_alive)
         self._unlink()
 
@@ -422,7 +424,7 @@ class ProxyCall:
         if failure.reason == REFUSED and health is not None:
             health.mark(HEALTH_NAME, False)
         connection_header, keep_alive = connection.connection_line(request)
-        data = error_response(status, failure.detail, prediction_id=self.prediction_id,
+        data = error_response(status, failure.detail, prediction_id=self.prediction_id if self.route.captured else None,
                               connection_line=connection_header, head_only=request.method == b"HEAD")
         connection.respond(request, data, b"", keep_alive)
         self._unlink()
@@ -468,7 +470,7 @@ class ProxyCall:
             else:
                 chunked = True
                 head.append(_CHUNKED_LINE)
-        head += (PREDICTION_ID_HEADER, b": ", self.id_bytes, b"\r\n", connection_header, b"\r\n")
+        head += (self.reply_id_line, connection_header, b"\r\n")
         capturing = self.route.captured and proxy.capture is not None
         stream = self.stream = _Stream(status, chunked, keep_alive,
                                        proxy.settings.rest_stream_capture_bytes if capturing else None)

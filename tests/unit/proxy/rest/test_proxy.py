@@ -259,6 +259,15 @@ async def test_large_bodies_pass_through_both_ways() -> None:
 
 # prediction ids ---------------------------------------------------------------------------------------------
 
+async def test_calls_that_make_no_prediction_are_answered_without_a_prediction_id() -> None:
+    async with ScriptedUpstream() as upstream, running_proxy(upstream.port) as proxy:
+        status, metadata, predict = await exchange(
+            proxy.port, get("/v1/models/m") + get("/v1/models/m/metadata") + post("/v1/models/m:predict", b"{}"),
+            count=3)
+    assert status.header("X-Prediction-Id") is None and metadata.header("X-Prediction-Id") is None
+    assert predict.header("X-Prediction-Id") is not None
+
+
 async def test_every_answer_gets_a_fresh_prediction_id_that_the_upstream_sees_too() -> None:
     async with ScriptedUpstream() as upstream, running_proxy(upstream.port) as proxy:
         answers = await exchange(proxy.port, post("/v1/models/m:predict", b"{}") * 2, count=2)
