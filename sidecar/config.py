@@ -109,7 +109,7 @@ def _default(item: Any) -> Any:
 
 def _describe(value: Any, kind: str = "") -> str:
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
-        return f"{value[0]}:{value[1]}"
+        return f"http://{value[0]}:{value[1]}" if kind == "parse_http_url" else f"{value[0]}:{value[1]}"
     if value is None or value == {}:
         return "off" if value is None else "none"
     if isinstance(value, bool):

@@ -266,9 +266,11 @@ class AnalysisPool:
     def models(self) -> list[str]:
         return self.store.list_models()
 
-    def reset_reference(self, model: str) -> bool:
+    def reset_reference(self, model: str) -> bool | None:
         """Ask the worker owning `model` to forget its reference and collect a new one; False when that worker is
-        not running (try again once it is)."""
+        not running (try again once it is), None when the analysis has never seen the model."""
+        if model not in self.store.list_models():
+            return None
         link = self._slots[self.shards.owner(model)].link
         if link is None:
             return False

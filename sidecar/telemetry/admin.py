@@ -19,7 +19,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MonitorLookup = Callable[[str, bool], dict[str, Any] | None]
 MonitorIndex = Callable[[], list[str]]
-ReferenceReset = Callable[[str], bool]
+ReferenceReset = Callable[[str], bool | None]  # None: no such model
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes answer without the token
 _TRUE = {"1", "true", "yes"}
 
@@ -67,7 +67,10 @@ def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
         if token is None or reset_reference is None:
             return web.json_response({"error": "reference resets are off: set admin_token (SIDECAR_ADMIN_TOKEN) "
                                       "to enable them"}, status=403)
-        if not reset_reference(model):
+        done = reset_reference(model)
+        if done is None:
+            return web.json_response({"error": f"no model {model!r} has been analysed"}, status=404)
+        if not done:
             return web.json_response({"error": "the analysis worker of this model is not running; try again"},
                                      status=503)
         return web.json_response({"model": model, "reference": "reset: collecting a new one from traffic"},

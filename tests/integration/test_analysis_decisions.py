@@ -150,6 +150,9 @@ async def test_a_reference_reset_needs_the_admin_token_and_collects_again(sideca
             assert answer.status == 401
         async with session.delete(admin, headers={"Authorization": "Bearer wrong"}) as answer:
             assert answer.status == 401
+        async with session.delete(admin.replace("/classifier/", "/nosuch/"),
+                                  headers={"Authorization": f"Bearer {TOKEN}"}) as answer:
+            assert answer.status == 404  # a typo creates no model
         async with session.delete(admin, headers={"Authorization": f"Bearer {TOKEN}"}) as answer:
             assert answer.status == 202
         await eventually(lambda: metric(sidecar.registry, "sidecar_reference_instances", model="classifier") == 0)

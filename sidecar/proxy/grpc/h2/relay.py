@@ -112,7 +112,7 @@ class H2GrpcProxy:
         self._server, self._relay = server, relay
         self.port = int(server.sockets[0].getsockname()[1])
         pool.connect()  # connect now so the first call does not wait for it
-        log.info("gRPC proxy (h2 relay) listening on port %d, forwarding to %s", self.port, self.upstream_target)
+        log.info("gRPC proxy (h2 relay) listening on %s:%d, forwarding to %s", host, self.port, self.upstream_target)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, let running ones finish for up to `grace` seconds, then close every connection."""
