@@ -720,6 +720,7 @@ class AnalysisState:
         self.state_dir = state_dir
         self.signatures = signatures
         self.models: dict[str, ModelState] = {}
+        self._told_truncated: set[str] = set()  # models whose truncated answers the log has mentioned
 
     def model(self, name: str) -> ModelState:
         state = self.models.get(name)
@@ -744,6 +745,10 @@ class AnalysisState:
             if record.response_truncated:  # a streamed answer cut at the capture bound, or ended early
                 key = (record.model, record.protocol, "truncated")
                 errors[key] = errors.get(key, 0) + 1
+                if record.model not in self._told_truncated:
+                    self._told_truncated.add(record.model)
+                    log.info("model %s: streamed answers cut at the capture bound (or ended early) are not "
+                             "analysed; counted as sidecar_decode_errors_total{reason=\"truncated\"}", record.model)
                 continue
             try:
                 exchange = decode_exchange(record)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -370,9 +371,14 @@ def test_a_reset_reference_is_collected_again(tmp_path: Path) -> None:
     assert latest_status(run(state, list(stream("iris", 20, 10, seed=4)))).reference.complete
 
 
-def test_a_truncated_streamed_answer_is_counted_not_decoded(tmp_path: Path) -> None:
+def test_a_truncated_streamed_answer_is_counted_not_decoded_and_said_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     state = AnalysisState(0, small(), tmp_path)
     cut = rest_record("iris", np.zeros((2, FEATURES)))._replace(response_truncated=True)
-    results, errors, analysed = state.process([cut])
-    assert errors == {("iris", "rest", "truncated"): 1}
+    with caplog.at_level(logging.INFO, logger="sidecar.worker.state"):
+        results, errors, analysed = state.process([cut, cut])
+    assert errors == {("iris", "rest", "truncated"): 2}
     assert analysed == {} and results == []
+    assert [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()] == [
+        'model iris: streamed answers cut at the capture bound (or ended early) are not analysed; counted as '
+        'sidecar_decode_errors_total{reason="truncated"}']
