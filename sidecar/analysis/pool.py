@@ -271,7 +271,7 @@ class AnalysisPool:
         not running (try again once it is), None when the analysis has never seen the model."""
         if model not in self.store.list_models():
             return None
-        link = self._slots[self.shards.owner(model)].link
+        link = self._slots[self.shards.owner(self.settings.served_name(model))].link
         if link is None:
             return False
         link.tasks.send(batches.encode_reset(model))

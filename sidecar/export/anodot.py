@@ -23,9 +23,9 @@ infinite values are skipped. `_created` samples, info and stateset families are 
 Properties: `what`, `target_type`, `ver` ("1"), `unit` (seconds / bytes when the name ends so), the static
 properties from the settings, then the metric's labels (a label named like one of those gets a `label_`
 prefix). Keys and values keep only `[A-Za-z0-9_:-]` (anything else, including the `.`, `=` and space Anodot
-forbids, becomes `_`), empty values become `empty`, keys are cut at 50 and values at 150 characters, and a
-sample with more than 20 properties is skipped (Anodot would reject it). `timestamp` is the bucket's start in
-whole epoch seconds; tags carry `source: tfs-sidecar`.
+forbids, becomes `_`), empty labels are left out (as in Prometheus), keys are cut at 50 and values at 150
+characters, and a sample with more than 20 properties is skipped (Anodot would reject it). `timestamp` is the
+bucket's start in whole epoch seconds; tags carry `source: tfs-sidecar`.
 """
 
 from __future__ import annotations
@@ -158,6 +158,8 @@ class BucketAggregator:
             properties["unit"] = unit
         properties.update(self.static)
         for key, label_value in labels:
+            if not label_value:
+                continue  # as in Prometheus, an empty label is no label
             name = clean(key, MAX_KEY)
             if name in properties or name in _RESERVED:
                 name = clean("label_" + key, MAX_KEY)

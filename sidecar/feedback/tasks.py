@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.feedback.store import Predicted
+from sidecar.messages.names import served_model
 from sidecar.messages.results import Predictions, StoredPredictions
 
 BINARY = "binary"
@@ -119,7 +120,9 @@ class PredictionRules:
     task_overrides: Mapping[str, str] = field(default_factory=dict)
 
     def reduce(self, predictions: Predictions) -> StoredPredictions:
-        task = choose_task(self.task_overrides.get(predictions.model), predictions.task)
+        overrides = self.task_overrides
+        task = choose_task(overrides.get(predictions.model, overrides.get(served_model(predictions.model))),
+                           predictions.task)
         threshold = self.binary_threshold
         ids: list[str] = []
         instances: list[int] = []

@@ -20,6 +20,8 @@ from prometheus_client.registry import Collector
 from sidecar import __version__
 
 OTHER_MODELS = "__other__"
+OTHER_VERSIONS = "__other__"
+VERSIONS_PER_MODEL = 10  # distinct version labels per model before the rest fold into `__other__`
 DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                                        5.0, 10.0, 30.0, 60.0)
 SIZE_BUCKETS: tuple[float, ...] = tuple(float(256 * 4**i) for i in range(10))  # 256 B .. 64 MiB
@@ -43,6 +45,30 @@ class ModelLabels:
     def labels(self) -> list[str]:
         """Every label value given out so far (the models seen)."""
         return sorted(set(self._known.values()))
+
+
+class SeriesLabels:
+    """The (model, version) label pair of a request: models bounded by `ModelLabels`, and per model the first
+    `VERSIONS_PER_MODEL` versions or labels keep their value (`""` when the request names none)."""
+
+    def __init__(self, models: ModelLabels) -> None:
+        self.models = models
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        self._versions: dict[str, set[str]] = {}
+
+    def __call__(self, model: str, version: str) -> tuple[str, str]:
+        pair = self._pairs.get((model, version))
+        if pair is None:
+            label = self.models(model)
+            known = self._versions.setdefault(label, set())
+            version_label = version
+            if version not in known and len(known) >= VERSIONS_PER_MODEL:
+                version_label = OTHER_VERSIONS
+            known.add(version_label)
+            pair = (label, version_label)
+            if len(self._pairs) < self.models.cap * VERSIONS_PER_MODEL * 10:
+                self._pairs[(model, version)] = pair
+        return pair
 
 
 class _Histograms:
@@ -80,19 +106,21 @@ class RequestMetrics(Collector):
 
     def __init__(self, model_label_cap: int = 100) -> None:
         self.models = ModelLabels(model_label_cap)
-        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.series = SeriesLabels(self.models)
+        self.requests: dict[tuple[str, str, str, str, str], int] = {}
         self.duration = _Histograms(DURATION_BUCKETS)
         self.upstream = _Histograms(DURATION_BUCKETS)
         self.request_size = _Histograms(SIZE_BUCKETS)
         self.response_size = _Histograms(SIZE_BUCKETS)
         self.upstream_errors: dict[tuple[str, str], int] = {}
 
-    def record(self, model: str, protocol: str, method: str, code: str, duration: float,
+    def record(self, model: str, version: str, protocol: str, method: str, code: str, duration: float,
                upstream: float | None, request_bytes: int, response_bytes: int) -> None:
-        model = self.models(model)
-        key = (model, protocol, method, code)
+        """`version` is the version number or label the request names (`""` when none)."""
+        model, version = self.series(model, version)
+        key = (model, version, protocol, method, code)
         self.requests[key] = self.requests.get(key, 0) + 1
-        short = (model, protocol, method)
+        short = (model, version, protocol, method)
         self.duration.observe(short, duration)
         if upstream is not None:
             self.upstream.observe(short, upstream)
@@ -104,9 +132,10 @@ class RequestMetrics(Collector):
         self.upstream_errors[pair] = self.upstream_errors.get(pair, 0) + 1
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
-        labels = ["model", "protocol", "method"]
-        requests = CounterMetricFamily("sidecar_requests", "Proxied requests by model, protocol, method and "
-                                       "response code (HTTP status or gRPC status name).",
+        labels = ["model", "version", "protocol", "method"]
+        requests = CounterMetricFamily("sidecar_requests", "Proxied requests by model, version (number or label "
+                                       "the request names; empty when none), protocol, method and response code "
+                                       "(HTTP status or gRPC status name).",
                                        labels=[*labels, "code"])
         for key, value in list(self.requests.items()):
             requests.add_metric(list(key), value)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from sidecar.messages.names import served_model, versioned_name
 from sidecar.options import (
     option,
     parse_bool,
@@ -68,6 +69,7 @@ MODEL_KEYS: dict[str, Callable[[Any], Any]] = {
     "output": _parse_nonempty,
     "autoencoder": _parse_nonempty,
     "kinds": _parse_kinds,
+    "by_version": parse_bool,
 }
 
 
@@ -108,6 +110,7 @@ class ModelConfig:
     output: str | None
     autoencoder: str | None
     kinds: dict[str, str] = field(default_factory=dict)
+    by_version: bool = False  # each version (or label) analysed apart, as `model@version`
     declared_task: str = "auto"  # the task as configured (binary and multiclass kept apart, for the feedback side)
 
     @property
@@ -164,19 +167,42 @@ class AnalysisSettings:
     projection_components: int = option(32, "principal components of the projection used for inputs wider than "
                                         "max_features (a residual, the row mean and spread are added)",
                                         parse_int(1, 1000))
+    analysis_by_version: bool = option(False, "analyse each version (or label) a request names apart, as "
+                                       "`model@version` in metrics and /v1/monitor (each with its own reference and "
+                                       "quality), so canary and stable can be compared; per model: by_version",
+                                       parse_bool)
     signature_lookup: bool = option(True, "ask the model server for each model's signature (input and output "
                                     "types and shapes) before inferring them from the data", parse_bool)
     models: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
         "help": "per-model settings (YAML mapping model -> {reference, reference_size, window_size, window_mode, "
                 "window_step, window_seconds, task, output, autoencoder, kinds: {feature or input: numeric|"
-                "categorical}})",
+                "categorical}, by_version})",
         "parse": parse_models, "secret": False})
 
     def model_config(self, model: str) -> ModelConfig:
-        """Resolved settings of `model` (parsed once per configured model); raises ValueError naming the model and
-        key when its entry is invalid."""
+        """Resolved settings of `model` (parsed once per configured model), or of the model inside an analysis name
+        `model@version`; raises ValueError naming the model and key when its entry is invalid."""
         configured = self.configured_models.get(model)
-        return configured if configured is not None else self._resolve(model)
+        if configured is not None:
+            return configured
+        served = served_model(model)
+        if served != model and self.versions_apart(served):
+            return self.model_config(served)
+        return self._resolve(model)
+
+    def versions_apart(self, model: str) -> bool:
+        configured = self.configured_models.get(model)
+        return configured.by_version if configured is not None else self.analysis_by_version
+
+    def analysis_name(self, model: str, version: str) -> str:
+        """The name `model`'s results are kept under for a request naming `version` (a number, a label or "")."""
+        return versioned_name(model, version) if version and self.versions_apart(model) else model
+
+    def served_name(self, name: str) -> str:
+        """The model-server name of an analysis name."""
+        served = served_model(name)
+        return served if served != name and name not in self.configured_models and self.versions_apart(served) \
+            else name
 
     @cached_property
     def configured_models(self) -> dict[str, ModelConfig]:
@@ -202,6 +228,7 @@ class AnalysisSettings:
             output=overrides.get("output"),
             autoencoder=overrides.get("autoencoder"),
             kinds=overrides.get("kinds", {}),
+            by_version=overrides.get("by_version", self.analysis_by_version),
             declared_task=overrides.get("task", "auto"),
         )
         config.check()

@@ -294,7 +294,7 @@ class ModelState:
         if self.signatures is None or not self.signatures.enabled or record.version in self._versions:
             return
         self._versions.add(record.version)
-        found = self.signatures.lookup(record.api, self.model, record.version)
+        found = self.signatures.lookup(record.api, self.config.model, record.version)
         if found.signature is not None and not found.signature.empty:
             if self.signature is None:
                 log.info("model %s: signature from the model server (%s): inputs %s, outputs %s", self.model,
@@ -762,7 +762,8 @@ class AnalysisState:
                 key = (record.model, record.protocol, "unsupported")
                 errors[key] = errors.get(key, 0) + 1
                 continue
-            by_model.setdefault(record.model, []).append((record, exchange))
+            name = self.settings.analysis_name(record.model, record.version or record.label)
+            by_model.setdefault(name, []).append((record, exchange))
         results: list[Result] = []
         analysed: dict[str, int] = {}
         for name, items in by_model.items():

@@ -245,8 +245,8 @@ async def test_tf_serving_error_statuses_pass_through_with_their_details(sidecar
     proxied = await outcome(sidecar.channel, TFS + "Predict", request.SerializeToString())
     assert proxied == direct
     assert proxied[0] == code and message in proxied[1]
-    assert (sidecar.metrics.requests[("classifier", "grpc", "predict", code)]
-            if code != "NOT_FOUND" else sidecar.metrics.requests[("nope", "grpc", "predict", code)]) == 1
+    assert (sidecar.metrics.requests[("classifier", "", "grpc", "predict", code)]
+            if code != "NOT_FOUND" else sidecar.metrics.requests[("nope", "", "grpc", "predict", code)]) == 1
 
 
 async def test_the_client_deadline_passes_through_to_the_model_server(sidecar: Sidecar) -> None:

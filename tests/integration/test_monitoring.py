@@ -38,9 +38,10 @@ async def sidecar(testbed: Any, tmp_path: Path) -> AsyncIterator[Sidecar]:
     await running.stop()
 
 
-async def post_rows(session: aiohttp.ClientSession, sidecar: Sidecar, model: str, rows: np.ndarray) -> None:
+async def post_rows(session: aiohttp.ClientSession, sidecar: Sidecar, model: str, rows: np.ndarray,
+                    version: str = "") -> None:
     for start in range(0, len(rows), 50):
-        async with session.post(f"http://127.0.0.1:{sidecar.rest_port}/v1/models/{model}:predict",
+        async with session.post(f"http://127.0.0.1:{sidecar.rest_port}/v1/models/{model}{version}:predict",
                                 json={"instances": rows[start:start + 50].tolist()}) as response:
             assert response.status == 200, await response.text()
 
@@ -96,8 +97,8 @@ async def test_grpc_predictions_are_analysed_like_rest(sidecar: Sidecar) -> None
         for _ in range(3):
             await stub.Predict(request, timeout=30)
     await eventually(lambda: metric(sidecar.registry, "sidecar_reference_instances", model="regressor") >= 192)
-    assert metric(sidecar.registry, "sidecar_requests_total", model="regressor", protocol="grpc", method="predict",
-                  code="OK") == 3
+    assert metric(sidecar.registry, "sidecar_requests_total", model="regressor", version="", protocol="grpc",
+                  method="predict", code="OK") == 3
 
 
 async def test_a_malformed_request_gets_the_model_servers_400_and_analysis_goes_on(sidecar: Sidecar) -> None:
@@ -109,3 +110,36 @@ async def test_a_malformed_request_gets_the_model_servers_400_and_analysis_goes_
         good, _ = classifier_batch(10, seed=6)
         await post_rows(session, sidecar, "classifier", good)
     await eventually(lambda: metric(registry, "sidecar_reference_instances", model="classifier") >= 10)
+
+
+async def test_versions_are_labelled_and_analysed_apart_when_configured(testbed: Any, tmp_path: Path) -> None:
+    settings = from_mapping({
+        "upstream_rest": testbed.rest_url, "upstream_grpc": f"127.0.0.1:{testbed.grpc_port}",
+        "listen_rest": "127.0.0.1:0", "listen_grpc": "127.0.0.1:0", "listen_admin": "127.0.0.1:0",
+        "state_dir": str(tmp_path), "reference_size": REFERENCE, "window_size": WINDOW,
+        "models": {"classifier": {"by_version": True}},
+    })
+    sidecar = Sidecar(settings)
+    await sidecar.start()
+    try:
+        registry = sidecar.registry
+        async with aiohttp.ClientSession() as session:
+            stable, _ = classifier_batch(REFERENCE + WINDOW, seed=7)
+            canary, _ = classifier_batch(REFERENCE, seed=8)
+            canary_shifted, _ = classifier_batch(WINDOW, seed=9, drift=1.0)
+            await post_rows(session, sidecar, "classifier", stable, "/versions/1")
+            await post_rows(session, sidecar, "classifier", np.concatenate([canary, canary_shifted]),
+                            "/labels/canary")
+            for name in ("classifier@1", "classifier@canary"):
+                checks = {"model": name, "detector": "feature_drift"}
+                await eventually(lambda checks=checks: metric(registry, "sidecar_drift_checks_total", **checks) >= 1)
+            async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/classifier@canary") as got:
+                assert got.status == 200
+                assert (await got.json())["model"] == "classifier@canary"
+        assert metric(registry, "sidecar_drift_detected", model="classifier@1", detector="feature_drift") == 0
+        assert metric(registry, "sidecar_drift_detected", model="classifier@canary", detector="feature_drift") == 1
+        labels = {"model": "classifier", "protocol": "rest", "method": "predict", "code": "200"}
+        assert metric(registry, "sidecar_requests_total", version="1", **labels) == (REFERENCE + WINDOW) // 50
+        assert metric(registry, "sidecar_requests_total", version="canary", **labels) == (REFERENCE + WINDOW) // 50
+    finally:
+        await sidecar.stop()

@@ -161,4 +161,4 @@ async def test_many_concurrent_clients_through_a_small_pool(testbed: TestbedProc
         results = await asyncio.gather(*(call(i) for i in range(100)))
         assert proxy.pool.idle <= 4
     assert all(status == 200 and len(body["predictions"]) == 1 for status, body in results)
-    assert metrics.requests[("regressor", "rest", "predict", "200")] == 100
+    assert metrics.requests[("regressor", "", "rest", "predict", "200")] == 100

@@ -167,8 +167,9 @@ class Exchange:
         forwarding = self.forwarding
         method = self.method
         try:
-            forwarding.metrics.record(self.model.name, PROTOCOL_GRPC, method.label, code.name,
-                                      time.perf_counter() - self.started, self.upstream_seconds,
+            model = self.model
+            forwarding.metrics.record(model.name, model.version or model.label, PROTOCOL_GRPC, method.label,
+                                      code.name, time.perf_counter() - self.started, self.upstream_seconds,
                                       len(self.request) if request_bytes is None else request_bytes,
                                       len(response) if response_bytes is None else response_bytes)
             if upstream_down:

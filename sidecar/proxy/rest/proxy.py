@@ -291,7 +291,7 @@ class RestProxy:
             route = parse_route(method_name(request.method), request.target.decode("latin-1"))
         data = error_response(status, message, prediction_id=_prediction_id(request.fields),
                               connection_line=CLOSE_LINE, head_only=request.method == b"HEAD")
-        self.metrics.record(route.model, PROTOCOL_REST, route.method, status_text(status),
+        self.metrics.record(route.model, route.named_version, PROTOCOL_REST, route.method, status_text(status),
                             perf_counter() - request.started, None, request.body_size, len(data))
         connection.respond(request, data, b"", keep_alive=False)
 
@@ -405,8 +405,8 @@ class ProxyCall:
             proxy.health.mark(HEALTH_NAME, True)
         if route.captured and proxy.capture is not None:
             self._capture(proxy.capture, status, body, upstream_seconds, now)
-        proxy.metrics.record(route.model, PROTOCOL_REST, route.method, status_text(status), now - request.started,
-                             upstream_seconds, request.body_size, len(body))
+        proxy.metrics.record(route.model, route.named_version, PROTOCOL_REST, route.method, status_text(status),
+                             now - request.started, upstream_seconds, request.body_size, len(body))
         if self.server_span is not None:
             self._finish_spans(status, None)
 
@@ -430,7 +430,7 @@ class ProxyCall:
         self._unlink()
         proxy.metrics.upstream_error(PROTOCOL_REST, failure.reason)
         route = self.route
-        proxy.metrics.record(route.model, PROTOCOL_REST, route.method, status_text(status),
+        proxy.metrics.record(route.model, route.named_version, PROTOCOL_REST, route.method, status_text(status),
                              perf_counter() - request.started, None, request.body_size, len(data))
         if self.server_span is not None:
             self._finish_spans(status, failure.detail)
@@ -450,8 +450,8 @@ class ProxyCall:
             now = perf_counter()
             if stream.kept is not None and self.proxy.capture is not None:
                 self._capture(self.proxy.capture, stream.status, stream.captured(), now - self.sent_at, now, True)
-        self.proxy.metrics.record(route.model, PROTOCOL_REST, route.method, str(CLIENT_CLOSED),
-                                  perf_counter() - request.started, None, request.body_size, sent)
+        self.proxy.metrics.record(route.model, route.named_version, PROTOCOL_REST, route.method,
+                                  str(CLIENT_CLOSED), perf_counter() - request.started, None, request.body_size, sent)
         if self.server_span is not None:
             self._finish_spans(CLIENT_CLOSED, "client closed the connection")
 
@@ -509,8 +509,9 @@ class ProxyCall:
         if stream.kept is not None and proxy.capture is not None:
             self._capture(proxy.capture, stream.status, stream.captured(), upstream_seconds, now,
                           failure is not None or stream.truncated)
-        proxy.metrics.record(route.model, PROTOCOL_REST, route.method, status_text(stream.status),
-                             now - request.started, upstream_seconds, request.body_size, stream.size)
+        proxy.metrics.record(route.model, route.named_version, PROTOCOL_REST, route.method,
+                             status_text(stream.status), now - request.started, upstream_seconds, request.body_size,
+                             stream.size)
         if self.server_span is not None:
             self._finish_spans(stream.status, None if failure is None else failure.detail)
 

@@ -37,6 +37,11 @@ class Route(NamedTuple):
     def captured(self) -> bool:
         return self.method in CAPTURED_VERBS
 
+    @property
+    def named_version(self) -> str:
+        """The version number or label the path names (`""` when none)."""
+        return self.version or self.label
+
 
 OTHER = Route("", "other", "", "", "")
 

@@ -18,7 +18,7 @@ async def start_admin(health: UpstreamHealth | None, monitor: Any = None, token:
     registry = new_registry()
     metrics = RequestMetrics()
     registry.register(metrics)
-    metrics.record("iris", "rest", "predict", "200", 0.01, 0.005, 100, 50)
+    metrics.record("iris", "", "rest", "predict", "200", 0.01, 0.005, 100, 50)
     server = AdminServer(build_admin_app(registry, health, monitor, lambda: ["iris"], token=token), "127.0.0.1", 0)
     await server.start()
     return server
@@ -31,7 +31,8 @@ async def test_metrics_in_prometheus_text_and_openmetrics() -> None:
             async with session.get(f"http://127.0.0.1:{server.port}/metrics") as response:
                 assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
                 text = await response.text()
-            assert 'sidecar_requests_total{code="200",method="predict",model="iris",protocol="rest"} 1.0' in text
+            assert ('sidecar_requests_total{code="200",method="predict",model="iris",protocol="rest",version=""} 1.0'
+                    in text)
             async with session.get(f"http://127.0.0.1:{server.port}/metrics",
                                    headers={"Accept": "application/openmetrics-text; version=1.0.0"}) as response:
                 assert response.headers["Content-Type"].startswith("application/openmetrics-text")

@@ -9,9 +9,12 @@ from sidecar.capture.ring import CaptureRing
 from sidecar.messages.records import CaptureRecord
 from sidecar.telemetry.metrics import (
     OTHER_MODELS,
+    OTHER_VERSIONS,
+    VERSIONS_PER_MODEL,
     CaptureMetrics,
     ModelLabels,
     RequestMetrics,
+    SeriesLabels,
     add_process_metrics,
     new_registry,
 )
@@ -31,25 +34,34 @@ def test_requests_and_histograms_after_a_known_number_of_calls() -> None:
     metrics = RequestMetrics()
     registry.register(metrics)
     for duration in (0.0004, 0.003, 0.003, 2.0):
-        metrics.record("iris", "rest", "predict", "200", duration, duration / 2, 1000, 300)
-    metrics.record("iris", "grpc", "predict", "NOT_FOUND", 0.001, 0.001, 10, 0)
+        metrics.record("iris", "", "rest", "predict", "200", duration, duration / 2, 1000, 300)
+    metrics.record("iris", "", "grpc", "predict", "NOT_FOUND", 0.001, 0.001, 10, 0)
     values = samples(registry)
-    labels = (("code", "200"), ("method", "predict"), ("model", "iris"), ("protocol", "rest"))
+    labels = (("code", "200"), ("method", "predict"), ("model", "iris"), ("protocol", "rest"), ("version", ""))
     assert values[("sidecar_requests_total", labels)] == 4
-    short = (("method", "predict"), ("model", "iris"), ("protocol", "rest"))
+    short = (("method", "predict"), ("model", "iris"), ("protocol", "rest"), ("version", ""))
     assert values[("sidecar_request_duration_seconds_count", short)] == 4
     assert values[("sidecar_request_duration_seconds_sum", short)] == 0.0004 + 0.003 + 0.003 + 2.0
     assert values[("sidecar_request_duration_seconds_bucket", (("le", "0.0005"), *short))] == 1
     assert values[("sidecar_request_duration_seconds_bucket", (("le", "0.005"), *short))] == 3
     assert values[("sidecar_request_duration_seconds_bucket", (("le", "+Inf"), *short))] == 4
     assert values[("sidecar_request_size_bytes_sum", short)] == 4000
-    grpc = (("code", "NOT_FOUND"), ("method", "predict"), ("model", "iris"), ("protocol", "grpc"))
+    grpc = (("code", "NOT_FOUND"), ("method", "predict"), ("model", "iris"), ("protocol", "grpc"), ("version", ""))
     assert values[("sidecar_requests_total", grpc)] == 1
 
 
 def test_model_names_beyond_the_cap_fold_into_one_label() -> None:
     labels = ModelLabels(cap=2)
     assert [labels(name) for name in ("a", "b", "c", "d", "a")] == ["a", "b", OTHER_MODELS, OTHER_MODELS, "a"]
+
+
+def test_versions_beyond_the_per_model_cap_fold_into_one_label() -> None:
+    series = SeriesLabels(ModelLabels(cap=1))
+    names = [series("a", str(n)) for n in range(VERSIONS_PER_MODEL + 2)]
+    assert names[:VERSIONS_PER_MODEL] == [("a", str(n)) for n in range(VERSIONS_PER_MODEL)]
+    assert names[VERSIONS_PER_MODEL:] == [("a", OTHER_VERSIONS)] * 2
+    assert series("a", "0") == ("a", "0")
+    assert series("b", "1") == (OTHER_MODELS, "1")  # a folded model keeps its versions, bounded the same way
 
 
 def test_capture_metrics_report_ring_state_and_drops() -> None:

@@ -54,3 +54,23 @@ def test_binary_and_multiclass_tasks_mean_classification_to_the_analysis() -> No
     settings = AnalysisSettings(models={"a": {"task": "binary"}, "b": {"task": "multiclass"}})
     assert settings.model_config("a").task == "classification"
     assert settings.model_config("b").task == "classification"
+
+
+def test_analysis_names_split_versions_only_for_models_configured_so() -> None:
+    settings = AnalysisSettings(models={"canaried": {"by_version": True, "window_size": 50}, "plain": {}})
+    assert settings.analysis_name("canaried", "2") == "canaried@2"
+    assert settings.analysis_name("canaried", "canary") == "canaried@canary"
+    assert settings.analysis_name("canaried", "") == "canaried"
+    assert settings.analysis_name("plain", "2") == "plain"
+    assert settings.analysis_name("unlisted", "2") == "unlisted"
+    assert settings.model_config("canaried@2").window_size == 50  # a version has its model's settings
+    assert settings.model_config("canaried@2").model == "canaried"
+    assert settings.served_name("canaried@2") == "canaried"
+    assert settings.served_name("plain@2") == "plain@2"  # a model that is not split may have an @ in its name
+
+
+def test_analysis_by_version_applies_to_every_model_unless_one_says_otherwise() -> None:
+    settings = AnalysisSettings(analysis_by_version=True, models={"whole": {"by_version": False}})
+    assert settings.analysis_name("any", "3") == "any@3"
+    assert settings.analysis_name("whole", "3") == "whole"
+    assert settings.served_name("any@3") == "any"

@@ -382,3 +382,27 @@ def test_a_truncated_streamed_answer_is_counted_not_decoded_and_said_once(
     assert [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()] == [
         'model iris: streamed answers cut at the capture bound (or ended early) are not analysed; counted as '
         'sidecar_decode_errors_total{reason="truncated"}']
+
+
+def test_versions_analysed_apart_each_get_their_own_reference_and_drift(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(models={"iris": {"by_version": True}}), tmp_path)
+    stable = [record._replace(version="1") for record in stream("iris", 40, 10, seed=1)]
+    canary = [record._replace(label="canary") for record in stream("iris", 20, 10, seed=2)]
+    canary += [record._replace(label="canary") for record in stream("iris", 20, 10, seed=3, shift=2.0)]
+    unnamed = list(stream("iris", 5, 10, seed=4))
+    results = run(state, [item for pair in zip(stable, canary, strict=True) for item in pair] + unnamed)
+    assert sorted(state.models) == ["iris", "iris@1", "iris@canary"]
+    by_model = {status.model: status for status in of_type(results, ModelStatus)}
+    assert by_model["iris@1"].reference.complete and by_model["iris@canary"].reference.complete
+    assert by_model["iris"].reference.instances == 50  # requests naming no version stay under the model's name
+    drifted = {window.model: window.drift for window in windows(results, "feature_drift")}
+    assert drifted == {"iris@1": False, "iris@canary": True}
+    assert by_model["iris@1"].reference.saved != by_model["iris@canary"].reference.saved
+    predictions = of_type(results, Predictions)
+    assert {p.model for p in predictions} == {"iris@1", "iris@canary", "iris"}
+
+
+def test_versions_share_one_analysis_unless_configured(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    run(state, [record._replace(version=str(n % 2 + 1)) for n, record in enumerate(stream("iris", 4, 10, seed=1))])
+    assert list(state.models) == ["iris"]

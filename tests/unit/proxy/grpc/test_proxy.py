@@ -277,7 +277,7 @@ async def test_expired_client_deadline_is_deadline_exceeded_and_stops_the_upstre
     error = await rpc_error(proxied.unary()(b"x", timeout=0.3, metadata=(("x-test-sleep", "30"),)))
     assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     await asyncio.wait_for(upstream.cancelled.wait(), 10)
-    await eventually(lambda: ("", "grpc", "predict", "DEADLINE_EXCEEDED") in proxied.metrics.requests, timeout=10.0)
+    await eventually(lambda: ("", "", "grpc", "predict", "DEADLINE_EXCEEDED") in proxied.metrics.requests, timeout=10.0)
     assert proxied.metrics.upstream_errors == {("grpc", "deadline"): 1}
 
 
@@ -293,7 +293,7 @@ async def test_client_cancellation_cancels_the_upstream_call(proxied: Proxied, u
     await eventually(lambda: len(upstream.calls) == 1, timeout=10.0)
     call.cancel()
     await asyncio.wait_for(upstream.cancelled.wait(), 10)
-    await eventually(lambda: ("", "grpc", "predict", "CANCELLED") in proxied.metrics.requests, timeout=10.0)
+    await eventually(lambda: ("", "", "grpc", "predict", "CANCELLED") in proxied.metrics.requests, timeout=10.0)
 
 
 async def test_upstream_down_is_unavailable_with_clear_details_and_no_hang() -> None:
@@ -308,7 +308,7 @@ async def test_upstream_down_is_unavailable_with_clear_details_and_no_hang() -> 
         assert error.details().startswith(f"sidecar: upstream model server 127.0.0.1:{port} is unavailable: ")
         assert "x-prediction-id" in dict(error.initial_metadata())
         assert proxied.metrics.upstream_errors == {("grpc", "unavailable"): 1}
-        assert proxied.metrics.requests == {("m", "grpc", "predict", "UNAVAILABLE"): 1}
+        assert proxied.metrics.requests == {("m", "3", "grpc", "predict", "UNAVAILABLE"): 1}
         assert health.state["grpc"] is False
         assert [record.status for record in proxied.records] == [grpc.StatusCode.UNAVAILABLE.value[0]]
 
@@ -365,25 +365,25 @@ async def test_messages_over_the_configured_limit_are_refused(upstream: Upstream
 
 # --- metrics and capture --------------------------------------------------------------------------------------
 
-async def test_metrics_record_each_call_once_with_model_method_and_code(proxied: Proxied) -> None:
+async def test_metrics_record_each_call_once_with_model_version_method_and_code(proxied: Proxied) -> None:
     for _ in range(3):
         await proxied.unary()(PREDICT_M)
     await rpc_error(proxied.unary()(PREDICT_M, metadata=(("x-test-code", "NOT_FOUND"),)))
     await proxied.unary(STATUS)(PREDICT_M)
     await proxied.unary(INFER)(INFER_M)
     assert proxied.metrics.requests == {
-        ("m", "grpc", "predict", "OK"): 3,
-        ("m", "grpc", "predict", "NOT_FOUND"): 1,
-        ("m", "grpc", "status", "OK"): 1,
-        ("v2", "grpc", "infer", "OK"): 1,
+        ("m", "3", "grpc", "predict", "OK"): 3,
+        ("m", "3", "grpc", "predict", "NOT_FOUND"): 1,
+        ("m", "3", "grpc", "status", "OK"): 1,
+        ("v2", "1", "grpc", "infer", "OK"): 1,
     }
-    predict_durations = proxied.metrics.duration.series[("m", "grpc", "predict")]
+    predict_durations = proxied.metrics.duration.series[("m", "3", "grpc", "predict")]
     assert sum(predict_durations[:-1]) == 4
-    upstream_durations = proxied.metrics.upstream.series[("m", "grpc", "predict")]
+    upstream_durations = proxied.metrics.upstream.series[("m", "3", "grpc", "predict")]
     assert sum(upstream_durations[:-1]) == 4
-    request_sizes = proxied.metrics.request_size.series[("m", "grpc", "predict")]
+    request_sizes = proxied.metrics.request_size.series[("m", "3", "grpc", "predict")]
     assert request_sizes[-1] == 4 * len(PREDICT_M)
-    response_sizes = proxied.metrics.response_size.series[("m", "grpc", "predict")]
+    response_sizes = proxied.metrics.response_size.series[("m", "3", "grpc", "predict")]
     assert response_sizes[-1] == 3 * len(b"echo:" + PREDICT_M)
     assert proxied.metrics.upstream_errors == {}
 
@@ -418,7 +418,7 @@ async def test_a_failing_capture_does_not_fail_the_call(upstream: Upstream) -> N
 
     async with running_proxy(upstream.port, capture=broken) as proxied:
         assert await proxied.unary()(PREDICT_M) == b"echo:" + PREDICT_M
-        assert proxied.metrics.requests == {("m", "grpc", "predict", "OK"): 1}
+        assert proxied.metrics.requests == {("m", "3", "grpc", "predict", "OK"): 1}
 
 
 # --- tracing --------------------------------------------------------------------------------------------------
@@ -485,7 +485,7 @@ def _by_kind(finished: tuple[ReadableSpan, ...]) -> tuple[ReadableSpan, Readable
 async def test_unknown_methods_are_forwarded_under_the_other_label(proxied: Proxied, upstream: Upstream) -> None:
     assert await proxied.unary("/grpc.health.v1.Health/Check")(b"ping") == b"echo:ping"
     assert upstream.calls[0].method == "/grpc.health.v1.Health/Check"
-    await eventually(lambda: proxied.metrics.requests == {("", "grpc", "other", "OK"): 1}, timeout=10.0)
+    await eventually(lambda: proxied.metrics.requests == {("", "", "grpc", "other", "OK"): 1}, timeout=10.0)
     assert proxied.records == []
 
 
@@ -496,9 +496,9 @@ async def test_bidirectional_streams_are_relayed_in_order_with_metadata(proxied:
     assert initial["x-upstream"] == "stream" and "x-prediction-id" not in initial  # not captured: nothing to join
     assert dict(await call.trailing_metadata()) == {"x-stream-trailer": "done"}
     await eventually(lambda: bool(proxied.metrics.requests), timeout=10.0)
-    assert proxied.metrics.requests == {("", "grpc", "other", "OK"): 1}
-    assert proxied.metrics.request_size.series[("", "grpc", "other")][-1] == 6
-    assert proxied.metrics.response_size.series[("", "grpc", "other")][-1] == 15
+    assert proxied.metrics.requests == {("", "", "grpc", "other", "OK"): 1}
+    assert proxied.metrics.request_size.series[("", "", "grpc", "other")][-1] == 6
+    assert proxied.metrics.response_size.series[("", "", "grpc", "other")][-1] == 15
 
 
 async def test_streams_keep_the_client_deadline_and_get_none_without_one(proxied: Proxied,

@@ -51,8 +51,8 @@ async def test_refused_upstream_gives_502_and_marks_the_upstream_down() -> None:
         again = await client.read_response()
         assert again.status == 503
     assert metrics.upstream_errors == {("rest", "refused"): 2}
-    assert metrics.requests[("m", "rest", "predict", "502")] == 1
-    assert metrics.requests[("m", "rest", "predict", "503")] == 1
+    assert metrics.requests[("m", "", "rest", "predict", "502")] == 1
+    assert metrics.requests[("m", "", "rest", "predict", "503")] == 1
 
 
 async def test_an_upstream_known_not_ready_gives_503() -> None:
@@ -108,7 +108,7 @@ async def test_a_client_that_disconnects_cancels_its_upstream_call() -> None:
         await upstream.wait_for(lambda: upstream.closed == [1])  # the upstream saw its connection close
         assert proxy.pool.idle == 0
         assert not proxy.connections
-    assert metrics.requests[("m", "rest", "predict", "499")] == 1
+    assert metrics.requests[("m", "", "rest", "predict", "499")] == 1
 
 
 async def test_other_requests_keep_working_while_the_upstream_fails_for_one() -> None:

@@ -176,7 +176,7 @@ async def test_server_sent_events_arrive_one_by_one_as_sent_and_outlive_the_upst
         # one chunk per upstream chunk: the chunk bytes are the upstream's own
         assert bytes(client.raw[client.raw_body_start:]) == b"".join(chunk(e) for e in EVENTS) + LAST_CHUNK
         assert proxy.limit_events["stream_idle_timeout"] == 0
-    assert metrics.requests[("", "rest", "other", "200")] == 1
+    assert metrics.requests[("", "", "rest", "other", "200")] == 1
     assert not metrics.upstream_errors
 
 
@@ -334,7 +334,7 @@ async def test_a_client_that_disconnects_mid_stream_frees_the_upstream_connectio
         await eventually(lambda: not proxy.connections, timeout=5)
         gc.collect()
         assert sum(isinstance(o, (ProxyCall, UpstreamExchange)) for o in gc.get_objects()) == 0
-    assert metrics.requests[("m", "rest", "predict", "499")] == 1
+    assert metrics.requests[("m", "", "rest", "predict", "499")] == 1
     (record,) = records
     assert record.response_truncated and record.response.startswith(EVENTS[0])
 

@@ -119,13 +119,13 @@ async def test_metrics_count_requests_durations_and_sizes_per_model_method_and_c
         requests = post("/v1/models/m:predict", b"x" * 300) * 4 + post("/v1/models/nope:predict", b"{}") \
             + get("/v1/models/m")
         await exchange(proxy.port, requests, count=6)
-    assert metrics.requests == {("m", "rest", "predict", "200"): 4, ("nope", "rest", "predict", "404"): 1,
-                                ("m", "rest", "status", "200"): 1}
-    row = metrics.duration.series[("m", "rest", "predict")]
+    assert metrics.requests == {("m", "", "rest", "predict", "200"): 4, ("nope", "", "rest", "predict", "404"): 1,
+                                ("m", "", "rest", "status", "200"): 1}
+    row = metrics.duration.series[("m", "", "rest", "predict")]
     assert sum(row[:-1]) == 4 and row[-1] > 0
-    assert sum(metrics.upstream.series[("m", "rest", "predict")][:-1]) == 4
-    assert metrics.request_size.series[("m", "rest", "predict")][-1] == 4 * 300
-    assert metrics.response_size.series[("m", "rest", "predict")][-1] == 4 * len(answer)
+    assert sum(metrics.upstream.series[("m", "", "rest", "predict")][:-1]) == 4
+    assert metrics.request_size.series[("m", "", "rest", "predict")][-1] == 4 * 300
+    assert metrics.response_size.series[("m", "", "rest", "predict")][-1] == 4 * len(answer)
     assert metrics.upstream_errors == {}
 
 
@@ -135,9 +135,24 @@ async def test_metrics_export_through_a_registry() -> None:
     registry.register(metrics)
     async with ScriptedUpstream() as upstream, running_proxy(upstream.port, metrics=metrics) as proxy:
         await exchange(proxy.port, post("/v1/models/m:predict", b"{}") * 3, count=3)
-    labels = {"model": "m", "protocol": "rest", "method": "predict"}
+    labels = {"model": "m", "version": "", "protocol": "rest", "method": "predict"}
     assert registry.get_sample_value("sidecar_requests_total", {**labels, "code": "200"}) == 3
     assert registry.get_sample_value("sidecar_request_duration_seconds_count", labels) == 3
+
+
+async def test_versions_and_labels_in_the_path_are_the_version_label() -> None:
+    metrics = RequestMetrics()
+    async with ScriptedUpstream() as upstream, running_proxy(upstream.port, metrics=metrics) as proxy:
+        requests = (post("/v1/models/m/versions/1:predict", b"{}") + post("/v1/models/m/versions/2:predict", b"{}")
+                    + post("/v1/models/m/labels/canary:predict", b"{}") + post("/v2/models/m/versions/7/infer", b"{}")
+                    + post("/v1/models/m:predict", b"{}"))
+        await exchange(proxy.port, requests, count=5)
+    assert metrics.requests == {("m", "1", "rest", "predict", "200"): 1, ("m", "2", "rest", "predict", "200"): 1,
+                                ("m", "canary", "rest", "predict", "200"): 1, ("m", "7", "rest", "infer", "200"): 1,
+                                ("m", "", "rest", "predict", "200"): 1}
+    assert set(metrics.duration.series) == {("m", version, "rest", method) for version, method in
+                                            (("1", "predict"), ("2", "predict"), ("canary", "predict"),
+                                             ("7", "infer"), ("", "predict"))}
 
 
 # tracing ----------------------------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ async def test_a_stream_moves_dozens_of_mebibytes_each_way(upstream: Upstream) -
         call = proxied.channel.stream_stream(CHAT)(iter(messages))
         received = [message async for message in call]
         await asyncio.sleep(0.05)
-        assert proxied.metrics.request_size.series[("", "grpc", "other")][-1] == 24 * 1024 * 1024
+        assert proxied.metrics.request_size.series[("", "", "grpc", "other")][-1] == 24 * 1024 * 1024
     assert received == [b"re:" + message for message in messages]
 
 
@@ -237,7 +237,7 @@ async def test_a_refused_stream_is_sent_again_once() -> None:
     async with scripted_upstream(refuse_first) as scripted, relay_to(scripted.port) as proxied:
         assert await proxied.unary()(PREDICT_M, timeout=10) == ANSWER
         assert scripted.requests == [2]
-        assert proxied.metrics.requests == {("m", "grpc", "predict", "OK"): 1}
+        assert proxied.metrics.requests == {("m", "3", "grpc", "predict", "OK"): 1}
 
 
 async def test_calls_refused_by_goaway_go_to_a_new_connection() -> None:
@@ -264,7 +264,7 @@ async def test_an_upstream_reset_ends_the_call_as_grpc_clients_map_it(code: int,
             await proxied.unary()(PREDICT_M, timeout=10)
         assert caught.value.code() is expected
         assert "x-prediction-id" in dict(caught.value.initial_metadata())
-        assert proxied.metrics.requests == {("m", "grpc", "predict", expected.name): 1}
+        assert proxied.metrics.requests == {("m", "3", "grpc", "predict", expected.name): 1}
 
 
 async def test_an_http_error_answer_reaches_the_client_as_grpc_maps_it() -> None:
@@ -275,7 +275,7 @@ async def test_an_http_error_answer_reaches_the_client_as_grpc_maps_it() -> None
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await proxied.unary()(PREDICT_M, timeout=10)
         assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert proxied.metrics.requests == {("m", "grpc", "predict", "UNAVAILABLE"): 1}
+        assert proxied.metrics.requests == {("m", "3", "grpc", "predict", "UNAVAILABLE"): 1}
 
 
 async def test_an_upstream_that_answers_without_status_is_an_internal_error() -> None:
