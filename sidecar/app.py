@@ -23,7 +23,7 @@ from sidecar.config import Settings
 from sidecar.proxy.listener import Listener
 from sidecar.telemetry.admin import AdminServer, build_admin_app
 from sidecar.telemetry.drilldown import DrillDown
-from sidecar.telemetry.health import Probe, UpstreamHealth, UpstreamMetrics, tcp_http_probe
+from sidecar.telemetry.health import Probe, UpstreamHealth, UpstreamMetrics, h2_probe, tcp_http_probe
 from sidecar.telemetry.metrics import (
     CaptureMetrics,
     LimitMetrics,
@@ -194,11 +194,8 @@ class Sidecar:
             host, port = proxy.upstream_rest
             probes["rest"] = lambda: tcp_http_probe(host, port)
         if proxy.listen_grpc is not None and proxy.upstream_grpc is not None:
-            from sidecar.proxy.grpc.aio.proxy import grpc_probe
-            from sidecar.proxy.grpc.target import grpc_target
-
-            target = grpc_target(proxy.upstream_grpc)
-            probes["grpc"] = lambda: grpc_probe(target)
+            grpc_host, grpc_port = proxy.upstream_grpc
+            probes["grpc"] = lambda: h2_probe(grpc_host, grpc_port)
         health = self.health = UpstreamHealth(probes, self.settings.telemetry.readiness_interval)
         await health.start()
         self._on_stop("health", health.stop)

@@ -86,6 +86,32 @@ async def tcp_http_probe(host: str, port: int, timeout: float = 2.0) -> bool:
             await writer.wait_closed()
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
+_H2_GOAWAY = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8)  # last stream 0, NO_ERROR
+_SETTINGS_TYPE = 4
+
+
+async def h2_probe(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when an HTTP/2 server (a gRPC server) answers the connection preface with its SETTINGS frame: what a gRPC
+    channel waits for before it is ready, without loading grpcio."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    try:
+        writer.write(_H2_PREFACE + _H2_SETTINGS)
+        await writer.drain()
+        header = await asyncio.wait_for(reader.readexactly(9), timeout)
+        ready = header[3] == _SETTINGS_TYPE and header[5:9] == b"\x00\x00\x00\x00"
+        if ready:
+            writer.write(_H2_GOAWAY)
+        return ready
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
 class UpstreamMetrics:
     """`sidecar_upstream_up{protocol}`: 1 while the model server answers the readiness probe, else 0 (an alert can
     fire for a dead model server that gets no traffic)."""

@@ -245,8 +245,8 @@ async def test_tf_serving_error_statuses_pass_through_with_their_details(sidecar
     proxied = await outcome(sidecar.channel, TFS + "Predict", request.SerializeToString())
     assert proxied == direct
     assert proxied[0] == code and message in proxied[1]
-    assert (sidecar.metrics.requests[("classifier", "", "grpc", "predict", code)]
-            if code != "NOT_FOUND" else sidecar.metrics.requests[("nope", "", "grpc", "predict", code)]) == 1
+    spec = request.model_spec
+    assert sidecar.metrics.requests[(spec.name, spec.version_label, "grpc", "predict", code)] == 1
 
 
 async def test_the_client_deadline_passes_through_to_the_model_server(sidecar: Sidecar) -> None:
@@ -323,11 +323,11 @@ async def test_metrics_count_a_known_number_of_calls(sidecar: Sidecar) -> None:
         await models.GetModelStatus(status_request(), timeout=30)
     await outcome(sidecar.channel, V2 + "ModelInfer", infer_request().SerializeToString())
     assert sidecar.metrics.requests == {
-        ("classifier", "grpc", "predict", "OK"): 5,
-        ("regressor", "grpc", "status", "OK"): 2,
-        ("classifier", "grpc", "infer", "OK"): 1,
+        ("classifier", "", "grpc", "predict", "OK"): 5,
+        ("regressor", "", "grpc", "status", "OK"): 2,
+        ("classifier", "1", "grpc", "infer", "OK"): 1,  # the V2 request names version 1
     }
-    assert sum(sidecar.metrics.duration.series[("classifier", "grpc", "predict")][:-1]) == 5
+    assert sum(sidecar.metrics.duration.series[("classifier", "", "grpc", "predict")][:-1]) == 5
 
 
 async def test_capture_records_hold_the_exchanged_bytes(sidecar: Sidecar) -> None:

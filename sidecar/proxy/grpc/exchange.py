@@ -1,10 +1,10 @@
 """What every forwarded gRPC call shares: its dependencies, its spans, and how its outcome is recorded.
 
-`Exchange` is created once per call by the unary and stream forwarders (and, through `Exchange.begin`, by the h2
-relay engine). It stamps the prediction id, starts the trace spans when tracing is on (and only then), turns
-upstream failures into the statuses the client sees, and records the outcome exactly once: one metrics sample,
-one capture record for captured methods, the span ends and the upstream health verdict. Recording never raises
-into the request.
+`Exchange` is created once per call through `Exchange.begin`, by the h2 relay and by the grpc.aio engine's
+forwarders (`sidecar.proxy.grpc.aio.forwarding` holds what only that engine needs). It stamps the prediction id,
+starts the trace spans when tracing is on (and only then), and records the outcome exactly once: one metrics
+sample, one capture record for captured methods, the span ends and the upstream health verdict. Recording never
+raises into the request.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from opentelemetry.trace import Span
 
 from sidecar.messages.records import PROTOCOL_GRPC, CaptureRecord
-from sidecar.proxy.grpc.metadata import RequestMetadata, split_request
+from sidecar.proxy.grpc.metadata import RequestMetadata
 from sidecar.proxy.grpc.methods import GrpcMethod
 from sidecar.proxy.grpc.peek import NO_MODEL, ModelRef
+from sidecar.proxy.grpc.status import DEADLINE_EXCEEDED, OK, StatusCode
 from sidecar.proxy.ids import choose_prediction_id
 from sidecar.telemetry.health import UpstreamHealth
 from sidecar.telemetry.metrics import RequestMetrics
@@ -30,14 +30,8 @@ from sidecar.telemetry.tracing import Tracing
 log = logging.getLogger(__name__)
 
 HEALTH_NAME = "grpc"
-OK = grpc.StatusCode.OK
-CANCELLED = grpc.StatusCode.CANCELLED
-DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
-UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-INTERNAL = grpc.StatusCode.INTERNAL
-# OpenTelemetry RPC conventions: these codes mark a SERVER span as failed; a CLIENT span fails on any non-OK code.
-SERVER_ERROR_CODES = frozenset({grpc.StatusCode.UNKNOWN, DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED, INTERNAL,
-                                UNAVAILABLE, grpc.StatusCode.DATA_LOSS})
+SERVER_ERROR_CODES = frozenset({StatusCode.UNKNOWN, DEADLINE_EXCEEDED, StatusCode.UNIMPLEMENTED, StatusCode.INTERNAL,
+                                StatusCode.UNAVAILABLE, StatusCode.DATA_LOSS})
 
 Capture = Callable[[CaptureRecord], None]
 
@@ -61,28 +55,6 @@ class Recording:
             log.exception("recording a gRPC call failed (%d times so far)", self.recording_failures)
 
 
-@dataclass
-class Forwarding(Recording):
-    """Dependencies shared by all calls of the grpc.aio engine: recording plus the upstream channel."""
-
-    channel: grpc.aio.Channel = field(kw_only=True)
-
-    def upstream_failure(self, error: grpc.aio.AioRpcError, own_deadline: bool,
-                         timeout: float) -> tuple[grpc.StatusCode, str, bool]:
-        """(code, details, upstream down) for a failed upstream call.
-
-        UNAVAILABLE while the channel is not connected means the sidecar could not reach the model server: the
-        details say so. UNAVAILABLE over a live connection is the model server's own answer and passes through.
-        """
-        code = error.code()
-        details = error.details() or ""
-        if code is UNAVAILABLE and self.channel.get_state() is not grpc.ChannelConnectivity.READY:
-            return code, f"sidecar: upstream model server {self.target} is unavailable: {details}", True
-        if code is DEADLINE_EXCEEDED and own_deadline:
-            details = f"sidecar: upstream model server {self.target} did not answer within {timeout:g} s"
-        return code, details, False
-
-
 class Exchange:
     """One forwarded call: what arrived, what went upstream, and its recorded outcome."""
 
@@ -90,15 +62,10 @@ class Exchange:
                  "recorded", "reply_id", "request", "server_span", "started", "timeout", "upstream_seconds",
                  "wall_time")
 
-    def __init__(self, forwarding: Recording, method: GrpcMethod, context: grpc.aio.ServicerContext,
-                 request: bytes) -> None:
-        self._begin(forwarding, method, split_request(context.invocation_metadata(), forwarding.tracing.enabled),
-                    context.time_remaining(), request, None)
-
     @classmethod
     def begin(cls, forwarding: Recording, method: GrpcMethod, metadata: RequestMetadata, remaining: float | None,
               request: bytes, model: ModelRef | None = None) -> Exchange:
-        """An exchange from parts, for engines without a grpc.aio context (the HTTP/2 relay).
+        """An exchange from its parts.
 
         `metadata` is already split (its `outgoing` may stay empty: the trace headers to send upstream are
         appended to it when tracing is on); `model` skips the peek at `request` when the caller knows better.
@@ -146,15 +113,7 @@ class Exchange:
         except Exception:  # telemetry never breaks a request
             log.debug("starting spans failed", exc_info=True)
 
-    def cancelled_code(self, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
-        """Why the call ended early: the client's deadline passed, or the client went away."""
-        try:
-            remaining = context.time_remaining()
-        except Exception:
-            remaining = None
-        return DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else CANCELLED
-
-    def record(self, code: grpc.StatusCode, response: bytes = b"", *, request_bytes: int | None = None,
+    def record(self, code: StatusCode, response: bytes = b"", *, request_bytes: int | None = None,
                response_bytes: int | None = None, upstream_down: bool = False, upstream_answered: bool = True) -> None:
         """Record the outcome once: metrics, capture, spans, health. Never raises.
 
@@ -192,7 +151,7 @@ class Exchange:
         if self.server_span is not None:
             self._end_spans(code)
 
-    def _end_spans(self, code: grpc.StatusCode) -> None:
+    def _end_spans(self, code: StatusCode) -> None:
         attributes = {"rpc.grpc.status_code": code.value[0]}
         if self.client_span is not None:
             Tracing.finish(self.client_span, attributes, None if code is OK else code.name)

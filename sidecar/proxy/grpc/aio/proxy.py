@@ -8,14 +8,14 @@ the upstream is shared by all calls; both sides accept messages up to `settings.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import grpc
 
+from sidecar.proxy.grpc.aio.forwarding import Forwarding
 from sidecar.proxy.grpc.aio.stream import stream_handler
 from sidecar.proxy.grpc.aio.unary import unary_handler
-from sidecar.proxy.grpc.exchange import Capture, Forwarding
+from sidecar.proxy.grpc.exchange import Capture
 from sidecar.proxy.grpc.methods import KNOWN_METHODS, GrpcMethod, describe
 from sidecar.proxy.grpc.target import grpc_target
 from sidecar.proxy.settings import ProxySettings
@@ -23,12 +23,11 @@ from sidecar.telemetry.health import UpstreamHealth
 from sidecar.telemetry.metrics import RequestMetrics
 from sidecar.telemetry.tracing import Tracing
 
-__all__ = ["AioGrpcProxy", "channel_options", "grpc_probe", "server_options"]
+__all__ = ["AioGrpcProxy", "channel_options", "server_options"]
 
 log = logging.getLogger(__name__)
 
 MAX_CACHED_UNKNOWN_METHODS = 256  # handlers for unknown paths are cached up to this many, then built per call
-PROBE_TIMEOUT_SECONDS = 2.0
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -125,13 +124,3 @@ class AioGrpcProxy:
             await server.stop(grace)
         if channel is not None:
             await channel.close()
-
-
-async def grpc_probe(target: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
-    """True when a gRPC connection to `target` becomes ready within `timeout` seconds (for UpstreamHealth)."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        try:
-            await asyncio.wait_for(channel.channel_ready(), timeout)
-        except TimeoutError:
-            return False
-        return True

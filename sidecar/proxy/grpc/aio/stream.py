@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from sidecar.proxy.grpc.aio.forwarding import Forwarding, cancelled_code, exchange_of, grpc_status
 from sidecar.proxy.grpc.aio.unary import INTERNAL_DETAILS
-from sidecar.proxy.grpc.exchange import DEADLINE_EXCEEDED, INTERNAL, OK, Exchange, Forwarding
 from sidecar.proxy.grpc.metadata import response_initial, response_trailing
 from sidecar.proxy.grpc.methods import GrpcMethod
+from sidecar.proxy.grpc.status import DEADLINE_EXCEEDED, INTERNAL, OK
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def stream_handler(forwarding: Forwarding, method: GrpcMethod) -> grpc.RpcMethod
     call_upstream = forwarding.channel.stream_stream(method.path)
 
     async def forward(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
-        exchange = Exchange(forwarding, method, context, b"")
+        exchange = exchange_of(forwarding, method, context, b"")
         sizes = [0, 0]  # request bytes, response bytes
 
         async def counted_requests() -> AsyncIterator[bytes]:
@@ -53,14 +54,14 @@ def stream_handler(forwarding: Forwarding, method: GrpcMethod) -> grpc.RpcMethod
                 code, details, down = forwarding.upstream_failure(error, False, exchange.timeout)
                 exchange.record(code, request_bytes=sizes[0], response_bytes=sizes[1], upstream_down=down,
                                 upstream_answered=not down and code is not DEADLINE_EXCEEDED)
-                await context.abort(code, details, response_trailing(error.trailing_metadata()))
+                await context.abort(grpc_status(code), details, response_trailing(error.trailing_metadata()))
                 raise  # abort raises; this only tells type checkers so
             exchange.upstream_seconds = time.perf_counter() - sent
             if trailing:
                 context.set_trailing_metadata(response_trailing(trailing))
             exchange.record(OK, request_bytes=sizes[0], response_bytes=sizes[1])
         except asyncio.CancelledError:
-            exchange.record(exchange.cancelled_code(context), request_bytes=sizes[0], response_bytes=sizes[1],
+            exchange.record(cancelled_code(context), request_bytes=sizes[0], response_bytes=sizes[1],
                             upstream_answered=False)
             raise
         except grpc.aio.AbortError:
@@ -68,7 +69,7 @@ def stream_handler(forwarding: Forwarding, method: GrpcMethod) -> grpc.RpcMethod
         except Exception:
             log.exception("forwarding stream %s failed", method.path)
             exchange.record(INTERNAL, request_bytes=sizes[0], response_bytes=sizes[1], upstream_answered=False)
-            await context.abort(INTERNAL, INTERNAL_DETAILS)
+            await context.abort(grpc_status(INTERNAL), INTERNAL_DETAILS)
             raise
         finally:
             if not call.done():

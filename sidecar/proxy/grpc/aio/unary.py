@@ -15,9 +15,11 @@ from typing import NoReturn
 
 import grpc
 
-from sidecar.proxy.grpc.exchange import DEADLINE_EXCEEDED, INTERNAL, OK, Exchange, Forwarding
+from sidecar.proxy.grpc.aio.forwarding import Forwarding, cancelled_code, exchange_of, grpc_status
+from sidecar.proxy.grpc.exchange import Exchange
 from sidecar.proxy.grpc.metadata import response_initial, response_trailing
 from sidecar.proxy.grpc.methods import GrpcMethod
+from sidecar.proxy.grpc.status import DEADLINE_EXCEEDED, INTERNAL, OK
 
 log = logging.getLogger(__name__)
 INTERNAL_DETAILS = "sidecar: internal error while forwarding the call"
@@ -28,7 +30,7 @@ def unary_handler(forwarding: Forwarding, method: GrpcMethod) -> grpc.RpcMethodH
     call_upstream = forwarding.channel.unary_unary(method.path)
 
     async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        exchange = Exchange(forwarding, method, context, request)
+        exchange = exchange_of(forwarding, method, context, request)
         try:
             call = call_upstream(request, timeout=exchange.timeout, metadata=exchange.metadata.outgoing)
             sent = time.perf_counter()
@@ -46,14 +48,14 @@ def unary_handler(forwarding: Forwarding, method: GrpcMethod) -> grpc.RpcMethodH
             exchange.record(OK, response)
             return response
         except asyncio.CancelledError:
-            exchange.record(exchange.cancelled_code(context), upstream_answered=False)
+            exchange.record(cancelled_code(context), upstream_answered=False)
             raise
         except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("forwarding %s failed", method.path)
             exchange.record(INTERNAL, upstream_answered=False)
-            await context.abort(INTERNAL, INTERNAL_DETAILS)
+            await context.abort(grpc_status(INTERNAL), INTERNAL_DETAILS)
             raise  # abort raises; this only tells type checkers so
 
     return grpc.unary_unary_rpc_method_handler(forward)
@@ -65,5 +67,5 @@ async def _fail(forwarding: Forwarding, exchange: Exchange, error: grpc.aio.AioR
     code, details, down = forwarding.upstream_failure(error, exchange.own_deadline, exchange.timeout)
     await context.send_initial_metadata(response_initial(error.initial_metadata(), exchange.reply_id))
     exchange.record(code, upstream_down=down, upstream_answered=not down and code is not DEADLINE_EXCEEDED)
-    await context.abort(code, details, response_trailing(error.trailing_metadata()))
+    await context.abort(grpc_status(code), details, response_trailing(error.trailing_metadata()))
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

@@ -20,8 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import grpc
-
 from sidecar import __version__
 from sidecar.proxy.deadlines import Deadlines
 from sidecar.proxy.grpc.exchange import Exchange, Recording
@@ -51,18 +49,21 @@ from sidecar.proxy.grpc.h2.wire import (
 from sidecar.proxy.grpc.metadata import RequestMetadata
 from sidecar.proxy.grpc.methods import KNOWN_METHODS, GrpcMethod, describe
 from sidecar.proxy.grpc.peek import NO_MODEL
+from sidecar.proxy.grpc.status import (
+    CANCELLED,
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    OK,
+    RESOURCE_EXHAUSTED,
+    UNAVAILABLE,
+    StatusCode,
+)
 from sidecar.proxy.ids import choose_prediction_id
 
 if TYPE_CHECKING:
     from sidecar.proxy.grpc.h2.server import H2ClientConnection
     from sidecar.proxy.grpc.h2.upstream import H2UpstreamConnection, H2UpstreamPool
 
-OK = grpc.StatusCode.OK
-DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
-UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-INTERNAL = grpc.StatusCode.INTERNAL
-CANCELLED = grpc.StatusCode.CANCELLED
-RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 USER_AGENT = f"tfs-sidecar/{__version__} (h2 relay)".encode()
 HIGH_WATER = 1024 * 1024  # a paused receive window reopens once the other side has less than this queued
@@ -409,13 +410,13 @@ class RelayCall:
 
     # --- endings --------------------------------------------------------------------------------------------
 
-    def _finish(self, code: grpc.StatusCode) -> None:
+    def _finish(self, code: StatusCode) -> None:
         """The upstream's status is on its way to the client: let both streams go, record the call after."""
         self.begin_exchange().upstream_seconds = time.perf_counter() - self.sent_at
         self._close()
         self.relay.batch.defer(lambda: self._record(code))
 
-    def _record(self, code: grpc.StatusCode) -> None:
+    def _record(self, code: StatusCode) -> None:
         exchange = self.begin_exchange()
         response = b""
         parts = self.response_parts
@@ -426,7 +427,7 @@ class RelayCall:
         exchange.record(code, response, request_bytes=self.request_meter.total,
                         response_bytes=self.response_meter.total)
 
-    def _fail(self, code: grpc.StatusCode, details: str, *, upstream_down: bool = False,
+    def _fail(self, code: StatusCode, details: str, *, upstream_down: bool = False,
               upstream_answered: bool = True) -> None:
         """Answer the client with the sidecar's own status, record it, and let both streams go."""
         client, sender = self.client, self.client_sender
@@ -489,7 +490,7 @@ class RelayCall:
             events[REQUEST_TIMEOUT] = events.get(REQUEST_TIMEOUT, 0) + 1
         self._refuse(DEADLINE_EXCEEDED, details)
 
-    def _refuse(self, code: grpc.StatusCode, details: str) -> None:
+    def _refuse(self, code: StatusCode, details: str) -> None:
         """End the call with the sidecar's status; a client still sending its request is told to stop
         (RST_STREAM NO_ERROR after the response, RFC 9113 section 8.1)."""
         self._fail(code, details, upstream_answered=False)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import grpc
-
 from sidecar.messages.records import LOG_OPT_OUT_HEADER
 from sidecar.proxy.grpc.h2.hpack import Header, HeaderBlock, encode_field
 from sidecar.proxy.grpc.h2.wire import encode_message, parse_timeout, status_of, status_of_http
 from sidecar.proxy.grpc.metadata import MANAGED_BY_GRPC, PREDICTION_ID, REQUEST_ID
 from sidecar.proxy.grpc.methods import GrpcMethod
+from sidecar.proxy.grpc.status import StatusCode
 
 PID = PREDICTION_ID.encode()
 GRPC_STATUS = b"grpc-status"
@@ -48,7 +47,7 @@ def prediction_id_field(prediction_id: str | None) -> bytes:
     return _PID_PREFIX + bytes((len(value),)) + value if len(value) < 127 else encode_field(PID, value)
 
 
-def status_fields(code: grpc.StatusCode, details: str) -> tuple[Header, ...]:
+def status_fields(code: StatusCode, details: str) -> tuple[Header, ...]:
     """Trailers carrying the sidecar's own status."""
     return (GRPC_STATUS, str(code.value[0]).encode()), (GRPC_MESSAGE, encode_message(details))
 
@@ -158,8 +157,8 @@ class Answer:
         self.split_head_key = object()
         self.split_trailers_key = object()
         self._head: tuple[Header, ...] | None = None
-        self._trailers: grpc.StatusCode | None = None
-        self._split: tuple[tuple[Header, ...], tuple[Header, ...], grpc.StatusCode] | None = None
+        self._trailers: StatusCode | None = None
+        self._split: tuple[tuple[Header, ...], tuple[Header, ...], StatusCode] | None = None
 
     def head(self) -> tuple[Header, ...]:
         """The fields for the client's response headers, without any prediction id (the call appends its own)."""
@@ -167,7 +166,7 @@ class Answer:
             self._head = tuple(field for field in self.fields if field[0] != PID)
         return self._head
 
-    def code(self, http_status: bytes = STATUS_200) -> grpc.StatusCode:
+    def code(self, http_status: bytes = STATUS_200) -> StatusCode:
         """The call's status when this block is its trailers (they go to the client unchanged)."""
         if http_status != STATUS_200:
             return _code(self.fields, http_status)
@@ -175,7 +174,7 @@ class Answer:
             self._trailers = _code(self.fields, STATUS_200)
         return self._trailers
 
-    def split(self) -> tuple[tuple[Header, ...], tuple[Header, ...], grpc.StatusCode]:
+    def split(self) -> tuple[tuple[Header, ...], tuple[Header, ...], StatusCode]:
         """A trailers-only answer (HTTP 200) as response headers (without prediction id) and trailers."""
         if self._split is None:
             initial: list[Header] = []
@@ -206,7 +205,7 @@ def with_message(fields: tuple[Header, ...], details: str, split: bool = False) 
     return kept
 
 
-def _code(fields: tuple[Header, ...] | list[Header], http_status: bytes) -> grpc.StatusCode:
+def _code(fields: tuple[Header, ...] | list[Header], http_status: bytes) -> StatusCode:
     for name, value in fields:
         if name == GRPC_STATUS:
             return status_of(value)

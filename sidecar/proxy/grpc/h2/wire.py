@@ -8,27 +8,25 @@ from __future__ import annotations
 
 import zlib
 
-import grpc
-
 from sidecar.proxy.grpc.h2 import frames
 from sidecar.proxy.grpc.methods import GrpcMethod
 from sidecar.proxy.grpc.peek import NO_MODEL, ModelRef
+from sidecar.proxy.grpc.status import STATUS_BY_NUMBER, StatusCode
 
 PREFIX_BYTES = 5
 PEEK_BYTES = 64 * 1024  # a compressed request is inflated this far to read its model; the model spec comes first
 
-STATUS_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 _TIMEOUT_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
 _TIMEOUT_FORMATS = ((1e-3, b"m"), (1.0, b"S"), (60.0, b"M"), (3600.0, b"H"))
 _MAX_TIMEOUT_DIGITS = 99_999_999
 # HTTP/2 RST_STREAM codes as gRPC clients map them (gRPC's PROTOCOL-HTTP2.md).
-_RESET_STATUS = {frames.NO_ERROR: grpc.StatusCode.INTERNAL, frames.REFUSED_STREAM: grpc.StatusCode.UNAVAILABLE,
-                 frames.CANCEL: grpc.StatusCode.CANCELLED, frames.ENHANCE_YOUR_CALM: grpc.StatusCode.RESOURCE_EXHAUSTED}
+_RESET_STATUS = {frames.NO_ERROR: StatusCode.INTERNAL, frames.REFUSED_STREAM: StatusCode.UNAVAILABLE,
+                 frames.CANCEL: StatusCode.CANCELLED, frames.ENHANCE_YOUR_CALM: StatusCode.RESOURCE_EXHAUSTED}
 # HTTP statuses without a grpc-status, as gRPC clients map them (gRPC's http-grpc-status-mapping.md).
-_HTTP_STATUS = {400: grpc.StatusCode.INTERNAL, 401: grpc.StatusCode.UNAUTHENTICATED,
-                403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.UNIMPLEMENTED,
-                429: grpc.StatusCode.UNAVAILABLE, 502: grpc.StatusCode.UNAVAILABLE, 503: grpc.StatusCode.UNAVAILABLE,
-                504: grpc.StatusCode.UNAVAILABLE}
+_HTTP_STATUS = {400: StatusCode.INTERNAL, 401: StatusCode.UNAUTHENTICATED,
+                403: StatusCode.PERMISSION_DENIED, 404: StatusCode.UNIMPLEMENTED,
+                429: StatusCode.UNAVAILABLE, 502: StatusCode.UNAVAILABLE, 503: StatusCode.UNAVAILABLE,
+                504: StatusCode.UNAVAILABLE}
 
 
 def parse_timeout(value: bytes) -> float | None:
@@ -48,19 +46,19 @@ def format_timeout(seconds: float) -> bytes:
     return b"99999999H"
 
 
-def status_of(value: bytes | None) -> grpc.StatusCode:
+def status_of(value: bytes | None) -> StatusCode:
     """The status code of a `grpc-status` value; UNKNOWN when absent or not a known code."""
     if value is None or not value.isdigit():
-        return grpc.StatusCode.UNKNOWN
-    return STATUS_BY_NUMBER.get(int(value), grpc.StatusCode.UNKNOWN)
+        return StatusCode.UNKNOWN
+    return STATUS_BY_NUMBER.get(int(value), StatusCode.UNKNOWN)
 
 
-def status_of_reset(code: int) -> grpc.StatusCode:
-    return _RESET_STATUS.get(code, grpc.StatusCode.INTERNAL)
+def status_of_reset(code: int) -> StatusCode:
+    return _RESET_STATUS.get(code, StatusCode.INTERNAL)
 
 
-def status_of_http(status: bytes) -> grpc.StatusCode:
-    return _HTTP_STATUS.get(int(status) if status.isdigit() else 0, grpc.StatusCode.UNKNOWN)
+def status_of_http(status: bytes) -> StatusCode:
+    return _HTTP_STATUS.get(int(status) if status.isdigit() else 0, StatusCode.UNKNOWN)
 
 
 def encode_message(text: str) -> bytes:

@@ -24,14 +24,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar.messages.records import CaptureRecord
-from sidecar.proxy.grpc.aio.proxy import grpc_probe
 from sidecar.proxy.grpc.engine import GrpcProxy
 from sidecar.proxy.grpc.target import grpc_target
 from sidecar.proxy.settings import ProxySettings
-from sidecar.telemetry.health import UpstreamHealth
+from sidecar.telemetry.health import UpstreamHealth, h2_probe
 from sidecar.telemetry.metrics import RequestMetrics
 from sidecar.telemetry.tracing import Tracing, disabled, with_processor
 from tests.support.helpers import eventually, free_port
+from tests.support.rest_upstreams import ScriptedUpstream
 
 _ProxySettings = ProxySettings  # what the `engine` fixture wraps
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -298,7 +298,7 @@ async def test_client_cancellation_cancels_the_upstream_call(proxied: Proxied, u
 
 async def test_upstream_down_is_unavailable_with_clear_details_and_no_hang() -> None:
     port = free_port()
-    health = UpstreamHealth({"grpc": lambda: grpc_probe(f"127.0.0.1:{port}")}, interval=60)
+    health = UpstreamHealth({"grpc": lambda: h2_probe("127.0.0.1", port)}, interval=60)
     health.state["grpc"] = True
     async with running_proxy(port, health=health) as proxied:
         started = time.monotonic()
@@ -336,7 +336,7 @@ async def test_calls_succeed_again_soon_after_the_upstream_comes_back() -> None:
 
 
 async def test_health_is_marked_up_when_the_upstream_answers(upstream: Upstream) -> None:
-    health = UpstreamHealth({"grpc": lambda: grpc_probe(f"127.0.0.1:{upstream.port}")}, interval=60)
+    health = UpstreamHealth({"grpc": lambda: h2_probe("127.0.0.1", upstream.port)}, interval=60)
     assert health.state["grpc"] is False
     async with running_proxy(upstream.port, health=health) as proxied:
         await rpc_error(proxied.unary()(b"x", metadata=(("x-test-code", "NOT_FOUND"),)))
@@ -549,7 +549,7 @@ async def test_stop_twice_is_harmless_and_the_port_closes(upstream: Upstream) ->
     port = proxy.port
     await proxy.stop(grace=0.5)
     await proxy.stop()
-    assert port is not None and not await grpc_probe(f"127.0.0.1:{port}", timeout=0.5)
+    assert port is not None and not await probe_quietly(port)
 
 
 def test_both_addresses_are_required() -> None:
@@ -557,9 +557,19 @@ def test_both_addresses_are_required() -> None:
         GrpcProxy(ProxySettings(listen_grpc=None), capture=None, metrics=RequestMetrics(), tracing=disabled())
 
 
-async def test_probe_is_true_for_a_grpc_server_and_false_for_a_closed_port(upstream: Upstream) -> None:
-    assert await grpc_probe(f"127.0.0.1:{upstream.port}") is True
-    assert await grpc_probe(f"127.0.0.1:{free_port()}", timeout=0.5) is False
+async def probe_quietly(port: int) -> bool:
+    """The readiness probe, with a refused connection read as not ready (as `UpstreamHealth` reads it)."""
+    try:
+        return await h2_probe("127.0.0.1", port, timeout=0.5)
+    except OSError:
+        return False
+
+
+async def test_probe_is_true_for_a_grpc_server_and_false_for_a_closed_port_or_http1(upstream: Upstream) -> None:
+    assert await h2_probe("127.0.0.1", upstream.port) is True
+    assert await probe_quietly(free_port()) is False
+    async with ScriptedUpstream() as http1:  # an HTTP/1.1 server answers the preface with a 400, not SETTINGS
+        assert await h2_probe("127.0.0.1", http1.port) is False
 
 
 def test_targets_are_formatted_for_grpc() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 from sidecar.proxy.grpc.h2.headers import (
     PID,
     RelayFields,
@@ -15,6 +13,7 @@ from sidecar.proxy.grpc.h2.headers import (
 )
 from sidecar.proxy.grpc.h2.hpack import Header, HeaderBlock
 from sidecar.proxy.grpc.methods import describe
+from sidecar.proxy.grpc.status import StatusCode
 
 RELAY = RelayFields(b"model-server:8500", b"tfs-sidecar/test", b"30000m")
 REQUEST = ((b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/tensorflow.serving.PredictionService/Predict"),
@@ -76,7 +75,7 @@ def test_response_headers_lose_any_upstream_prediction_id() -> None:
 
 def test_trailers_give_the_status_and_pass_unchanged() -> None:
     block = HeaderBlock(((b"grpc-status", b"5"), (b"grpc-message", b"Servable not found"), (b"x-trailer", b"t")))
-    assert answer(block).code() is grpc.StatusCode.NOT_FOUND
+    assert answer(block).code() is StatusCode.NOT_FOUND
     assert answer(block) is answer(block)
 
 
@@ -86,16 +85,16 @@ def test_a_trailers_only_answer_is_split_into_headers_and_trailers() -> None:
     head, trailers, code = answer(block).split()
     assert head == ((b":status", b"200"), (b"content-type", b"application/grpc"))
     assert trailers == ((b"grpc-status", b"12"), (b"grpc-message", b"Method not found"), (b"x-error-bin", b"AQ"))
-    assert code is grpc.StatusCode.UNIMPLEMENTED
+    assert code is StatusCode.UNIMPLEMENTED
     assert with_message(block.fields, "mine", split=True) == [(b"grpc-status", b"12"), (b"x-error-bin", b"AQ"),
                                                               (b"grpc-message", b"mine")]
 
 
 def test_an_http_error_without_grpc_status_maps_like_grpc_clients_do() -> None:
     block = HeaderBlock(((b":status", b"503"), (b"content-type", b"text/plain")))
-    assert answer(block).code(b"503") is grpc.StatusCode.UNAVAILABLE
+    assert answer(block).code(b"503") is StatusCode.UNAVAILABLE
 
 
 def test_the_sidecars_own_status_is_percent_encoded() -> None:
-    assert status_fields(grpc.StatusCode.UNAVAILABLE, "down 100%") == ((b"grpc-status", b"14"),
+    assert status_fields(StatusCode.UNAVAILABLE, "down 100%") == ((b"grpc-status", b"14"),
                                                                        (b"grpc-message", b"down 100%25"))

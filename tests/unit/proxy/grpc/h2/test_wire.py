@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import zlib
 
-import grpc
 import pytest
 
 from sidecar.codec.bodies import request_bytes
@@ -24,6 +23,7 @@ from sidecar.proxy.grpc.h2.wire import (
 )
 from sidecar.proxy.grpc.methods import KNOWN_METHODS
 from sidecar.proxy.grpc.peek import ModelRef
+from sidecar.proxy.grpc.status import StatusCode
 
 PREDICT = KNOWN_METHODS["/tensorflow.serving.PredictionService/Predict"]
 PREDICT_M = b"\x0a\x0b\x0a\x01m\x12\x02\x08\x03\x1a\x02sd"  # PredictRequest {model_spec {name "m" version 3 ...}}
@@ -53,14 +53,14 @@ def test_timeouts_are_written_rounded_up_in_at_most_eight_digits(seconds: float,
 
 
 def test_statuses_follow_grpcs_mappings() -> None:
-    assert status_of(b"0") is grpc.StatusCode.OK and status_of(b"14") is grpc.StatusCode.UNAVAILABLE
-    assert status_of(b"99") is grpc.StatusCode.UNKNOWN and status_of(None) is grpc.StatusCode.UNKNOWN
-    assert status_of_reset(frames.REFUSED_STREAM) is grpc.StatusCode.UNAVAILABLE
-    assert status_of_reset(frames.CANCEL) is grpc.StatusCode.CANCELLED
-    assert status_of_reset(frames.PROTOCOL_ERROR) is grpc.StatusCode.INTERNAL
-    assert status_of_http(b"503") is grpc.StatusCode.UNAVAILABLE
-    assert status_of_http(b"404") is grpc.StatusCode.UNIMPLEMENTED
-    assert status_of_http(b"418") is grpc.StatusCode.UNKNOWN
+    assert status_of(b"0") is StatusCode.OK and status_of(b"14") is StatusCode.UNAVAILABLE
+    assert status_of(b"99") is StatusCode.UNKNOWN and status_of(None) is StatusCode.UNKNOWN
+    assert status_of_reset(frames.REFUSED_STREAM) is StatusCode.UNAVAILABLE
+    assert status_of_reset(frames.CANCEL) is StatusCode.CANCELLED
+    assert status_of_reset(frames.PROTOCOL_ERROR) is StatusCode.INTERNAL
+    assert status_of_http(b"503") is StatusCode.UNAVAILABLE
+    assert status_of_http(b"404") is StatusCode.UNIMPLEMENTED
+    assert status_of_http(b"418") is StatusCode.UNKNOWN
 
 
 def test_grpc_messages_are_percent_encoded_beyond_printable_ascii() -> None:
