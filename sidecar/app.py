@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.capture.ring import CaptureRing, CountingConsumer, Drainer, Tee
 from sidecar.config import Settings
+from sidecar.messages.records import CaptureRecord
 from sidecar.proxy.listener import Listener
 from sidecar.telemetry.admin import AdminServer, build_admin_app
 from sidecar.telemetry.drilldown import DrillDown
@@ -37,6 +39,7 @@ if TYPE_CHECKING:  # each part's module is imported only when the settings ask f
     from sidecar.analysis.pool import AnalysisPool
     from sidecar.export.payload_log import PayloadLog
     from sidecar.feedback.api import FeedbackService
+    from sidecar.fleet import ProxyFleet
 
 log = logging.getLogger(__name__)
 Stopper = Callable[[], Awaitable[object]]
@@ -77,6 +80,7 @@ class Sidecar:
         self.rest: Listener | None = None
         self.grpc: Listener | None = None
         self.admin: AdminServer | None = None
+        self.fleet: ProxyFleet | None = None
         self.drilldown = DrillDown(None, None)
         self.limit_metrics = LimitMetrics()
         self.registry.register(self.limit_metrics)
@@ -225,6 +229,24 @@ class Sidecar:
             events = getattr(grpc.engine, "limit_events", None)  # the h2 relay counts its limits; grpc.aio has none
             if events is not None:
                 self.limit_metrics.add("grpc", events)
+        if proxy.proxy_processes > 1:
+            await self._start_fleet(capture)
+
+    async def _start_fleet(self, capture: Callable[[CaptureRecord], None] | None) -> None:
+        """The other proxy processes, told the ports this one bound (settings may ask for port 0)."""
+        from sidecar.fleet import ProxyFleet
+
+        proxy = self.settings.proxy
+        bound = replace(
+            proxy,
+            listen_rest=(proxy.listen_rest[0], self.rest_port or 0) if proxy.listen_rest is not None else None,
+            listen_grpc=(proxy.listen_grpc[0], self.grpc_port or 0) if proxy.listen_grpc is not None else None)
+        local_routes = {"/v1/feedback": self.feedback.handle} if self.feedback is not None else None
+        fleet = self.fleet = ProxyFleet(replace(self.settings, proxy=bound), capture, self.request_metrics,
+                                        self.limit_metrics, local_routes)
+        async with _starting("--proxy-processes", proxy.proxy_processes):
+            await fleet.start()
+        self._on_stop("proxy processes", fleet.stop)
 
     async def _start_admin(self) -> None:
         self.drilldown = DrillDown(self.pool, self.feedback)

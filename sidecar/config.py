@@ -199,6 +199,8 @@ def _cross_check(settings: Settings) -> None:
         raise ConfigError("upstream_rest: off while listen_rest is on; set listen_rest to off too")
     if proxy.listen_grpc is not None and proxy.upstream_grpc is None:
         raise ConfigError("upstream_grpc: off while listen_grpc is on; set listen_grpc to off too")
+    if proxy.proxy_processes > 1 and proxy.listen_grpc is not None and proxy.grpc_engine != "h2":
+        raise ConfigError("proxy_processes: more than one needs grpc_engine h2 (grpc.aio cannot share its port)")
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

@@ -31,6 +31,15 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def name_process(name: str) -> None:
+    """The name `ps`, `top` and /proc/<pid>/comm show for this process (Linux; at most 15 characters)."""
+    try:
+        with open("/proc/self/comm", "w", encoding="ascii") as comm:
+            comm.write(name[:15])
+    except OSError:
+        pass
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
     from sidecar.telemetry.logs import configure
 

@@ -60,6 +60,10 @@ class ProxySettings:
     rest_stream_capture_bytes: int = option(
         1024**2, "bytes of a streamed REST response kept for the analysis; beyond, the capture record is marked "
                  "truncated (whole, non-streamed answers are captured whole)", parse_size(minimum=0))
+    proxy_processes: int = option(1, "processes accepting and forwarding requests on the same ports (SO_REUSEPORT; "
+                                  "the kernel spreads connections over them); the analysis, feedback store and admin "
+                                  "listener stay in the main process, which merges their metrics",
+                                  parse_int(1, 64))
     grpc_engine: str = option("h2", "gRPC proxy engine: h2 (asyncio HTTP/2 relay, fast) or aio (grpc.aio)",
                               parse_choice(*GRPC_ENGINES))
     # Limits of the h2 relay's client connections (sidecar/proxy/grpc/h2/limits.py); each one reached is counted in

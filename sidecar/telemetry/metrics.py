@@ -101,18 +101,44 @@ def _bound_text(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
+RequestCounts = tuple[dict[tuple[str, ...], int], dict[tuple[str, ...], list[float]],
+                      dict[tuple[str, ...], list[float]], dict[tuple[str, ...], list[float]],
+                      dict[tuple[str, ...], list[float]], dict[tuple[str, ...], int]]
+
+
+def _add_counts(into: dict[tuple[str, ...], int], counts: Mapping[tuple[str, ...], int]) -> None:
+    for key, value in counts.items():
+        into[key] = into.get(key, 0) + value
+
+
+def _add_rows(into: dict[tuple[str, ...], list[float]], rows: Mapping[tuple[str, ...], list[float]]) -> None:
+    for key, row in rows.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = list(row)
+        else:
+            for index, value in enumerate(row):
+                mine[index] += value
+
+
 class RequestMetrics(Collector):
-    """Traffic metrics of both proxies. `record` is the only call on the request path."""
+    """Traffic metrics of both proxies. `record` is the only call on the request path.
+
+    With `--proxy-processes`, each proxy process keeps its own and sends `counts()` to the main process, whose
+    instance `absorb`s them: its scrape is the sum of its own counts and every process's latest.
+    """
 
     def __init__(self, model_label_cap: int = 100) -> None:
         self.models = ModelLabels(model_label_cap)
         self.series = SeriesLabels(self.models)
-        self.requests: dict[tuple[str, str, str, str, str], int] = {}
+        self.requests: dict[tuple[str, ...], int] = {}
         self.duration = _Histograms(DURATION_BUCKETS)
         self.upstream = _Histograms(DURATION_BUCKETS)
         self.request_size = _Histograms(SIZE_BUCKETS)
         self.response_size = _Histograms(SIZE_BUCKETS)
-        self.upstream_errors: dict[tuple[str, str], int] = {}
+        self.upstream_errors: dict[tuple[str, ...], int] = {}
+        self._remote: dict[int, RequestCounts] = {}  # proxy process -> its latest cumulative counts
+        self._retired: list[RequestCounts] = []  # the last counts of proxy processes that exited
 
     def record(self, model: str, version: str, protocol: str, method: str, code: str, duration: float,
                upstream: float | None, request_bytes: int, response_bytes: int) -> None:
@@ -131,7 +157,48 @@ class RequestMetrics(Collector):
         pair = (protocol, reason)
         self.upstream_errors[pair] = self.upstream_errors.get(pair, 0) + 1
 
+    def counts(self) -> RequestCounts:
+        """A copy of every count, cumulative since this process started."""
+        return (dict(self.requests), {k: list(v) for k, v in self.duration.series.items()},
+                {k: list(v) for k, v in self.upstream.series.items()},
+                {k: list(v) for k, v in self.request_size.series.items()},
+                {k: list(v) for k, v in self.response_size.series.items()}, dict(self.upstream_errors))
+
+    def absorb(self, source: int, counts: RequestCounts) -> None:
+        """The latest cumulative counts of proxy process `source`."""
+        self._remote[source] = counts
+
+    def requests_by_process(self) -> dict[int, int]:
+        """Requests counted by this process (0) and by each proxy process that reports to it."""
+        totals = {0: sum(self.requests.values())}
+        totals.update({source: sum(counts[0].values()) for source, counts in self._remote.items()})
+        return totals
+
+    def retire(self, source: int) -> None:
+        """Proxy process `source` exited: its last counts stay in the totals (counters never go down)."""
+        counts = self._remote.pop(source, None)
+        if counts is not None:
+            self._retired.append(counts)
+
+    def _merged(self) -> RequestMetrics:
+        others = [*self._remote.values(), *self._retired]
+        if not others:
+            return self
+        merged = RequestMetrics()
+        for counts in [self.counts(), *others]:
+            requests, duration, upstream, request_size, response_size, errors = counts
+            _add_counts(merged.requests, requests)
+            _add_rows(merged.duration.series, duration)
+            _add_rows(merged.upstream.series, upstream)
+            _add_rows(merged.request_size.series, request_size)
+            _add_rows(merged.response_size.series, response_size)
+            _add_counts(merged.upstream_errors, errors)
+        return merged
+
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        yield from self._merged()._families()
+
+    def _families(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         labels = ["model", "version", "protocol", "method"]
         requests = CounterMetricFamily("sidecar_requests", "Proxied requests by model, version (number or label "
                                        "the request names; empty when none), protocol, method and response code "
@@ -240,17 +307,21 @@ class LimitMetrics:
             "relay's stream, reset, control/empty-frame, buffer, preface and idle limits), by protocol and limit.")
 
     def __init__(self) -> None:
-        self._sources: dict[str, Mapping[str, int]] = {}
+        self._sources: list[tuple[str, Mapping[str, int]]] = []
 
     def add(self, protocol: str, events: Mapping[str, int]) -> None:
-        self._sources[protocol] = events
+        """Counts of one listener (several listeners of a protocol, one per proxy process, add up)."""
+        self._sources.append((protocol, events))
 
     def describe(self) -> Iterable[CounterMetricFamily]:
         return [CounterMetricFamily(self.NAME, self.HELP, labels=["protocol", "limit"])]
 
     def collect(self) -> Iterable[CounterMetricFamily]:
         family = CounterMetricFamily(self.NAME, self.HELP, labels=["protocol", "limit"])
-        for protocol, events in sorted(self._sources.items()):
-            for limit, count in sorted(events.items()):
-                family.add_metric([protocol, limit], float(count))
+        totals: dict[tuple[str, str], int] = {}
+        for protocol, events in self._sources:
+            for limit, count in list(events.items()):
+                totals[(protocol, limit)] = totals.get((protocol, limit), 0) + count
+        for (protocol, limit), count in sorted(totals.items()):
+            family.add_metric([protocol, limit], float(count))
         return [family]

@@ -172,7 +172,7 @@ class RestProxy:
         limits = self.limits
         self._server = await loop.create_server(
             lambda: RestClientConnection(self, max_body, loop, self.connections, limits), host or None, port,
-            reuse_address=True, backlog=1024)
+            reuse_address=True, reuse_port=settings.proxy_processes > 1 or None, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
         self._limits_sweeper = loop.create_task(self._enforce_limits(), name="rest-client-limits")
         _check_file_limit(limits.max_connections)

@@ -104,7 +104,8 @@ class H2GrpcProxy:
         connections = self._connections
         host, port = settings.listen_grpc
         try:
-            server = await loop.create_server(lambda: H2ClientConnection(relay, connections, batch), host, port)
+            server = await loop.create_server(lambda: H2ClientConnection(relay, connections, batch), host, port,
+                                              reuse_port=settings.proxy_processes > 1 or None)
         except OSError as exc:
             await pool.close()
             raise OSError(exc.errno, f"cannot listen for gRPC on {self.listen_address}: "
