@@ -29,9 +29,10 @@ _TRUE = {"1", "true", "yes"}
 def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
                     monitor: MonitorLookup | None = None, monitor_index: MonitorIndex | None = None,
                     reset_reference: ReferenceReset | None = None, token: str | None = None) -> web.Application:
-    """With `token`, every route but the probes and the page's static files needs `Authorization: Bearer <token>` (401 otherwise); without it,
-    the routes that change state (`DELETE /v1/monitor/{model}/reference`) are refused (403). `monitor(model,
-    extremes)` answers the drill-down; `?extremes=true` keeps single raw values (feature min and max)."""
+    """With `token`, every route but the probes and the monitoring page's static files needs `Authorization: Bearer
+    <token>` (401 otherwise); without it, the routes that change state (`DELETE /v1/monitor/{model}/reference`) are
+    refused (403). `monitor(model, extremes)` answers the drill-down; `?extremes=true` keeps single raw values
+    (feature min and max)."""
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
