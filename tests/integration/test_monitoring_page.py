@@ -1,21 +1,25 @@
 """The monitoring page in a real headless Chromium, in front of the real sidecar and the numpy testbed: demo-like
 traffic (a reference, a shifted phase, feedback) shows up as models with their status, drawn charts,
 reference-versus-current distributions and a confusion matrix, with no console error; with an admin token set, the
-page asks for it once and then works."""
+page asks for it once and then works; when the history route answers, its buckets are drawn too."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from sidecar.app import Sidecar
 from sidecar.config import from_mapping
+from sidecar.telemetry.admin import AdminServer, build_admin_app
+from sidecar.telemetry.metrics import new_registry
 from sidecar.telemetry.tracing import disabled
 from tests.support.browser import console_errors, headless_chromium
 from tests.support.testbed import TestbedProcess, running_testbed
@@ -177,3 +181,53 @@ def _submit_token(driver: Any, token: str) -> None:
     field.clear()
     field.send_keys(token)
     driver.find_element("css selector", "#token-form button[type=submit]").click()
+
+
+def contract_history(now: float, cursor: str | None) -> dict[str, Any]:
+    """Answers shaped as the history API's contract: two pages of 60 s buckets, the second after `next`."""
+    def bucket(i: int) -> dict[str, Any]:
+        start = now - 600 + 60 * i
+        return {"start": start, "end": start + 60, "instances": 600, "requests": 60,
+                "inputs": {"x[0]": {"kind": "numeric", "count": 600, "missing": 0, "mean": 0.1 * i, "std": 1.0,
+                                    "min": -3.0, "p5": -1.6, "p50": 0.1, "p95": 1.7, "max": 3.3}},
+                "outputs": {"task": "classification", "classes": {"0": {"count": 600, "mean_probability": 0.8}}},
+                "labels": {"count": 50, "classes": {"0": 50}, "accuracy": 0.9 - 0.05 * i, "f1": 0.8},
+                "drift": {"feature_drift": {"windows": 1, "drifted": int(i > 2), "min_p_value": 10.0 ** -i}},
+                "outliers": {"mahalanobis": {"instances": 600, "outliers": 6 * i}}}
+    if cursor is None:
+        return {"model": "classifier", "bucket": {"kind": "time", "seconds": 60.0},
+                "buckets": [bucket(i) for i in range(3)], "next": "page-2"}
+    return {"model": "classifier", "bucket": {"kind": "time", "seconds": 60.0},
+            "buckets": [bucket(i) for i in range(3, 6)], "next": None}
+
+
+async def test_history_buckets_are_drawn_when_the_history_route_answers(tmp_path: Path) -> None:
+    """The history route (another part of the admin listener) is stood in for by its contract's answers; the page,
+    the thing under test, follows `next` and draws every bucket."""
+    asked: list[dict[str, str]] = []
+
+    @web.middleware
+    async def history(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path != "/v1/monitor/classifier/history":
+            return await handler(request)
+        asked.append(dict(request.query))
+        return web.json_response(contract_history(time.time(), request.query.get("cursor")))
+
+    app = build_admin_app(new_registry(), None, lambda model, extremes: {"model": model}, lambda: ["classifier"])
+    app.middlewares.append(history)
+    server = AdminServer(app, "127.0.0.1", 0)
+    await server.start()
+    try:
+        with headless_chromium() as driver:
+            await asyncio.to_thread(driver.get, f"http://127.0.0.1:{server.port}/?interval=1")
+            status = await until(lambda: (lambda text: text if text.startswith("History:") else None)(
+                driver.find_element("id", "history-status").text), "the history status")
+            assert status.startswith("History: 6 buckets of 60 s"), status
+            dashed = driver.execute_script("""return Object.fromEntries([...document.querySelectorAll('.chart')].map(
+                c => [c.id, [...c.querySelectorAll('path.series.dashed')].map(p => Number(p.dataset.points))]))""")
+            assert dashed["chart-traffic"] == [6] and dashed["chart-drift"] == [6], dashed
+            assert dashed["chart-outliers"] == [6] and dashed["chart-quality"] == [6], dashed
+            assert console_errors(driver) == []
+        assert "from" in asked[0] and "to" in asked[0] and asked[1]["cursor"] == "page-2"
+    finally:
+        await server.stop()
