@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=(redis-server prometheus)
+# chromium and chromium-driver: the headless browser of the monitoring page's tests (tests/support/browser.py)
+debian_packages=(redis-server prometheus chromium chromium-driver)
 missing=()
 for package in "${debian_packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -135,6 +135,8 @@ async def _demo(args: argparse.Namespace) -> None:
         print(f"sidecar up: REST {base}  gRPC 127.0.0.1:{sidecar.grpc_port}  metrics {admin}/metrics  "
               f"drill-down {admin}/v1/monitor/{MODEL}  (testbed: REST 127.0.0.1:{rest_port}, gRPC "
               f"127.0.0.1:{grpc_port})", flush=True)
+        print(f"monitoring page: {admin}/  (open it in a browser: the models, drift, outliers and quality, live)",
+              flush=True)
         tally = Tally()
         started = loop.time()
         async with aiohttp.ClientSession() as session:
@@ -292,4 +294,4 @@ async def _summary(session: aiohttp.ClientSession, admin: str, tally: Tally) -> 
         for detector, window in detectors.items():
             if isinstance(window, dict):
                 print(f"  latest window, {detector}: drift={window.get('drift')} p={window.get('p_value')}")
-    print(json.dumps({"drill_down": f"{admin}/v1/monitor/{MODEL}"}))
+    print(json.dumps({"drill_down": f"{admin}/v1/monitor/{MODEL}", "monitoring_page": f"{admin}/"}))

@@ -1,4 +1,5 @@
-"""Admin listener: /metrics (Prometheus text, OpenMetrics on request), /healthz, /readyz and the monitor drill-down."""
+"""Admin listener: /metrics (Prometheus text, OpenMetrics on request), /healthz, /readyz, the monitor drill-down and
+the monitoring page (`/`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from sidecar.telemetry.health import UpstreamHealth
+from sidecar.telemetry.monitoring_page import add_page_routes, is_page_path
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -27,14 +29,15 @@ _TRUE = {"1", "true", "yes"}
 def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
                     monitor: MonitorLookup | None = None, monitor_index: MonitorIndex | None = None,
                     reset_reference: ReferenceReset | None = None, token: str | None = None) -> web.Application:
-    """With `token`, every route but the probes needs `Authorization: Bearer <token>` (401 otherwise); without it,
-    the routes that change state (`DELETE /v1/monitor/{model}/reference`) are refused (403). `monitor(model,
-    extremes)` answers the drill-down; `?extremes=true` keeps single raw values (feature min and max)."""
+    """With `token`, every route but the probes and the monitoring page's static files needs `Authorization: Bearer
+    <token>` (401 otherwise); without it, the routes that change state (`DELETE /v1/monitor/{model}/reference`) are
+    refused (403). `monitor(model, extremes)` answers the drill-down; `?extremes=true` keeps single raw values
+    (feature min and max)."""
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token is not None and request.path not in OPEN_PATHS and not bearer_matches(
-                request.headers.get("Authorization", ""), token):
+        open_path = request.path in OPEN_PATHS or is_page_path(request.path)
+        if token is not None and not open_path and not bearer_matches(request.headers.get("Authorization", ""), token):
             return web.json_response({"error": "missing or wrong bearer token"}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer realm="sidecar-admin"'})
         return await handler(request)
@@ -83,6 +86,7 @@ def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
     app.router.add_get("/v1/monitor", monitor_list)
     app.router.add_get("/v1/monitor/{model}", monitor_model)
     app.router.add_delete("/v1/monitor/{model}/reference", reference_reset)
+    add_page_routes(app)
     return app
 
 
@@ -122,7 +126,8 @@ class AdminServer:
         sockets = getattr(site._server, "sockets", None)
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        log.info("admin listener on %s:%d (/metrics, /healthz, /readyz, /v1/monitor)", self.host, self.port)
+        log.info("admin listener on %s:%d (monitoring page /, /metrics, /healthz, /readyz, /v1/monitor)", self.host,
+                 self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:

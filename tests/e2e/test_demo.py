@@ -20,6 +20,7 @@ def test_the_demo_shows_traffic_drift_and_quality_then_stops_cleanly() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "sidecar up: REST http://127.0.0.1:" in out
+    assert "monitoring page: http://127.0.0.1:" in out
     assert "] stable  rest=" in out and "] shifted rest=" in out
     last = [line for line in out.splitlines() if "] shifted rest=" in line][-1]
     assert int(last.split(" grpc=")[1].split()[0]) > 0  # both protocols carry the traffic
