@@ -69,10 +69,7 @@ class _Lane:
         self.session: aiohttp.ClientSession | None = None
         self.channel: grpc.aio.Channel | None = None
         self.calls: dict[str, Any] = {}
-        self.unreachable_in_a_row = 0
-        self.down_until = 0.0
-        self.down_seconds = DOWN_SECONDS
-        self.told_down = False
+        self.breakers = {PROTOCOL_REST: _Breaker(), PROTOCOL_GRPC: _Breaker()}
 
     def start(self) -> None:
         settings = self.sender.settings
@@ -122,7 +119,8 @@ class _Lane:
                 await self.wake.wait()
             while self.queue and self.inflight < concurrency:
                 record, target = self.queue.popleft()
-                if time.monotonic() < self.down_until:  # not connecting for a while: counted, not sent
+                breaker = self.breakers.get(record.protocol)
+                if breaker is not None and time.monotonic() < breaker.down_until:  # counted, not sent
                     self.sender.count(record.model, self.target.name, "unreachable")
                     continue
                 self.inflight += 1
@@ -150,7 +148,7 @@ class _Lane:
                 outcome = "unsupported"
                 return
             outcome = "ok" if ok else "error"
-            self._reachable()
+            self._reachable(record.protocol)
         except Unsupported as exc:
             outcome = "unsupported"
             log.debug("shadow %s: %s", target.name, exc)
@@ -158,13 +156,13 @@ class _Lane:
             outcome = "timeout"
         except (aiohttp.ClientConnectionError, OSError):
             outcome = "unreachable"
-            self._unreachable()
+            self._unreachable(record.protocol)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             outcome = "timeout" if code == grpc.StatusCode.DEADLINE_EXCEEDED else (
                 "unreachable" if code == grpc.StatusCode.UNAVAILABLE else "error")
             if outcome == "unreachable":
-                self._unreachable()
+                self._unreachable(record.protocol)
         except asyncio.CancelledError:
             raise
         except Exception:  # a shadow must never break anything else
@@ -194,22 +192,33 @@ class _Lane:
                               metadata=(("x-sidecar-shadow", "1"),))
         return 0, bytes(response)
 
-    def _unreachable(self) -> None:
-        self.unreachable_in_a_row += 1
-        if self.unreachable_in_a_row >= DOWN_AFTER:
-            self.down_until = time.monotonic() + self.down_seconds
-            if not self.told_down:
-                self.told_down = True
-                log.warning("shadow %s is unreachable; mirrored calls are counted as unreachable without being "
-                            "sent, retrying every %.1f-%.0f s", self.target.name, DOWN_SECONDS, DOWN_MAX_SECONDS)
-            self.down_seconds = min(DOWN_MAX_SECONDS, self.down_seconds * 2)
+    def _unreachable(self, protocol: str) -> None:
+        breaker = self.breakers[protocol]
+        breaker.in_a_row += 1
+        if breaker.in_a_row >= DOWN_AFTER:
+            breaker.down_until = time.monotonic() + breaker.seconds
+            if not breaker.told:
+                breaker.told = True
+                log.warning("shadow %s (%s) is unreachable; its mirrored calls are counted as unreachable without "
+                            "being sent, retrying every %.1f-%.0f s", self.target.name, protocol, DOWN_SECONDS,
+                            DOWN_MAX_SECONDS)
+            breaker.seconds = min(DOWN_MAX_SECONDS, breaker.seconds * 2)
 
-    def _reachable(self) -> None:
-        if self.told_down:
-            log.info("shadow %s answers again", self.target.name)
-        self.unreachable_in_a_row = 0
-        self.down_seconds = DOWN_SECONDS
-        self.told_down = False
+    def _reachable(self, protocol: str) -> None:
+        breaker = self.breakers[protocol]
+        if breaker.told:
+            log.info("shadow %s (%s) answers again", self.target.name, protocol)
+        breaker.in_a_row, breaker.seconds, breaker.told = 0, DOWN_SECONDS, False
+
+
+class _Breaker:
+    """Whether a shadow's endpoint is skipped for a while after calls in a row found it unreachable."""
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+        self.down_until = 0.0
+        self.seconds = DOWN_SECONDS
+        self.told = False
 
 
 def _queued(lane: _Lane) -> float:
