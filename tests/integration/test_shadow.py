@@ -208,3 +208,37 @@ async def test_a_dead_slow_or_failing_shadow_costs_the_clients_nothing_and_is_co
         await sidecar.stop()
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_canary_and_stable_versions_get_output_drift_against_the_baseline_and_quality_each(
+        testbed: Any, tmp_path: Path) -> None:
+    sidecar = Sidecar(from_mapping(base_settings(testbed, tmp_path, models={"classifier": {"by_version": True}})))
+    await sidecar.start()
+    try:
+        registry = sidecar.registry
+        stable_rows, stable_truth = classifier_batch(2 * WINDOW, seed=26)
+        canary_rows, canary_truth = classifier_batch(2 * WINDOW, seed=27, drift=1.5)  # other inputs, other outputs
+        async with aiohttp.ClientSession() as session:
+            stable_ids = await post_through(session, sidecar, "classifier", stable_rows, "/labels/stable")
+            canary_ids = await post_through(session, sidecar, "classifier", canary_rows, "/labels/canary")
+            labels = {"model": "classifier", "version": "classifier@canary"}
+            await eventually(lambda: metric(registry, "sidecar_version_output_drift_checks_total", **labels) >= 1)
+            assert metric(registry, "sidecar_version_output_drift_detected", baseline="classifier@stable",
+                          **labels) == 1
+            stable_pred = np.argmax(await direct_rest(session, testbed, "classifier", 1, stable_rows), axis=1)
+            canary_pred = np.argmax(await direct_rest(session, testbed, "classifier", 2, canary_rows), axis=1)
+            for ids, truth in ((stable_ids, stable_truth), (canary_ids, canary_truth)):
+                for number, prediction_id in enumerate(ids):
+                    async with session.post(f"http://127.0.0.1:{sidecar.rest_port}/v1/feedback", json={
+                            "prediction_id": prediction_id,
+                            "truth": truth[number * 50:(number + 1) * 50].tolist()}) as response:
+                        assert response.status == 200, await response.text()
+            async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/classifier") as response:
+                snapshot = await response.json()
+        canary = snapshot["versions"]["classifier@canary"]
+        assert canary["baseline"] == "classifier@stable" and canary["drift"] is True
+        assert "stable" in canary["baseline_source"]
+        assert canary["quality"]["version"]["accuracy"] == pytest.approx(accuracy_score(canary_truth, canary_pred))
+        assert canary["quality"]["baseline"]["accuracy"] == pytest.approx(accuracy_score(stable_truth, stable_pred))
+    finally:
+        await sidecar.stop()
