@@ -21,7 +21,8 @@ def test_a_renamed_model_is_asked_without_the_requests_version_unless_one_is_con
         "/v1/models/iris_next:classify")
     assert rest_path("tfserving", "predict", naming("iris", "", "stable", None, "canary")) == (
         "/v1/models/iris/labels/canary:predict")
-    assert rest_path("v2", "infer", naming("iris", "", "", "iris next", "7")) == "/v2/models/iris%20next/versions/7/infer"
+    assert rest_path("v2", "infer", naming("iris", "", "", "iris next", "7")) == (
+        "/v2/models/iris%20next/versions/7/infer")
     with pytest.raises(Unsupported):
         rest_path("tfserving", "metadata", naming("iris", "", "", None, ""))
     with pytest.raises(Unsupported):

@@ -90,7 +90,7 @@ def test_a_canary_version_is_tested_against_the_stable_one(tmp_path: Path) -> No
     state = AnalysisState(0, AnalysisSettings(reference_size=50, window_size=60, analysis_by_version=True), tmp_path)
     rng = np.random.default_rng(4)
     results: list[Result] = []
-    for number in range(10):
+    for _ in range(10):
         stable = rest_record("iris", rng.normal(size=(8, FEATURES)))._replace(label="stable")
         canary = rest_record("iris", rng.normal(size=(8, FEATURES)) + 2.0)._replace(label="canary")
         out, _, _ = state.process([stable, canary])
