@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "analysis": {"messages", "capture", "worker", "telemetry", "options"},
     "feedback": {"messages", "proxy", "telemetry", "options"},
     "telemetry": {"options"},
-    "shadow": {"messages", "capture", "options", "telemetry"},
+    "shadow": {"messages", "options", "telemetry"},
 }
 
 
