@@ -7,9 +7,12 @@ the mirrored calls, and recent latencies of both sides for their percentiles.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from sidecar.telemetry.metrics import ModelLabels
 
@@ -19,13 +22,14 @@ RECENT_LATENCIES = 1000  # per side, kept for the drill-down's percentiles
 
 
 class ShadowMetrics:
+    """The shadow sender's metrics. Outcomes are plain counts in `stats` (a counter's labelled child costs a lock
+    and a lookup per call, and a dead shadow's calls are counted at the request rate), read at scrape time."""
+
     def __init__(self, registry: CollectorRegistry, model_label_cap: int) -> None:
         self.models = ModelLabels(model_label_cap)
+        self.stats: dict[tuple[str, str], ShadowStats] = {}  # (model label, shadow) -> its numbers
         r = registry
-        self.requests = Counter("sidecar_shadow_requests", "Inference calls mirrored to a shadow, by outcome (ok, "
-                                "error: the shadow answered an error, timeout, unreachable, dropped: its queue was "
-                                "full, unsupported: no shadow endpoint for the call's protocol).",
-                                ["model", "shadow", "outcome"], registry=r)
+        r.register(_Outcomes(self.stats))
         self.primary_errors = Counter("sidecar_shadow_primary_errors", "Mirrored calls the primary model server "
                                       "answered with an error (next to the shadow's errors).", ["model", "shadow"],
                                       registry=r)
@@ -37,6 +41,21 @@ class ShadowMetrics:
                               registry=r)
         self.threshold = Gauge("sidecar_shadow_agreement_threshold", "Agreement below which a shadow is flagged "
                                "(shadow_min_agreement).", registry=r)
+
+
+class _Outcomes(Collector):
+    def __init__(self, stats: dict[tuple[str, str], ShadowStats]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("sidecar_shadow_requests", "Inference calls mirrored to a shadow, by outcome "
+                                     "(ok, error: the shadow answered an error, timeout, unreachable, dropped: its "
+                                     "queue was full, unsupported: no shadow endpoint for the call's protocol).",
+                                     labels=["model", "shadow", "outcome"])
+        for (model, shadow), stats in list(self.stats.items()):
+            for outcome, count in list(stats.outcomes.items()):
+                family.add_metric([model, shadow, outcome], count)
+        yield family
 
 
 class ShadowStats:

@@ -44,6 +44,7 @@ DOWN_AFTER = 3  # unreachable calls in a row before a lane stops connecting for 
 DOWN_SECONDS = 0.5
 DOWN_MAX_SECONDS = 10.0
 MAX_CACHED_MODELS = 10_000
+TAKEN_PER_TURN = 64  # queued calls a lane handles before it lets the loop run other work
 _HASH_SPACE = float(1 << 32)
 
 
@@ -103,6 +104,10 @@ class _Lane:
             await self.channel.close()
 
     def put(self, record: CaptureRecord, target: ShadowTarget) -> None:
+        breaker = self.breakers.get(record.protocol)
+        if breaker is not None and breaker.down_until and time.monotonic() < breaker.down_until:
+            self.sender.count(record.model, self.target.name, "unreachable")  # not connecting for a while
+            return
         queue = self.queue
         if len(queue) >= self.sender.settings.shadow_queue_max:
             old, _ = queue.popleft()
@@ -117,7 +122,9 @@ class _Lane:
             if not self.queue:
                 self.wake.clear()
                 await self.wake.wait()
-            while self.queue and self.inflight < concurrency:
+            taken = 0
+            while self.queue and self.inflight < concurrency and taken < TAKEN_PER_TURN:
+                taken += 1
                 record, target = self.queue.popleft()
                 breaker = self.breakers.get(record.protocol)
                 if breaker is not None and time.monotonic() < breaker.down_until:  # counted, not sent
@@ -130,6 +137,8 @@ class _Lane:
             if self.inflight >= concurrency:
                 self.room.clear()
                 await self.room.wait()
+            elif taken >= TAKEN_PER_TURN:
+                await asyncio.sleep(0)  # requests waiting on the loop go first
 
     async def _send(self, record: CaptureRecord, target: ShadowTarget) -> None:
         started = time.perf_counter()
@@ -240,7 +249,7 @@ class ShadowSender:
         self.max_message_bytes = max_message_bytes
         self.metrics = ShadowMetrics(registry, model_label_cap)
         self.metrics.threshold.set(settings.shadow_min_agreement)
-        self.stats: dict[tuple[str, str], ShadowStats] = {}
+        self.stats = self.metrics.stats
         self._lanes: dict[ShadowTarget, _Lane] = {}
         self._routes: dict[str, tuple[_Lane, ShadowTarget] | None] = {}
         self._started = False
@@ -291,9 +300,8 @@ class ShadowSender:
         return route
 
     def count(self, model: str, shadow: str, outcome: str) -> None:
-        self.metrics.requests.labels(self.metrics.models(model), shadow, outcome).inc()
-        stats = self._stats(model, shadow)
-        stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + 1
+        outcomes = self._stats(model, shadow).outcomes
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
     def finished(self, record: CaptureRecord, shadow: str, outcome: str, status: int, body: bytes,
                  seconds: float) -> None:
