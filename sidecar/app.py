@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # each part's module is imported only when the settings ask f
     from sidecar.export.payload_log import PayloadLog
     from sidecar.feedback.api import FeedbackService
     from sidecar.fleet import ProxyFleet
+    from sidecar.shadow.sender import ShadowSender
 
 log = logging.getLogger(__name__)
 Stopper = Callable[[], Awaitable[object]]
@@ -76,6 +77,7 @@ class Sidecar:
         self.pool: AnalysisPool | None = None
         self.feedback: FeedbackService | None = None
         self.payload_log: PayloadLog | None = None
+        self.shadow: ShadowSender | None = None
         self.health: UpstreamHealth | None = None
         self.rest: Listener | None = None
         self.grpc: Listener | None = None
@@ -121,6 +123,7 @@ class Sidecar:
         if settings.capture.capture_enabled:
             await self._start_analysis(state_dir)
             await self._start_payload_log()
+        await self._start_shadow()
         await self._start_health()
         await self._start_proxies()
         await self._start_admin()
@@ -179,6 +182,21 @@ class Sidecar:
         self.tee.add(ring)
         if self.feedback is not None:
             self.feedback.set_event_sink(payload_log.feedback_event)
+
+    async def _start_shadow(self) -> None:
+        """Mirror inference calls to the shadows when any is configured: one more capture target; its paired
+        answers go to the analysis (when it runs)."""
+        if not self.settings.shadow.enabled:
+            return
+        from sidecar.shadow.sender import ShadowSender
+
+        shadow = self.shadow = ShadowSender(self.settings.shadow, self.registry,
+                                            self.pool.append if self.pool is not None else None,
+                                            model_label_cap=self.settings.telemetry.model_label_cap,
+                                            max_message_bytes=self.settings.proxy.grpc_max_message_bytes)
+        await shadow.start()
+        self._on_stop("shadow", shadow.stop)
+        self.tee.add(shadow)
 
     async def _start_anodot(self, state_dir: Path) -> None:
         export = self.settings.export
@@ -249,7 +267,7 @@ class Sidecar:
         self._on_stop("proxy processes", fleet.stop)
 
     async def _start_admin(self) -> None:
-        self.drilldown = DrillDown(self.pool, self.feedback)
+        self.drilldown = DrillDown(self.pool, self.feedback, self.shadow)
         listen = self.settings.telemetry.listen_admin
         if listen is None:
             return

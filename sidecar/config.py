@@ -20,6 +20,7 @@ from sidecar.export.settings import ExportSettings
 from sidecar.feedback.settings import FeedbackSettings
 from sidecar.options import format_duration, format_size, option, parse_choice, parse_str
 from sidecar.proxy.settings import ProxySettings
+from sidecar.shadow.settings import ShadowSettings
 from sidecar.telemetry.settings import TelemetrySettings
 from sidecar.worker.settings import AnalysisSettings
 
@@ -47,6 +48,7 @@ class Settings:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
 
     @property
     def state_path(self) -> Path:
@@ -74,7 +76,8 @@ def _all_options() -> dict[str, tuple[str, Any]]:
 
 _SECTION_TITLES = {"general": "general", "proxy": "proxying (REST and gRPC)", "capture": "capture",
                    "telemetry": "admin listener, metrics and tracing", "analysis": "analysis (drift, outliers, data "
-                   "quality)", "feedback": "feedback and the prediction store", "export": "payload log and Anodot"}
+                   "quality)", "feedback": "feedback and the prediction store", "export": "payload log and Anodot",
+                   "shadow": "shadow mirroring (a new model beside the serving one)"}
 _METAVARS = {"parse_size": "SIZE", "parse_duration": "DURATION", "parse_bool": "BOOL", "parse_int": "N",
              "parse_float": "NUMBER", "parse_hostport": "HOST:PORT", "parse_http_url": "URL", "parse_choice": "CHOICE",
              "parse_mapping": "YAML", "parse_str_list": "LIST"}
@@ -192,6 +195,10 @@ def _cross_check(settings: Settings) -> None:
         settings.analysis.check()
     except ValueError as exc:
         raise ConfigError(f"models/window settings: {exc}") from None
+    try:
+        settings.shadow.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     proxy = settings.proxy
     if proxy.listen_rest is None and proxy.listen_grpc is None:
         raise ConfigError("listen_rest/listen_grpc: both are off; nothing would be proxied")

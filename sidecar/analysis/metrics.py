@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sidecar.analysis.counted_histogram import CountedHistogram
 from sidecar.analysis.feature_gauges import ALL_FEATURES, WorstFeatureGauges
 from sidecar.messages.results import (
+    DIFF_BUCKETS,
     LAG_BUCKETS,
     SCORE_BUCKETS,
     BatchDone,
@@ -27,10 +28,13 @@ from sidecar.messages.results import (
     OutlierBatch,
     QualityBatch,
     Result,
+    ShadowBatch,
+    VersionDrift,
 )
 from sidecar.telemetry.metrics import OTHER_MODELS, ModelLabels
 
 OTHER_FEATURES = "__other__"
+MAX_CLASS_LABELS = 20  # classes per model and shadow with their own label in the shadow confusion matrix
 DETECTOR_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     30.0)
 
@@ -117,6 +121,41 @@ class AnalysisMetrics:
         self._decided: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = {}  # model -> decision series set
         self.workers_alive = Gauge("sidecar_analysis_workers_alive", "Analysis worker processes running.",
                                    registry=r)
+        self.shadow_pairs = Counter("sidecar_shadow_compared_instances", "Instances answered by both the primary "
+                                    "and its shadow, compared.", ["model", "shadow"], registry=r)
+        self.shadow_agreed = Counter("sidecar_shadow_agreed_instances", "Compared instances given the same class "
+                                     "by the primary and its shadow (classification).", ["model", "shadow"],
+                                     registry=r)
+        self.shadow_unmatched = Counter("sidecar_shadow_unmatched_instances", "Shadow answers that could not be "
+                                        "compared with the primary's (instance counts or output shapes differ).",
+                                        ["model", "shadow"], registry=r)
+        self.shadow_agreement = Gauge("sidecar_shadow_agreement", "Share of the latest window_size compared "
+                                      "instances given the same class by the primary and its shadow.",
+                                      ["model", "shadow"], registry=r)
+        self.shadow_confusion = Counter("sidecar_shadow_confusion", "Compared instances by the primary's class and "
+                                        "the shadow's (classes beyond 20 per model fold into __other__).",
+                                        ["model", "shadow", "primary_class", "shadow_class"], registry=r)
+        self.shadow_abs_diff = CountedHistogram("sidecar_shadow_absolute_difference", "|shadow - primary| per "
+                                                "compared instance (regression).", ["model", "shadow"], DIFF_BUCKETS,
+                                                registry=r)
+        self.shadow_rel_diff = CountedHistogram("sidecar_shadow_relative_difference", "|shadow - primary| / "
+                                                "|primary| per compared instance (regression).", ["model", "shadow"],
+                                                DIFF_BUCKETS, registry=r)
+        self.shadow_drift = Gauge("sidecar_shadow_output_drift_detected", "1 when the shadow's outputs drifted from "
+                                  "the primary's on the same inputs in the latest paired window, else 0.",
+                                  ["model", "shadow"], registry=r)
+        self.shadow_drift_p = Gauge("sidecar_shadow_output_drift_p_value", "p-value of the latest paired window's "
+                                    "output drift test (shadow against primary).", ["model", "shadow"], registry=r)
+        self.version_drift = Gauge("sidecar_version_output_drift_detected", "1 when a version's latest outputs "
+                                   "drifted from its baseline version's, else 0.", ["model", "version", "baseline"],
+                                   registry=r)
+        self.version_drift_p = Gauge("sidecar_version_output_drift_p_value", "p-value of a version's latest outputs "
+                                     "tested against its baseline version's.", ["model", "version", "baseline"],
+                                     registry=r)
+        self.version_checks = Counter("sidecar_version_output_drift_checks", "Version output windows tested "
+                                      "against the baseline.", ["model", "version"], registry=r)
+        self.shadow_classes = FeatureLabels(MAX_CLASS_LABELS)
+        self._baselines: dict[tuple[str, str], str] = {}
 
     def apply(self, result: Result) -> None:
         if isinstance(result, BatchDone):
@@ -135,6 +174,44 @@ class AnalysisMetrics:
             self._quality(result)
         elif isinstance(result, ModelError):
             self.errors.labels(self.models(result.model)).inc()
+        elif isinstance(result, ShadowBatch):
+            self._shadow(result)
+        elif isinstance(result, VersionDrift):
+            self._version(result)
+
+    def _shadow(self, batch: ShadowBatch) -> None:
+        model, shadow = self.models(batch.model), batch.shadow
+        if batch.pairs:
+            self.shadow_pairs.labels(model, shadow).inc(batch.pairs)
+        if batch.unmatched:
+            self.shadow_unmatched.labels(model, shadow).inc(batch.unmatched)
+        if batch.agreement is not None:
+            self.shadow_agreed.labels(model, shadow).inc(batch.agreed)
+            self.shadow_agreement.labels(model, shadow).set(batch.agreement)
+        with self._lock:
+            confusion = [(self.shadow_classes(f"{model}~{shadow}", first),
+                          self.shadow_classes(f"{model}~{shadow}", second), count)
+                         for (first, second), count in batch.confusion.items()]
+        for first, second, count in confusion:
+            self.shadow_confusion.labels(model, shadow, first, second).inc(count)
+        if batch.task == "regression":
+            self.shadow_abs_diff.add((model, shadow), batch.abs_diff)
+            self.shadow_rel_diff.add((model, shadow), batch.rel_diff)
+        if batch.drift is not None:
+            self.shadow_drift.labels(model, shadow).set(1 if batch.drift["drift"] else 0)
+            self.shadow_drift_p.labels(model, shadow).set(batch.drift["p_value"])
+
+    def _version(self, result: VersionDrift) -> None:
+        model, version = self.models(result.model), result.version
+        previous = self._baselines.get((model, version))
+        if previous is not None and previous != result.baseline:  # the baseline changed: its old series goes
+            for gauge in (self.version_drift, self.version_drift_p):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(model, version, previous)
+        self._baselines[(model, version)] = result.baseline
+        self.version_drift.labels(model, version, result.baseline).set(1 if result.drift else 0)
+        self.version_drift_p.labels(model, version, result.baseline).set(result.p_value)
+        self.version_checks.labels(model, version).inc(result.counts()[0])
 
     def _decisions(self, model: str, decisions: dict[str, Any]) -> None:
         series = self._decided.setdefault(model, set())

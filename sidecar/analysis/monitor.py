@@ -18,7 +18,13 @@ a worker. A snapshot holds:
 - `outliers`: per outlier detector, threshold, instances scored, outliers, and the latest batch;
 - `data_quality`: instances checked and issue counts per feature (or input) and issue (the key `quality` is left
   to the feedback's model-quality metrics);
-- `analysed_instances`, `decode_errors` (per protocol and reason), `errors` (count and the latest message).
+- `analysed_instances`, `decode_errors` (per protocol and reason), `errors` (count and the latest message);
+- `shadows` (when the model has a shadow): per shadow, the task, instances compared and unmatched, agreement (over
+  all compared instances and over the latest window), the confusion matrix of primary class against shadow class,
+  for regression the mean absolute and relative differences with their bucket counts, and the latest paired
+  output-drift verdict with its windows evaluated and drifted;
+- `versions` (a model served with `by_version`): per version, its latest outputs tested against the baseline
+  version's (p-value, drift, the worst output features), which version is the baseline and why.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import time
 from typing import Any
 
 from sidecar.messages.results import (
+    DIFF_BUCKETS,
     BatchDone,
     DriftWindow,
     ModelError,
@@ -35,6 +42,8 @@ from sidecar.messages.results import (
     OutlierBatch,
     QualityBatch,
     Result,
+    ShadowBatch,
+    VersionDrift,
 )
 
 MAX_MODELS = 10_000  # snapshots kept; beyond, new models are not tracked (their metrics still are)
@@ -53,6 +62,9 @@ class _ModelView:
         self.decode_errors: dict[str, dict[str, int]] = {}
         self.errors = 0
         self.last_error: str | None = None
+        self.shadows: dict[str, dict[str, Any]] = {}
+        self.versions: dict[str, VersionDrift] = {}
+        self.version_counts: dict[str, list[int]] = {}
         self.updated = time.time()
 
 
@@ -105,6 +117,14 @@ class MonitorStore:
             elif isinstance(result, ModelError):
                 view.errors += 1
                 view.last_error = result.error
+            elif isinstance(result, ShadowBatch):
+                _add_shadow(view.shadows.setdefault(result.shadow, _new_shadow()), result)
+            elif isinstance(result, VersionDrift):
+                view.versions[result.version] = result
+                counts = view.version_counts.setdefault(result.version, [0, 0])
+                evaluated, drifted = result.counts()
+                counts[0] += evaluated
+                counts[1] += drifted
 
     def _batch_done(self, done: BatchDone) -> None:
         for (model, protocol, reason), count in done.decode_errors.items():
@@ -159,7 +179,66 @@ def _render(view: _ModelView, extremes: bool) -> dict[str, Any]:
         "decode_errors": {protocol: dict(reasons) for protocol, reasons in view.decode_errors.items()},
         "errors": {"count": view.errors, "last": view.last_error},
     }
+    if view.shadows:
+        snapshot["shadows"] = {name: _render_shadow(entry) for name, entry in sorted(view.shadows.items())}
+    if view.versions:
+        snapshot["versions"] = {name: {"baseline": result.baseline, "baseline_source": result.baseline_source,
+                                       "instances": result.instances, "p_value": result.p_value,
+                                       "drift": result.drift, "threshold": result.threshold,
+                                       "windows_evaluated": view.version_counts[name][0],
+                                       "windows_drifted": view.version_counts[name][1],
+                                       "features": list(result.features)}
+                                for name, result in sorted(view.versions.items())}
     return snapshot
+
+
+def _new_shadow() -> dict[str, Any]:
+    return {"task": None, "pairs": 0, "agreed": 0, "unmatched": 0, "confusion": {}, "abs_diff": [0, 0.0],
+            "rel_diff": [0, 0.0], "abs_buckets": None, "rel_buckets": None, "agreement_recent": None, "recent": 0,
+            "drift": None, "drift_windows": 0, "drifted": 0}
+
+
+def _add_shadow(entry: dict[str, Any], batch: ShadowBatch) -> None:
+    entry["task"] = batch.task
+    entry["pairs"] += batch.pairs
+    entry["agreed"] += batch.agreed
+    entry["unmatched"] += batch.unmatched
+    for (first, second), count in batch.confusion.items():
+        row = entry["confusion"].setdefault(first, {})
+        row[second] = row.get(second, 0) + count
+    for key, counted in (("abs", batch.abs_diff), ("rel", batch.rel_diff)):
+        total = entry[f"{key}_diff"]
+        total[0] += sum(counted.counts)
+        total[1] += counted.total
+        buckets = entry[f"{key}_buckets"]
+        entry[f"{key}_buckets"] = list(counted.counts) if buckets is None else [
+            a + b for a, b in zip(buckets, counted.counts, strict=True)]
+    if batch.agreement is not None:
+        entry["agreement_recent"], entry["recent"] = batch.agreement, batch.recent
+    if batch.drift is not None:
+        entry["drift"] = batch.drift
+    entry["drift_windows"] += batch.drift_windows
+    entry["drifted"] += batch.drifted
+
+
+def _render_shadow(entry: dict[str, Any]) -> dict[str, Any]:
+    rendered: dict[str, Any] = {"task": entry["task"], "compared_instances": entry["pairs"],
+                                "unmatched_instances": entry["unmatched"]}
+    if entry["task"] == "classification":
+        rendered["agreement"] = entry["agreed"] / entry["pairs"] if entry["pairs"] else None
+        rendered["agreement_recent"] = {"value": entry["agreement_recent"], "instances": entry["recent"]}
+        rendered["confusion"] = {"rows": "primary class", "columns": "shadow class",
+                                 "counts": {first: dict(row) for first, row in sorted(entry["confusion"].items())}}
+    elif entry["task"] == "regression":
+        bounds = [*(str(bound) for bound in DIFF_BUCKETS), "+Inf"]
+        for key, name in (("abs", "absolute_difference"), ("rel", "relative_difference")):
+            count, total = entry[f"{key}_diff"]
+            rendered[name] = {"mean": total / count if count else None,
+                              "buckets": dict(zip(bounds, entry[f"{key}_buckets"] or [0] * len(bounds),
+                                                  strict=True))}
+    rendered["output_drift"] = {"latest": entry["drift"], "windows_evaluated": entry["drift_windows"],
+                                "windows_drifted": entry["drifted"]}
+    return rendered
 
 
 def _render_drift(window: DriftWindow, counts: list[int], extremes: bool) -> dict[str, Any]:

@@ -13,7 +13,8 @@ Layout: one anonymous memory file of `size` bytes per worker. Records are writte
 straddles the end of the buffer (the space left is skipped, marked by a zero length when it has room for one).
 Positions are byte counts since the start and never wrap, so `head - tail` is the space in use. A record is a
 header (`_HEADER`: its total length, the character length of each string field, the body lengths and the numeric
-fields), the string fields joined and UTF-8 encoded, then the request and response bodies.
+fields), the string fields joined and UTF-8 encoded, then the request and response bodies and, on a shadow's
+record, the primary's response.
 
 The writer and the reader share no index: the writer tells the reader which range to read in a message through a
 pipe (`batches`), and the reader says it is done with a range in its answer through another pipe. Those system
@@ -36,14 +37,15 @@ from typing import Any
 
 from sidecar.messages.records import CaptureRecord, CaptureRow
 
-_STRING_FIELDS = ("prediction_id", "model", "version", "label", "protocol", "api", "method", "request_encoding")
+_STRING_FIELDS = ("prediction_id", "model", "version", "label", "protocol", "api", "method", "request_encoding",
+                  "shadow")
 _STRINGS = tuple(CaptureRecord._fields.index(name) for name in _STRING_FIELDS)
-_P, _M, _V, _L, _PR, _A, _ME, _E = _STRINGS
-_TIME, _REQUEST, _RESPONSE, _STATUS, _LATENCY, _OPT_OUT, _TRUNCATED = (
+_P, _M, _V, _L, _PR, _A, _ME, _E, _SH = _STRINGS
+_TIME, _REQUEST, _RESPONSE, _STATUS, _LATENCY, _OPT_OUT, _TRUNCATED, _PRIMARY = (
     CaptureRecord._fields.index(name) for name in ("time", "request", "response", "status", "latency", "log_opt_out",
-                                                   "response_truncated"))
-# total, string lengths, request, response, time, latency, status, opt-out, response truncated
-_HEADER = struct.Struct("<I8IIIddi??")
+                                                   "response_truncated", "primary_response"))
+# total, string lengths, request, response, primary response, time, latency, status, opt-out, response truncated
+_HEADER = struct.Struct("<I9IIIIddi??")
 _TOTAL = struct.Struct("<I")
 _ZEROS = bytes(1 << 20)
 
@@ -108,10 +110,12 @@ class SharedRingWriter:
 
     def append(self, record: CaptureRow) -> bool:
         """Write one record; False, writing nothing, when it does not fit (the ring is full or it is too large)."""
-        strings = (record[_P], record[_M], record[_V], record[_L], record[_PR], record[_A], record[_ME], record[_E])
+        strings = (record[_P], record[_M], record[_V], record[_L], record[_PR], record[_A], record[_ME], record[_E],
+                   record[_SH] if len(record) > _SH else "")
         text = "".join(strings).encode("utf-8", "surrogatepass")
         request, response = record[_REQUEST], record[_RESPONSE]
-        total = _HEADER.size + len(text) + len(request) + len(response)
+        primary = record[_PRIMARY] if len(record) > _PRIMARY else b""
+        total = _HEADER.size + len(text) + len(request) + len(response) + len(primary)
         size = self.size
         position = self.head % size
         skip = size - position if position + total > size else 0
@@ -123,7 +127,8 @@ class SharedRingWriter:
                 _TOTAL.pack_into(view, position, 0)
             self.head += skip
             position = 0
-        _HEADER.pack_into(view, position, total, *map(len, strings), len(request), len(response), record[_TIME],
+        _HEADER.pack_into(view, position, total, *map(len, strings), len(request), len(response), len(primary),
+                          record[_TIME],
                           record[_LATENCY], record[_STATUS], record[_OPT_OUT],
                           len(record) > _TRUNCATED and record[_TRUNCATED])
         start = position + _HEADER.size
@@ -131,7 +136,10 @@ class SharedRingWriter:
         view[start:end] = text
         start, end = end, end + len(request)
         view[start:end] = request
-        view[end:end + len(response)] = response
+        start, end = end, end + len(response)
+        view[start:end] = response
+        if primary:
+            view[end:end + len(primary)] = primary
         self.head += total
         self.records += 1
         self.unpublished += 1
@@ -189,11 +197,12 @@ class SharedRingReader:
             if size - offset < _TOTAL.size or not _TOTAL.unpack_from(view, offset)[0]:
                 position += size - offset  # the writer skipped the rest of the buffer
                 continue
-            (total, *lengths, request_length, response_length, time, latency, status, opt_out,
+            (total, *lengths, request_length, response_length, primary_length, time, latency, status, opt_out,
              truncated) = _HEADER.unpack_from(view, offset)
             text_start = offset + _HEADER.size
-            request_start = offset + total - request_length - response_length
+            request_start = offset + total - request_length - response_length - primary_length
             response_start = request_start + request_length
+            primary_start = response_start + response_length
             text = str(view[text_start:request_start], "utf-8", "surrogatepass")
             strings = []
             cut = 0
@@ -201,10 +210,11 @@ class SharedRingReader:
                 strings.append(text[cut:cut + length])
                 cut += length
             request = bytes(view[request_start:response_start])
-            response = bytes(view[response_start:response_start + response_length])
-            prediction_id, model, version, label, protocol, api, method, encoding = strings
+            response = bytes(view[response_start:primary_start])
+            primary = bytes(view[primary_start:primary_start + primary_length]) if primary_length else b""
+            prediction_id, model, version, label, protocol, api, method, encoding, shadow = strings
             records.append(CaptureRecord(prediction_id, time, model, version, label, protocol, api, method, request,
-                                         response, status, latency, encoding, opt_out, truncated))
+                                         response, status, latency, encoding, opt_out, truncated, shadow, primary))
             position += total
         return records
 

@@ -7,6 +7,11 @@ thread), match every item with its prediction (400 for a wrong count or type, 40
 then claim the (id, instance) pairs in the store (the first claim joins, later ones are duplicates) and update
 the quality metrics. A request is all or nothing: when any item is rejected, none is counted as joined.
 Feedback for an id not seen yet is held (see `arrival.py` for when) and joined when its prediction is analysed.
+
+Shadows: the analysis stores a shadow's predictions under `id~shadow` and the model name `model~shadow`
+(`sidecar.messages.names`). Feedback for an id also scores the predictions of every shadow stored for it, so both
+models' quality is measured on the same instances; a shadow that did not answer the call is simply not scored,
+and the answer to the POST counts only the primary's instances.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from sidecar.feedback.responses import BodyTooLarge, check_bearer, error_respons
 from sidecar.feedback.settings import FeedbackSettings
 from sidecar.feedback.store import Drained, PredictionColumns, PredictionStore, StoredPrediction, StoreError
 from sidecar.feedback.tasks import PredictionRules
+from sidecar.messages.names import shadow_name, split_shadow
 from sidecar.messages.results import Predictions, StoredPredictions
 from sidecar.proxy.rest.local import LocalRequest, LocalResponse
 
@@ -44,6 +50,7 @@ log = logging.getLogger(__name__)
 FEEDBACK_PATH = "/v1/feedback"
 SWEEP_INTERVAL = 0.5
 POLL_CHUNK = 1000  # held ids looked up in a shared store per sweep
+MAX_SHADOWS = 16  # shadow names whose predictions feedback looks for
 EventSink = Callable[[str, str, bytes], object]  # (prediction id, model, feedback body): the payload log
 
 
@@ -71,6 +78,7 @@ class FeedbackService:
         self.collector = FeedbackCollector(self.counts, self.board.qualities, self._gauges)
         registry.register(self.collector)
         self.recent = RecentPredictions()  # on their way to the store
+        self.shadows: set[str] = set()  # the names of the shadows whose predictions were stored
         self._sweep_cursor = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -148,6 +156,9 @@ class FeedbackService:
         """
         if not stored.ids:
             return
+        shadow = split_shadow(stored.model)[1]
+        if shadow and shadow not in self.shadows and len(self.shadows) < MAX_SHADOWS:
+            self.shadows.add(shadow)
         put = PredictionColumns(stored.model, stored.ids, stored.instances, stored.tasks, stored.values, time.time())
         if self._loop is not None and threading.get_ident() != self._loop_thread:
             self._loop.call_soon_threadsafe(self._accept, put)
@@ -239,6 +250,7 @@ class FeedbackService:
         for item in held:  # before any await: a prediction arriving meanwhile must find them
             self._hold(item)
         joined, duplicate = await self._apply(joins)
+        await self._join_shadows([item for item in items if item.prediction_id in found])
         self._emit(items, found)
         return {"joined": joined, "duplicate": duplicate, "pending": sum(item.size for item in held)}
 
@@ -289,6 +301,28 @@ class FeedbackService:
             self.board.record(join)
         return joined, duplicate
 
+    async def _join_shadows(self, items: Sequence[FeedbackItem]) -> None:
+        """Score the shadows' predictions for these items' ids with the same truths (`id~shadow`)."""
+        if not self.shadows or not items:
+            return
+        shadowed = [item._replace(prediction_id=shadow_name(item.prediction_id, shadow))
+                    for item in items for shadow in sorted(self.shadows)]
+        try:
+            found = await self._lookup([item.prediction_id for item in shadowed])
+        except StoreError:
+            return
+        joins: list[Join] = []
+        for item in shadowed:
+            stored = found.get(item.prediction_id)
+            if stored is None:
+                continue  # this call was not mirrored, or the shadow did not answer it
+            try:
+                joins.extend(match(item, stored, None, self.settings.binary_threshold, self.board.auto_tasks))
+            except FeedbackError:
+                self.counts.outcome(self.models(stored.model), "invalid", item.size)
+        with contextlib.suppress(StoreError):
+            await self._apply(joins)
+
     def _hold(self, item: FeedbackItem) -> None:
         self.counts.outcome(NO_MODEL, "pending", item.size)
         for evicted in self.pending.add(item, time.monotonic()):
@@ -306,6 +340,7 @@ class FeedbackService:
                 self.counts.outcome(self.models(stored.model), "invalid", item.size)
         try:
             await self._apply(joins)
+            await self._join_shadows(items)
         except StoreError as exc:
             log.warning("held feedback lost: %s", exc)
 

@@ -15,3 +15,18 @@ def served_model(name: str) -> str:
     """The model-server name inside an analysis name (`name` itself when it holds no version)."""
     base, separator, version = name.rpartition(VERSION_SEPARATOR)
     return base if separator and base and version else name
+
+
+SHADOW_SEPARATOR = "~"
+"""Between a model's name and its shadow's in the name a shadow's predictions are stored and scored under
+(`classifier~next`), and between a prediction id and the shadow's name in the id its predictions are stored under."""
+
+
+def shadow_name(model: str, shadow: str) -> str:
+    return f"{model}{SHADOW_SEPARATOR}{shadow}"
+
+
+def split_shadow(name: str) -> tuple[str, str]:
+    """(model, shadow) of a shadow's name; (`name`, "") for any other name."""
+    base, separator, shadow = name.rpartition(SHADOW_SEPARATOR)
+    return (base, shadow) if separator and base and shadow else (name, "")

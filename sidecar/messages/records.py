@@ -22,6 +22,9 @@ class CaptureRecord(NamedTuple):
     `response_truncated` is set when `response` is not the whole response body: a streamed REST response longer
     than the capture bound (`rest_stream_capture_bytes`) or one that ended early (the client left, the upstream
     stalled or broke off). The bytes kept are the body's first bytes, de-chunked.
+    `shadow` names the shadow model server that answered, on a shadow's record (`sidecar.shadow`): then `response`,
+    `status` and `latency` are the shadow's and `primary_response` holds the primary's answer to the same request,
+    so a worker decodes both from one record. Empty on every record the proxies capture.
     """
 
     prediction_id: str
@@ -39,6 +42,8 @@ class CaptureRecord(NamedTuple):
     request_encoding: str = ""
     log_opt_out: bool = False
     response_truncated: bool = False
+    shadow: str = ""
+    primary_response: bytes = b""
 
     @property
     def size(self) -> int:

@@ -251,6 +251,57 @@ class StoredPredictions(NamedTuple):
     values: list[Any]  # the stored value: a class label (str) or a number
 
 
+DIFF_BUCKETS = (1e-6, 1e-5, 1e-4, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 100.0)
+
+
+class ShadowBatch(NamedTuple):
+    """A shadow's answers compared with the primary's on the same requests, instance by instance (model = the
+    primary's analysis name). A worker merges the batches it compared between two sends: counts add up, the
+    rolling agreement and the output-drift verdict are the latest.
+
+    - classification: `agreed` instances got the same class from both, `confusion` counts (primary class, shadow
+      class) pairs; regression: `abs_diff` and `rel_diff` count |shadow - primary| and that over |primary|;
+    - `agreement`: the share agreeing over the latest `recent` pairs (None for regression or before any pair);
+    - `drift`: the latest paired window's output drift of the shadow against the primary (`p_value`, `drift`,
+      `threshold`, `instances`, `features`: the worst few), with `drift_windows` / `drifted` counted.
+    """
+
+    model: str
+    shadow: str
+    task: str
+    pairs: int
+    agreed: int
+    unmatched: int  # answers that could not be paired (instance counts differ, no analysable output)
+    confusion: dict[tuple[str, str], int]
+    abs_diff: Counted
+    rel_diff: Counted
+    agreement: float | None
+    recent: int
+    drift: dict[str, Any] | None = None
+    drift_windows: int = 0
+    drifted: int = 0
+
+
+class VersionDrift(NamedTuple):
+    """The outputs of one version (or label) of a model tested against its baseline version's recent outputs
+    (different instances, so a two-sample test, not pairs). `version` and `baseline` are analysis names."""
+
+    model: str
+    version: str
+    baseline: str
+    baseline_source: str  # why that version is the baseline
+    instances: int
+    p_value: float
+    drift: bool
+    threshold: float
+    features: list[dict[str, Any]]
+    evaluated: int = 1
+    drifted: int | None = None
+
+    def counts(self) -> tuple[int, int]:
+        return self.evaluated, int(self.drift) if self.drifted is None else self.drifted
+
+
 class ModelError(NamedTuple):
     """An unexpected failure while analysing a model's batch; the worker carries on with other batches."""
 
@@ -259,4 +310,4 @@ class ModelError(NamedTuple):
 
 
 Result = (WorkerStarted | WorkerStopped | BatchDone | ModelStatus | DriftWindow | OutlierBatch | QualityBatch
-          | Predictions | StoredPredictions | ModelError)
+          | Predictions | StoredPredictions | ModelError | ShadowBatch | VersionDrift)

@@ -16,12 +16,23 @@ class QualityView(Protocol):
     def quality_snapshot(self, model: str) -> dict[str, Any] | None: ...
 
 
-class DrillDown:
-    """Either side may be absent (analysis or feedback turned off)."""
+class ShadowView(Protocol):
+    def snapshot(self, model: str) -> dict[str, Any] | None: ...
 
-    def __init__(self, analysis: AnalysisView | None, quality: QualityView | None) -> None:
+
+class DrillDown:
+    """Either side may be absent (analysis or feedback turned off); `shadows` is the shadow sender, when one runs.
+
+    A model with shadows gets, per shadow, the sender's numbers under `calls` (outcomes, both sides' error rates
+    and latencies on the mirrored calls) next to the analysis's comparison, and under `quality` the feedback
+    quality of the primary and of the shadow on the same instances; each version compared with its baseline gets
+    its feedback quality too."""
+
+    def __init__(self, analysis: AnalysisView | None, quality: QualityView | None,
+                 shadows: ShadowView | None = None) -> None:
         self.analysis = analysis
         self.quality = quality
+        self.shadows = shadows
 
     def model(self, name: str, extremes: bool = False) -> dict[str, Any] | None:
         """The analysis snapshot with the feedback quality under `quality`; None when neither knows the model.
@@ -33,7 +44,20 @@ class DrillDown:
         merged: dict[str, Any] = dict(snapshot or {"model": name})
         if quality is not None:
             merged["quality"] = quality
+        calls = self.shadows.snapshot(name) if self.shadows is not None else None
+        shadows: dict[str, Any] = {shadow: dict(entry) for shadow, entry in merged.get("shadows", {}).items()}
+        for shadow, entry in (calls or {}).items():
+            shadows.setdefault(shadow, {})["calls"] = entry
+        for shadow, entry in shadows.items():
+            entry["quality"] = {"primary": quality, "shadow": self._quality(f"{name}~{shadow}")}
+        if shadows:
+            merged["shadows"] = shadows
+        for version, entry in merged.get("versions", {}).items():
+            entry["quality"] = {"version": self._quality(version), "baseline": self._quality(entry["baseline"])}
         return merged
+
+    def _quality(self, name: str) -> dict[str, Any] | None:
+        return self.quality.quality_snapshot(name) if self.quality is not None else None
 
     def models(self) -> list[str]:
         return sorted(self.analysis.models()) if self.analysis is not None else []

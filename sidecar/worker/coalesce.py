@@ -5,7 +5,8 @@ took about 1.2 ms of CPU on a 2-vCPU VM (unpickling plus metric and drill-down u
 bench/bench_analysis_load.py, and the proxy's p99 rose with it. Merged and sent at most once per
 `result_interval`, the same information costs one short burst per interval.
 
-Merging keeps what the metrics and the drill-down read: the latest drift window of each model and detector with the
+Merging keeps what the metrics and the drill-down read (shadow comparisons: counts summed, the latest agreement and
+verdict; version drift like drift windows): the latest drift window of each model and detector with the
 number of windows it stands for and how many of them drifted; the latest model status; outlier and data-quality
 counts summed (outlier score bucket counts too, with the largest score; the detector duration of the latest
 batch); stored predictions concatenated per model; every model error. `BatchDone` is not held: the worker sends
@@ -23,7 +24,9 @@ from sidecar.messages.results import (
     OutlierBatch,
     QualityBatch,
     Result,
+    ShadowBatch,
     StoredPredictions,
+    VersionDrift,
     add_counted,
 )
 
@@ -122,6 +125,10 @@ def _key(result: Result) -> tuple[Any, ...] | None:
         return ("quality", result.model)
     if isinstance(result, StoredPredictions):
         return ("predictions", result.model)
+    if isinstance(result, ShadowBatch):
+        return ("shadow", result.model, result.shadow)
+    if isinstance(result, VersionDrift):
+        return ("version", result.model, result.version)
     return None
 
 
@@ -144,4 +151,19 @@ def _merge(previous: Result, latest: Result) -> Result:
     if isinstance(previous, StoredPredictions) and isinstance(latest, StoredPredictions):
         return StoredPredictions(latest.model, previous.ids + latest.ids, previous.instances + latest.instances,
                                  previous.tasks + latest.tasks, previous.values + latest.values)
+    if isinstance(previous, ShadowBatch) and isinstance(latest, ShadowBatch):
+        confusion = dict(previous.confusion)
+        for key, count in latest.confusion.items():
+            confusion[key] = confusion.get(key, 0) + count
+        return latest._replace(pairs=previous.pairs + latest.pairs, agreed=previous.agreed + latest.agreed,
+                               unmatched=previous.unmatched + latest.unmatched, confusion=confusion,
+                               abs_diff=add_counted(previous.abs_diff, latest.abs_diff),
+                               rel_diff=add_counted(previous.rel_diff, latest.rel_diff),
+                               drift=latest.drift if latest.drift is not None else previous.drift,
+                               drift_windows=previous.drift_windows + latest.drift_windows,
+                               drifted=previous.drifted + latest.drifted)
+    if isinstance(previous, VersionDrift) and isinstance(latest, VersionDrift):
+        evaluated, drifted = previous.counts()
+        more, more_drifted = latest.counts()
+        return latest._replace(evaluated=evaluated + more, drifted=drifted + more_drifted)
     return latest  # ModelStatus: the latest says it all

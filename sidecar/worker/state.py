@@ -25,6 +25,7 @@ import numpy as np
 
 from sidecar.codec import DEFAULT_OUTPUT, DecodeError, Exchange, decode_exchange
 from sidecar.detectors.robust import centre_spread, extreme_rows
+from sidecar.messages.names import served_model, shadow_name
 from sidecar.messages.records import CaptureRecord
 from sidecar.messages.results import (
     CLASSIFICATION,
@@ -43,6 +44,7 @@ from sidecar.messages.results import (
     Result,
     bucket_counts,
 )
+from sidecar.worker.comparisons import Outputs, ShadowComparison, VersionComparisons
 from sidecar.worker.features import (
     CATEGORICAL,
     FROM_CONFIG,
@@ -273,6 +275,7 @@ class ModelState:
         self.windows: CountWindows | TimeWindows = make_windows(self.config, settings.window_min_instances)
         self._file_tried = False
         self._pending: list[Result] = []  # errors found outside a batch, reported with the next one
+        self.batch_outputs: np.ndarray | None = None  # the latest batch's analysed outputs (version comparisons)
         saved = Reference.load(self.directory)
         if saved is not None and self._reusable(saved):
             self.restored = True
@@ -341,11 +344,13 @@ class ModelState:
         if self.config.reference is not None and not self._file_tried and self.features is not None:
             self._load_reference_file()
         analysed = 0
+        self.batch_outputs = None
         if blocks:
             inputs = np.concatenate([block[0] for block in blocks], axis=0)
             outputs = None if self.output is None else np.concatenate(
                 [block[1] if block[1] is not None else np.full((block[0].shape[0], self.output.width), np.nan)
                  for block in blocks], axis=0)
+            self.batch_outputs = outputs
             times = np.concatenate([block[2] for block in blocks])
             analysed = inputs.shape[0]
             results.extend(self._analyse(inputs, outputs, times))
@@ -710,6 +715,11 @@ def _drift_window(model: str, detector: str, window: Window, verdict: Any, durat
                        PackedFeatures.of(features, labelled_features), duration)
 
 
+def record_model(items: list[tuple[CaptureRecord, Exchange]]) -> str:
+    """The model-server name of a model's items (all share it)."""
+    return items[0][0].model
+
+
 class AnalysisState:
     """All model states of one worker: decodes records, routes them by model, reports decode errors."""
 
@@ -720,6 +730,8 @@ class AnalysisState:
         self.state_dir = state_dir
         self.signatures = signatures
         self.models: dict[str, ModelState] = {}
+        self.shadows: dict[tuple[str, str], ShadowComparison] = {}  # (analysis name, shadow) -> comparison
+        self.versions: dict[str, VersionComparisons] = {}  # served model -> its versions' comparison
         self._told_truncated: set[str] = set()  # models whose truncated answers the log has mentioned
 
     def model(self, name: str) -> ModelState:
@@ -738,6 +750,7 @@ class AnalysisState:
         """Results, decode errors by (model, protocol, reason) and instances analysed per model."""
         errors: dict[tuple[str, str, str], int] = {}
         by_model: dict[str, list[tuple[CaptureRecord, Exchange]]] = {}
+        shadowed: dict[tuple[str, str], list[tuple[CaptureRecord, Exchange, Exchange]]] = {}
         for record in records:
             yield_point()
             if not record.ok:
@@ -749,6 +762,9 @@ class AnalysisState:
                     self._told_truncated.add(record.model)
                     log.info("model %s: streamed answers cut at the capture bound (or ended early) are not "
                              "analysed; counted as sidecar_decode_errors_total{reason=\"truncated\"}", record.model)
+                continue
+            if record.shadow:
+                self._decode_pair(record, shadowed, errors)
                 continue
             try:
                 exchange = decode_exchange(record)
@@ -775,7 +791,65 @@ class AnalysisState:
                 continue
             results.extend(model_results)
             analysed[name] = count
+            if name != record_model(items):
+                results.extend(self._compare_versions(name))
+        for (name, shadow), pairs in shadowed.items():
+            try:
+                results.extend(self._compare_shadow(name, shadow, pairs))
+            except Exception as exc:
+                log.exception("comparing shadow %s of model %s failed", shadow, name)
+                results.append(ModelError(name, f"shadow {shadow}: {type(exc).__name__}: {exc}"[:500]))
         return results, errors, analysed
+
+    def _decode_pair(self, record: CaptureRecord, shadowed: dict[tuple[str, str], list[tuple[CaptureRecord,
+                     Exchange, Exchange]]], errors: dict[tuple[str, str, str], int]) -> None:
+        """Decode a shadow's record: the shadow's answer and the primary's, to the same request."""
+        try:
+            theirs = decode_exchange(record)
+            mine = decode_exchange(record._replace(response=record.primary_response, shadow="",
+                                                   primary_response=b""))
+        except DecodeError as exc:
+            key = (shadow_name(record.model, record.shadow), record.protocol, exc.reason)
+            errors[key] = errors.get(key, 0) + 1
+            return
+        except Exception:  # a codec bug must not stop the worker
+            log.exception("decoding a shadow record of model %s failed", record.model)
+            key = (shadow_name(record.model, record.shadow), record.protocol, "unsupported")
+            errors[key] = errors.get(key, 0) + 1
+            return
+        name = self.settings.analysis_name(record.model, record.version or record.label)
+        shadowed.setdefault((name, record.shadow), []).append((record, mine, theirs))
+
+    def _compare_shadow(self, name: str, shadow: str,
+                        pairs: list[tuple[CaptureRecord, Exchange, Exchange]]) -> list[Result]:
+        state = self.model(name)
+        comparison = self.shadows.get((name, shadow))
+        if comparison is None:
+            comparison = self.shadows[(name, shadow)] = ShadowComparison(name, shadow, self.settings,
+                                                                         state.config.window_size)
+            log.info("model %s: comparing shadow %s with the primary, instance by instance (output drift every %d "
+                     "pairs)", name, shadow, state.config.window_size)
+        output = state.output
+        outputs = Outputs(output.name if output is not None else None, state.task,
+                          bool(output is not None and output.class_ids), state.config.output)
+        return comparison.ingest(pairs, outputs, state.signature)
+
+    def _compare_versions(self, name: str) -> list[Result]:
+        """Add a version's latest outputs to its model's version comparison and test what is due."""
+        state = self.models[name]
+        outputs, output = state.batch_outputs, state.output
+        if outputs is None or output is None or state.task is None:
+            return []
+        served = served_model(name)
+        comparison = self.versions.get(served)
+        if comparison is None:
+            comparison = self.versions[served] = VersionComparisons(served, self.settings, state.config.window_size)
+        finite = outputs[np.all(np.isfinite(outputs), axis=1)]
+        if finite.shape[0]:
+            features = output_features(finite, output.name, output.scalar, state.task, self.settings.max_features,
+                                       output.class_ids)
+            comparison.push(name, features.values, features.names, features.kinds)
+        return comparison.evaluate()
 
     def tick(self, now: float) -> list[Result]:
         results: list[Result] = []

@@ -67,7 +67,7 @@ def test_records_wrap_around_the_end_without_straddling_it(
 def test_a_full_ring_refuses_the_new_record_and_keeps_what_it_holds(
         rings: tuple[SharedRingWriter, SharedRingReader]) -> None:
     writer, reader = rings
-    body = bytes(700)
+    body = bytes(690)
     accepted = [number for number in range(10) if writer.append(record(number, body))]
     assert accepted == [0, 1, 2, 3, 4]  # 5 records of about 800 bytes fill 4 KiB
     assert writer.records == 5 and 4096 - writer.bytes_waiting < 800
@@ -119,6 +119,24 @@ def test_a_truncated_response_is_marked_across_the_ring() -> None:
         reader = SharedRingReader(writer.handle)
         try:
             assert [record.response_truncated for record in reader.read(start, end)] == [True, False]
+        finally:
+            reader.close()
+    finally:
+        writer.close()
+
+
+def test_a_shadow_record_carries_its_name_and_the_primary_answer_across_the_ring() -> None:
+    writer = SharedRingWriter(1 << 16, 10, 10)
+    try:
+        shadow = CaptureRecord("p", 1.0, "m", "1", "", "rest", "tfserving", "predict", b'{"instances": [[1]]}',
+                               b'{"predictions": [[0.2, 0.8]]}', 200, 0.01, shadow="next",
+                               primary_response=b'{"predictions": [[0.9, 0.1]]}')
+        plain = shadow._replace(shadow="", primary_response=b"")
+        assert writer.append(shadow) and writer.append(plain)
+        start, end, _ = writer.publish()
+        reader = SharedRingReader(writer.handle)
+        try:
+            assert reader.read(start, end) == [shadow, plain]
         finally:
             reader.close()
     finally:

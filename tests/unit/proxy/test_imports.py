@@ -1,5 +1,5 @@
-"""The request path stays light: every module of the packages on it (the proxies, capture, messages) imports without
-pulling in the numerical stack."""
+"""The request path stays light: every module of the packages on it (the proxies, capture, messages, and the shadow
+sender, a capture target on the same event loop) imports without pulling in the numerical stack."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import sidecar.capture
 import sidecar.messages
 import sidecar.proxy
+import sidecar.shadow
 
-REQUEST_PATH_PACKAGES = (sidecar.proxy, sidecar.capture, sidecar.messages)
+REQUEST_PATH_PACKAGES = (sidecar.proxy, sidecar.capture, sidecar.messages, sidecar.shadow)
 HEAVY = ("numpy", "scipy", "tensorflow")
 
 
