@@ -5,8 +5,3 @@ drops counted); lanes on the event loop send the queued requests to each shadow 
 pools) and hand each answer, paired with the primary's answer to the same request, to the analysis as a capture
 record that names the shadow. The client's call never waits for any of it.
 """
-
-from sidecar.shadow.sender import ShadowSender
-from sidecar.shadow.settings import ShadowSettings, ShadowTarget
-
-__all__ = ["ShadowSender", "ShadowSettings", "ShadowTarget"]
