@@ -57,19 +57,19 @@ def rss_mb(pid: int) -> float:
 def descendants(pid: int) -> list[int]:
     """Child processes, recursively (Linux /proc)."""
     found: list[int] = []
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return found
+    children: list[str] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # a child started from a thread is that thread's child
+        with contextlib.suppress(OSError):
+            children += (task / "children").read_text().split()
     for child in map(int, children):
         found.append(child)
         found.extend(descendants(child))
     return found
 
 
-def command_name(pid: int) -> str:
+def process_name(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
 
@@ -124,9 +124,7 @@ def sidecar_processes(pid: int) -> tuple[list[int], list[int]]:
     """(proxy processes: the main one first, then `--proxy-processes` children; analysis workers)."""
     proxies, workers = [pid], []
     for child in descendants(pid):
-        line = command_name(child)
-        (workers if "multiprocessing" in line and "spawn" in line and "proxy_process" not in line
-         else proxies).append(child)
+        (proxies if process_name(child).startswith("sidecar-proxy") else workers).append(child)
     return proxies, workers
 
 
@@ -162,7 +160,7 @@ def main() -> int:
             name = "sidecar" if count == "1" else f"sidecar x{count}"
             state = directory / f"state-{count}"
             port, _, pid = stack.enter_context(sidecar_run(state, upstream_port, "--proxy-processes", count))
-            time.sleep(3)  # workers and proxy processes up
+            time.sleep(8)  # workers and proxy processes up and settled
             proxies, workers = sidecar_processes(pid)
             idle[name] = rss_mb(pid)
             targets.append(Running(name, port, proxies, workers))
