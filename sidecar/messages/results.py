@@ -251,6 +251,38 @@ class StoredPredictions(NamedTuple):
     values: list[Any]  # the stored value: a class label (str) or a number
 
 
+class HistoryBucket(NamedTuple):
+    """The statistics of one closed history bucket of a model (`sidecar.worker.buckets`), as plain values.
+
+    `bucket`: {"kind": "time", "seconds": s} or {"kind": "count", "instances": n}; `inputs`: feature name ->
+    numeric or categorical summary; `outputs`: the predicted classes or the regression spread (None before the
+    task is known); `drift`: detector -> windows, drifted, min_p_value; `outliers`: detector -> instances,
+    outliers; `sampled`: the percentiles came from a uniform sample of the bucket's rows."""
+
+    model: str
+    bucket: dict[str, Any]
+    start: float
+    end: float
+    instances: int
+    requests: int
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, Any] | None
+    drift: dict[str, dict[str, Any]]
+    outliers: dict[str, dict[str, int]]
+    sampled: bool = False
+
+
+class JoinedTruth(NamedTuple):
+    """A truth joined to its prediction (feedback to the history): task binary, multiclass or regression; `truth`
+    and `predicted` are class labels (str) or numbers."""
+
+    model: str
+    task: str
+    truth: str | float
+    predicted: str | float
+    time: float
+
+
 class ModelError(NamedTuple):
     """An unexpected failure while analysing a model's batch; the worker carries on with other batches."""
 
@@ -259,4 +291,4 @@ class ModelError(NamedTuple):
 
 
 Result = (WorkerStarted | WorkerStopped | BatchDone | ModelStatus | DriftWindow | OutlierBatch | QualityBatch
-          | Predictions | StoredPredictions | ModelError)
+          | Predictions | StoredPredictions | ModelError | HistoryBucket)

@@ -8,8 +8,8 @@ bench/bench_analysis_load.py, and the proxy's p99 rose with it. Merged and sent 
 Merging keeps what the metrics and the drill-down read: the latest drift window of each model and detector with the
 number of windows it stands for and how many of them drifted; the latest model status; outlier and data-quality
 counts summed (outlier score bucket counts too, with the largest score; the detector duration of the latest
-batch); stored predictions concatenated per model; every model error. `BatchDone` is not held: the worker sends
-it at once, since it frees the batch's slot in the pool.
+batch); stored predictions concatenated per model; every model error and every closed history bucket. `BatchDone`
+is not held: the worker sends it at once, since it frees the batch's slot in the pool.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from sidecar.messages.results import (
     DriftWindow,
+    HistoryBucket,
     ModelError,
     ModelStatus,
     OutlierBatch,
@@ -108,6 +109,8 @@ def _items(result: Result) -> int:
         return len(result.ids)
     if isinstance(result, DriftWindow):
         return max(1, len(result.features))
+    if isinstance(result, HistoryBucket):
+        return max(1, len(result.inputs))
     return 1
 
 
@@ -122,6 +125,8 @@ def _key(result: Result) -> tuple[Any, ...] | None:
         return ("quality", result.model)
     if isinstance(result, StoredPredictions):
         return ("predictions", result.model)
+    if isinstance(result, HistoryBucket):
+        return ("bucket", result.model, result.start, result.end)  # each bucket goes as it is
     return None
 
 

@@ -43,8 +43,10 @@ from sidecar.messages.results import (
     Result,
     bucket_counts,
 )
+from sidecar.worker.buckets import BucketColumns, BucketOutputs, Buckets, OutlierRows
 from sidecar.worker.features import (
     CATEGORICAL,
+    CODE,
     FROM_CONFIG,
     FROM_DATA,
     FROM_SIGNATURE,
@@ -271,6 +273,9 @@ class ModelState:
         self.output_names: list[str] = []
         self.output_kinds: list[str] = []
         self.windows: CountWindows | TimeWindows = make_windows(self.config, settings.window_min_instances)
+        self.buckets = Buckets(model, settings.history_bucket(), settings.history_max_levels,
+                               settings.history_sample_rows)
+        self._history_note: str | None = None
         self._file_tried = False
         self._pending: list[Result] = []  # errors found outside a batch, reported with the next one
         saved = Reference.load(self.directory)
@@ -347,8 +352,11 @@ class ModelState:
                 [block[1] if block[1] is not None else np.full((block[0].shape[0], self.output.width), np.nan)
                  for block in blocks], axis=0)
             times = np.concatenate([block[2] for block in blocks])
+            starts = np.concatenate([np.arange(block[0].shape[0]) == 0 for block in blocks])  # a request's first row
             analysed = inputs.shape[0]
-            results.extend(self._analyse(inputs, outputs, times))
+            analysis, verdicts = self._analyse(inputs, outputs, times)
+            results.extend(analysis)
+            results.extend(self._history(inputs, outputs, times, starts, verdicts))
             # after `_analyse`: a batch that completes the reference has its later instances checked against the
             # reference's range (its own instances lie inside that range)
             results.append(self._quality(inputs, issues, instances))
@@ -361,13 +369,13 @@ class ModelState:
         return results, analysed
 
     def tick(self, now: float) -> list[Result]:
-        """Close time windows whose bucket has ended."""
+        """Close time windows and history buckets whose time has ended."""
+        results: list[Result] = list(self.buckets.poll(now))
         if self.detectors is None:
-            return []
+            return results
         windows = self.windows.poll(now)
         if not windows:
-            return []
-        results: list[Result] = []
+            return results
         for window in windows:
             results.extend(self._evaluate(window))
         results.append(self.status())
@@ -526,26 +534,63 @@ class ModelState:
 
     # -- analysis -------------------------------------------------------------------------------------------
 
-    def _analyse(self, inputs: np.ndarray, outputs: np.ndarray | None, times: np.ndarray) -> list[Result]:
+    def _analyse(self, inputs: np.ndarray, outputs: np.ndarray | None,
+                 times: np.ndarray) -> tuple[list[Result], dict[str, OutlierRows]]:
+        """The detectors' results, and each outlier detector's verdict on the rows (row-aligned with `inputs`;
+        rows taken into the reference are not scored)."""
         results: list[Result] = []
+        rows = inputs.shape[0]
+        taken = 0
         if self.reference is None:
             taken = self.collector.add(inputs, outputs)
             if not self.collector.complete:
-                return results
+                return results, {}
             width = self.output.width if self.output is not None else 0
             self._complete(self.collector.inputs(), self.collector.outputs(width), None)
             inputs, times = inputs[taken:], times[taken:]
             outputs = None if outputs is None else outputs[taken:]
         if self.detectors is None or inputs.shape[0] == 0:
-            return results
-        results.extend(self._outliers(inputs))
+            return results, {}
+        outliers, verdicts = self._outliers(inputs)
+        results.extend(outliers)
+        if taken:
+            verdicts = {name: OutlierRows(*(np.concatenate([np.zeros(taken, dtype=bool), part]) for part in verdict))
+                        for name, verdict in verdicts.items()}
+        assert all(verdict.scored.shape[0] == rows for verdict in verdicts.values())
         features = None
         if outputs is not None and self.output is not None and self.task is not None and self.output_names:
             features = output_features(outputs, self.output.name, self.output.scalar, self.task,
                                        self.settings.max_features, self.output.class_ids).values
         for window in self.windows.push(self.detectors.layout.transform(inputs), features, times):
             results.extend(self._evaluate(window))
-        return results
+        return results, verdicts
+
+    def _history(self, inputs: np.ndarray, outputs: np.ndarray | None, times: np.ndarray, starts: np.ndarray,
+                 verdicts: dict[str, OutlierRows]) -> list[Result]:
+        """Fold the batch's rows into the history buckets; returns the buckets that closed."""
+        columns = self._bucket_columns()
+        view = None
+        if outputs is not None and self.output is not None and self.task in (CLASSIFICATION, REGRESSION):
+            view = BucketOutputs(self.task, outputs, self.output.class_ids, self.output.labels)
+        width = len(columns.names)
+        return list(self.buckets.add(inputs[:, :width], times, starts, columns, view, verdicts))
+
+    def _bucket_columns(self) -> BucketColumns:
+        """The input columns the history summarises: the first `history_max_features`, each numeric or categorical
+        (the reference's kinds once it is complete; before, string columns are categorical)."""
+        features = self.features
+        assert features is not None
+        width = min(features.width, self.settings.history_max_features)
+        if width < features.width and self._history_note is None:
+            self._history_note = (f"history buckets summarise the first {width} of {features.width} input columns "
+                                  "(history_max_features)")
+            log.info("model %s: %s", self.model, self._history_note)
+        kinds = self.reference.kinds if self.reference is not None else None
+        categorical = [kinds[column] == CATEGORICAL if kinds is not None
+                       else features.columns[column].role == CODE for column in range(width)]
+        vocabularies = {column: names for column in range(width)
+                        if (names := features.categories(column)) is not None}
+        return BucketColumns(list(features.names[:width]), categorical, vocabularies)
 
     def _quality(self, inputs: np.ndarray, issues: dict[tuple[str, str], int], instances: int) -> QualityBatch:
         from sidecar.detectors.quality import quality_counts
@@ -562,15 +607,18 @@ class ModelState:
                 merged[key] = merged.get(key, 0) + count
         return QualityBatch(self.model, instances, merged, duration)
 
-    def _outliers(self, inputs: np.ndarray) -> list[Result]:
+    def _outliers(self, inputs: np.ndarray) -> tuple[list[Result], dict[str, OutlierRows]]:
         detectors = self.detectors
         assert detectors is not None
         results: list[Result] = []
+        verdicts: dict[str, OutlierRows] = {}
         for name, detector in (("mahalanobis", detectors.mahalanobis), ("autoencoder", detectors.autoencoder)):
             if detector is None:
                 continue
-            rows = (detectors.multivariate_rows(inputs) if name == "mahalanobis"
-                    else _finite_rows(inputs[:, detectors.raw_numeric]))
+            columns = (detectors.layout.transform(inputs)[:, detectors.numeric] if name == "mahalanobis"
+                       else inputs[:, detectors.raw_numeric])
+            scored = np.all(np.isfinite(columns), axis=1) if columns.size else np.zeros(inputs.shape[0], dtype=bool)
+            rows = columns[scored]
             if rows.shape[0] == 0:
                 continue
             try:
@@ -579,12 +627,15 @@ class ModelState:
                 results.append(self._error(name, exc))
                 continue
             threshold = float(detector.threshold)
+            flagged = np.zeros(inputs.shape[0], dtype=bool)
+            flagged[scored] = scores > threshold
+            verdicts[name] = OutlierRows(scored, flagged)
             outliers = int(np.count_nonzero(scores > threshold))
             finite = scores[np.isfinite(scores)]
             results.append(OutlierBatch(self.model, name, int(rows.shape[0]), outliers, threshold,
                                         bucket_counts(finite.tolist(), SCORE_BUCKETS),
                                         float(finite.max()) if finite.size else None, duration))
-        return results
+        return results, verdicts
 
     def _evaluate(self, window: Window) -> list[Result]:
         detectors = self.detectors
@@ -607,6 +658,7 @@ class ModelState:
                 continue
             results.append(_drift_window(self.model, name, window, verdict, duration,
                                          self.settings.max_feature_labels))
+            self.buckets.add_drift(name, window.end, bool(verdict.drift), _float(verdict.p_value))
         return results
 
     def _error(self, detector: str, exc: BaseException) -> ModelError:
@@ -624,6 +676,7 @@ class ModelState:
         target = reference.instances if reference is not None and reference.source == SOURCE_FILE else (
             self.config.reference_size)
         windows = dict(self.windows.describe())
+        windows["history"] = {**self.buckets.describe(), "note": self._history_note}
         return ModelStatus(
             model=self.model, worker=self.worker, task=self.task,
             reference=ReferenceStatus(source=source, file=self.config.reference, instances=collected, target=target,
