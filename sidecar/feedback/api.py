@@ -36,7 +36,7 @@ from sidecar.feedback.responses import BodyTooLarge, check_bearer, error_respons
 from sidecar.feedback.settings import FeedbackSettings
 from sidecar.feedback.store import Drained, PredictionColumns, PredictionStore, StoredPrediction, StoreError
 from sidecar.feedback.tasks import PredictionRules
-from sidecar.messages.results import Predictions, StoredPredictions
+from sidecar.messages.results import JoinedTruth, Predictions, StoredPredictions
 from sidecar.proxy.rest.local import LocalRequest, LocalResponse
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ FEEDBACK_PATH = "/v1/feedback"
 SWEEP_INTERVAL = 0.5
 POLL_CHUNK = 1000  # held ids looked up in a shared store per sweep
 EventSink = Callable[[str, str, bytes], object]  # (prediction id, model, feedback body): the payload log
+TruthSink = Callable[[list[JoinedTruth]], object]  # the truths a request (or held feedback) joined: the history
 
 
 class _Rejected(Exception):
@@ -77,6 +78,7 @@ class FeedbackService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._event_sink: EventSink | None = None
+        self._truth_sink: TruthSink | None = None
         self._token = (settings.feedback_token or "").encode()
         self._stopping = False
 
@@ -132,6 +134,10 @@ class FeedbackService:
     def set_event_sink(self, sink: EventSink) -> None:
         """Hand every accepted feedback item to `sink(prediction_id, model, body)` (the payload log)."""
         self._event_sink = sink
+
+    def set_truth_sink(self, sink: TruthSink) -> None:
+        """Hand every joined truth, with its prediction, to `sink` (the history's labels)."""
+        self._truth_sink = sink
 
     # predictions from the analysis
 
@@ -278,6 +284,8 @@ class FeedbackService:
             self.counts.store_error("claim")
             raise
         joined = duplicate = 0
+        truths: list[JoinedTruth] = []
+        now = time.time()
         for join, first in zip(joins, claimed, strict=True):
             model = self.models(join.model)
             if not first:
@@ -287,6 +295,12 @@ class FeedbackService:
             joined += 1
             self.counts.outcome(model, "joined")
             self.board.record(join)
+            truths.append(JoinedTruth(join.model, join.task, join.truth, join.predicted, now))
+        if truths and self._truth_sink is not None:
+            try:
+                self._truth_sink(truths)
+            except Exception:  # the history must never break feedback
+                log.exception("handing joined truths to the history failed")
         return joined, duplicate
 
     def _hold(self, item: FeedbackItem) -> None:

@@ -4,8 +4,9 @@ and the drift and outlier results, sent to the main process as one `HistoryBucke
 A bucket is either a span of capture time (`history_bucket_seconds`, aligned to multiples of it since the epoch)
 or a count of instances (`history_bucket_instances`, which wins when set). As with time windows, one time bucket is
 open at a time: a row of a later bucket closes it, and so does the clock `BUCKET_GRACE_SECONDS` after its end (for
-records still on their way); a late row (of a bucket already closed) joins the open bucket, or the next. A count bucket closes
-as its last instance arrives; its `start` and `end` are the capture times of its first and last instance.
+records still on their way); a late row (of a bucket already closed) joins the open bucket, or the next. A count
+bucket closes as its last instance arrives; its `start` and `end` are the capture times of its first and last
+instance.
 
 Drift verdicts and outlier counts belong to the bucket open when their window closed or their rows arrived. A
 partial bucket is not sent when the worker stops (its rows are lost with the worker, as are windows in progress).
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from sidecar.detectors.summaries import LevelCounts, NumericSummary, level_name
+from sidecar.detectors.summaries import LevelCounts, NumericSummary
 from sidecar.messages.results import CLASSIFICATION, REGRESSION, HistoryBucket
 from sidecar.worker.features import predicted_classes
 

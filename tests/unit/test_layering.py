@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "analysis": {"messages", "capture", "worker", "telemetry", "options"},
     "feedback": {"messages", "proxy", "telemetry", "options"},
     "telemetry": {"options"},
+    "history": {"messages", "telemetry", "options"},
 }
 
 
