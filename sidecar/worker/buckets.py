@@ -8,8 +8,9 @@ records still on their way); a late row (of a bucket already closed) joins the o
 bucket closes as its last instance arrives; its `start` and `end` are the capture times of its first and last
 instance.
 
-Drift verdicts and outlier counts belong to the bucket open when their window closed or their rows arrived. A
-partial bucket is not sent when the worker stops (its rows are lost with the worker, as are windows in progress).
+Outlier counts go with their rows. A drift verdict belongs to the first bucket to close whose end is not before the
+end of the verdict's window (a verdict that comes after its bucket closed joins the next one). A partial bucket is
+not sent when the worker stops (its rows are lost with the worker, as are windows in progress).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sidecar.messages.results import CLASSIFICATION, REGRESSION, HistoryBucket
 from sidecar.worker.features import predicted_classes
 
 BUCKET_GRACE_SECONDS = 2.0  # records of a time bucket may still be in the ring or a queue this long after its end
+MAX_WAITING_VERDICTS = 10_000
 
 
 class BucketColumns(NamedTuple):
@@ -175,15 +177,6 @@ class _Open:
         if math.isfinite(p_value) and (entry["min_p_value"] is None or p_value < entry["min_p_value"]):
             entry["min_p_value"] = p_value
 
-    def take_extras(self, other: _Open) -> None:
-        """Drift verdicts that arrived for this bucket before it had rows."""
-        for detector, entry in other.drift.items():
-            mine = self.drift.setdefault(detector, {"windows": 0, "drifted": 0, "min_p_value": None})
-            mine["windows"] += entry["windows"]
-            mine["drifted"] += entry["drifted"]
-            values = [p for p in (mine["min_p_value"], entry["min_p_value"]) if p is not None]
-            mine["min_p_value"] = min(values) if values else None
-
     def inputs(self) -> dict[str, dict[str, Any]]:
         columns = self.columns
         if columns is None or self.numeric is None:
@@ -212,7 +205,7 @@ class Buckets:
         self.closed = 0
         self._last_closed: int | None = None  # time buckets: the index of the latest bucket closed
         self._open = _Open(None, max_levels, sample_rows)
-        self._next = _Open(None, max_levels, sample_rows)  # drift verdicts of a time bucket not open yet
+        self._verdicts: list[tuple[str, float, bool, float]] = []  # drift verdicts waiting for their bucket to close
 
     def describe(self) -> dict[str, Any]:
         return {**self.bucket, "closed": self.closed, "open_instances": self._open.instances}
@@ -259,10 +252,8 @@ class Buckets:
 
     def add_drift(self, detector: str, window_end: float, drifted: bool, p_value: float) -> None:
         """A drift verdict on a window that ended at capture time `window_end`."""
-        target = self._open
-        if self.seconds and (target.index is None or window_end >= (target.index + 1) * self.seconds):
-            target = self._next  # it belongs to a time bucket that has not opened yet
-        target.add_drift(detector, drifted, p_value)
+        if len(self._verdicts) < MAX_WAITING_VERDICTS:
+            self._verdicts.append((detector, window_end, drifted, p_value))
 
     def poll(self, now: float) -> list[HistoryBucket]:
         """Close the open time bucket once its end (plus the grace) has passed."""
@@ -272,14 +263,8 @@ class Buckets:
         return self._close()
 
     def _begin(self, columns: BucketColumns, index: int | None) -> None:
-        extras = self._open if self._open.columns is None else None
         self._open = _Open(columns, self.max_levels, self.sample_rows)
         self._open.index = index
-        if extras is not None:
-            self._open.take_extras(extras)
-        if self.seconds:
-            self._open.take_extras(self._next)
-            self._next = _Open(None, self.max_levels, self.sample_rows)
 
     def _close(self) -> list[HistoryBucket]:
         bucket = self._open
@@ -291,6 +276,13 @@ class Buckets:
         if bucket.index is not None:
             self._last_closed = bucket.index
             start, end = bucket.index * self.seconds, (bucket.index + 1) * self.seconds
+        waiting = []
+        for verdict in self._verdicts:
+            if verdict[1] < end or (not self.seconds and verdict[1] <= end):
+                bucket.add_drift(verdict[0], verdict[2], verdict[3])
+            else:
+                waiting.append(verdict)
+        self._verdicts = waiting
         sampled = bucket.numeric is not None and bucket.numeric.sampled
         return [HistoryBucket(self.model, dict(self.bucket), start, end, bucket.instances, bucket.requests,
                               bucket.inputs(), None if bucket.outputs is None else bucket.outputs.render(),

@@ -370,15 +370,13 @@ class ModelState:
 
     def tick(self, now: float) -> list[Result]:
         """Close time windows and history buckets whose time has ended."""
-        results: list[Result] = list(self.buckets.poll(now))
-        if self.detectors is None:
-            return results
-        windows = self.windows.poll(now)
-        if not windows:
-            return results
-        for window in windows:
+        results: list[Result] = []
+        windows = self.windows.poll(now) if self.detectors is not None else []
+        for window in windows:  # before the buckets close, so a verdict finds the bucket its window ended in
             results.extend(self._evaluate(window))
-        results.append(self.status())
+        results.extend(self.buckets.poll(now))
+        if windows:
+            results.append(self.status())
         return results
 
     def _learn_output(self, view: OutputView | None) -> None:
