@@ -264,9 +264,10 @@ class Sidecar:
 
             history = HistoryApi(self.history_store, self.settings.analysis.history_bucket(),
                                  self.drilldown.models).answer
+        predictions = self.feedback.describe if self.feedback is not None and self.pool is not None else None
         app = build_admin_app(self.registry, self.health, self.drilldown.model, self.drilldown.models,
                               self.pool.reset_reference if self.pool is not None else None,
-                              self.settings.telemetry.admin_token, history=history)
+                              self.settings.telemetry.admin_token, history=history, prediction=predictions)
         admin = self.admin = AdminServer(app, *listen)
         async with _starting("--listen-admin", _address(listen)):
             await admin.start()

@@ -23,7 +23,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.feedback import arrival
+from sidecar.feedback import arrival, lookup
 from sidecar.feedback.backends import open_store
 from sidecar.feedback.board import QualityBoard
 from sidecar.feedback.join import Join, match
@@ -154,7 +154,8 @@ class FeedbackService:
         """
         if not stored.ids:
             return
-        put = PredictionColumns(stored.model, stored.ids, stored.instances, stored.tasks, stored.values, time.time())
+        put = PredictionColumns(stored.model, stored.ids, stored.instances, stored.tasks, stored.values, time.time(),
+                                stored.details)
         if self._loop is not None and threading.get_ident() != self._loop_thread:
             self._loop.call_soon_threadsafe(self._accept, put)
         else:
@@ -279,7 +280,7 @@ class FeedbackService:
         if not joins:
             return 0, 0
         try:
-            claimed = await self.store.claim([join.key for join in joins])
+            claimed = await self.store.claim([join.key for join in joins], [join.truth for join in joins])
         except StoreError:
             self.counts.store_error("claim")
             raise
@@ -375,6 +376,25 @@ class FeedbackService:
                 log.debug("feedback event sink failed", exc_info=True)
 
     # read side
+
+    async def describe(self, prediction_id: str) -> tuple[int, dict[str, Any]]:
+        """`GET /v1/predictions/{id}` (see lookup.py): 200 with what is stored, 404 with the reason, 503 when the
+        store cannot be read. A prediction still on its way to the store is answered from memory."""
+        retention = self.settings.store_retention
+        ticket = self.recent.begin_lookup()
+        try:
+            try:
+                record = await self.store.describe(prediction_id)
+            except StoreError as exc:
+                self.counts.store_error("read")
+                return 503, {"error": f"the prediction store is unavailable: {exc}"}
+            if record is None and (recent := self.recent.columns(prediction_id)) is not None:
+                record = recent.describe(prediction_id)
+        finally:
+            self.recent.end_lookup(ticket)
+        if record is None:
+            return lookup.not_found(prediction_id, retention)
+        return lookup.found(prediction_id, record, retention)
 
     def quality_snapshot(self, model: str) -> dict[str, Any] | None:
         """The model's quality for the monitor drill-down, or None before any of its feedback joined."""

@@ -47,10 +47,11 @@ class BucketOutputs(NamedTuple):
 
 
 class OutlierRows(NamedTuple):
-    """One outlier detector's verdict on a block, row-aligned: scored rows and outlier rows."""
+    """One outlier detector's verdict on a block, row-aligned: scored rows, outlier rows and the scores."""
 
     scored: np.ndarray  # bool
     outliers: np.ndarray  # bool
+    scores: np.ndarray | None = None  # float, NaN where not scored
 
 
 class _Outputs:

@@ -72,7 +72,7 @@ class ResultBuffer:
         for result in self.take():
             pieces: list[Result] = [result]
             if isinstance(result, StoredPredictions) and len(result.ids) > items:
-                pieces = [_slice(result, start, end) for start, end in _cuts(result.ids, items)]
+                pieces = [result.cut(start, end) for start, end in _cuts(result.ids, items)]
             for piece in pieces:
                 size = _items(piece)
                 if part and weight + size > items:
@@ -97,11 +97,6 @@ def _cuts(ids: list[str], items: int) -> list[tuple[int, int]]:
         cuts.append((start, end))
         start = end
     return cuts
-
-
-def _slice(stored: StoredPredictions, start: int, end: int) -> StoredPredictions:
-    return StoredPredictions(stored.model, stored.ids[start:end], stored.instances[start:end],
-                             stored.tasks[start:end], stored.values[start:end])
 
 
 def _items(result: Result) -> int:
@@ -147,6 +142,5 @@ def _merge(previous: Result, latest: Result) -> Result:
             counts[key] = counts.get(key, 0) + count
         return latest._replace(instances=previous.instances + latest.instances, counts=counts)
     if isinstance(previous, StoredPredictions) and isinstance(latest, StoredPredictions):
-        return StoredPredictions(latest.model, previous.ids + latest.ids, previous.instances + latest.instances,
-                                 previous.tasks + latest.tasks, previous.values + latest.values)
+        return previous.joined(latest)
     return latest  # ModelStatus: the latest says it all

@@ -44,6 +44,7 @@ from sidecar.messages.results import (
     bucket_counts,
 )
 from sidecar.worker.buckets import BucketColumns, BucketOutputs, Buckets, OutlierRows
+from sidecar.worker.details import DetailsBuilder, exchange_issue_bits
 from sidecar.worker.features import (
     CATEGORICAL,
     CODE,
@@ -318,8 +319,10 @@ class ModelState:
         results: list[Result] = []
         issues: dict[tuple[str, str], int] = {}
         predicted: list[PredictedInstance] = []
+        details = DetailsBuilder()
         blocks: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
         instances = 0
+        rows = 0  # analysed rows of the batch so far
         for record, exchange in items:
             instances += exchange.n_instances
             self._learn_signature(record)
@@ -331,21 +334,28 @@ class ModelState:
             view = output_view(exchange.outputs, exchange.classes, exchange.method, self.config.output,
                                self.output.name if self.output is not None else None, self.signature)
             self._learn_output(view)
+            kept = len(predicted)
             if view is not None and self.task is not None and self.output is not None:
                 predicted.extend(PredictedInstance(record.prediction_id, index, self.model, value)
                                  for index, value in enumerate(predictions(view, self.task, self.output.class_ids)))
             extracted = self.features.extract(exchange.inputs, exchange.n_instances)
             for key, count in extracted.issues.items():
                 issues[key] = issues.get(key, 0) + count
-            if extracted.values is None:
+            values = extracted.values
+            if len(predicted) > kept:
+                details.add(len(predicted) - kept, record.version or record.label,
+                            exchange_issue_bits(extracted.issues), None if values is None else rows,
+                            0 if values is None else values.shape[0])
+            if values is None:
                 continue
-            blocks.append((extracted.values, self._raw_outputs(view, exchange.n_instances),
+            rows += values.shape[0]
+            blocks.append((values, self._raw_outputs(view, exchange.n_instances),
                            np.full(exchange.n_instances, record.time)))
-        if predicted and self.task is not None:
-            results.append(Predictions(self.model, self._prediction_task(), predicted))
         if self.config.reference is not None and not self._file_tried and self.features is not None:
             self._load_reference_file()
         analysed = 0
+        verdicts: dict[str, OutlierRows] = {}
+        row_issues = None
         if blocks:
             inputs = np.concatenate([block[0] for block in blocks], axis=0)
             outputs = None if self.output is None else np.concatenate(
@@ -359,10 +369,14 @@ class ModelState:
             results.extend(self._history(inputs, outputs, times, starts, verdicts))
             # after `_analyse`: a batch that completes the reference has its later instances checked against the
             # reference's range (its own instances lie inside that range)
-            results.append(self._quality(inputs, issues, instances))
+            quality, row_issues = self._quality(inputs, issues, instances, per_row=bool(predicted))
+            results.append(quality)
             issues = {}
         if issues:
             results.append(QualityBatch(self.model, instances, issues, 0.0))
+        if predicted and self.task is not None:
+            results.append(Predictions(self.model, self._prediction_task(), predicted,
+                                       details.build(verdicts, row_issues)))
         results.extend(self._pending)
         self._pending.clear()
         results.append(self.status())
@@ -551,8 +565,12 @@ class ModelState:
             return results, {}
         outliers, verdicts = self._outliers(inputs)
         results.extend(outliers)
-        if taken:
-            verdicts = {name: OutlierRows(*(np.concatenate([np.zeros(taken, dtype=bool), part]) for part in verdict))
+        if taken:  # the rows taken into the reference were not scored
+            unscored = np.zeros(taken, dtype=bool)
+            verdicts = {name: OutlierRows(np.concatenate([unscored, verdict.scored]),
+                                          np.concatenate([unscored, verdict.outliers]),
+                                          None if verdict.scores is None
+                                          else np.concatenate([np.full(taken, np.nan), verdict.scores]))
                         for name, verdict in verdicts.items()}
         assert all(verdict.scored.shape[0] == rows for verdict in verdicts.values())
         features = None
@@ -590,20 +608,22 @@ class ModelState:
                         if (names := features.categories(column)) is not None}
         return BucketColumns(list(features.names[:width]), categorical, vocabularies)
 
-    def _quality(self, inputs: np.ndarray, issues: dict[tuple[str, str], int], instances: int) -> QualityBatch:
+    def _quality(self, inputs: np.ndarray, issues: dict[tuple[str, str], int], instances: int,
+                 per_row: bool) -> tuple[QualityBatch, np.ndarray | None]:
+        """The batch's quality counts and, with `per_row`, each row's issues (see `quality_counts`)."""
         from sidecar.detectors.quality import quality_counts
 
         assert self.features is not None
         detectors = self.detectors
         low = detectors.low if detectors is not None else np.full(inputs.shape[1], -np.inf)
         high = detectors.high if detectors is not None else np.full(inputs.shape[1], np.inf)
-        counts, duration = _timed(lambda: quality_counts(inputs, low, high))
+        counts, duration = _timed(lambda: quality_counts(inputs, low, high, per_row))
         merged = dict(issues)
         for (column, issue), count in _quality_items(counts):
             if count:
                 key = (self.features.names[column], issue)
                 merged[key] = merged.get(key, 0) + count
-        return QualityBatch(self.model, instances, merged, duration)
+        return QualityBatch(self.model, instances, merged, duration), counts.row_issues
 
     def _outliers(self, inputs: np.ndarray) -> tuple[list[Result], dict[str, OutlierRows]]:
         detectors = self.detectors
@@ -627,7 +647,9 @@ class ModelState:
             threshold = float(detector.threshold)
             flagged = np.zeros(inputs.shape[0], dtype=bool)
             flagged[scored] = scores > threshold
-            verdicts[name] = OutlierRows(scored, flagged)
+            row_scores = np.full(inputs.shape[0], np.nan)
+            row_scores[scored] = scores
+            verdicts[name] = OutlierRows(scored, flagged, row_scores)
             outliers = int(np.count_nonzero(scores > threshold))
             finite = scores[np.isfinite(scores)]
             results.append(OutlierBatch(self.model, name, int(rows.shape[0]), outliers, threshold,

@@ -62,8 +62,10 @@ def test_columns_iterate_as_rows_and_give_one_prediction_s_record() -> None:
     columns = PredictionColumns("m", ["a", "b", "a"], [0, 0, 1], ["multiclass", "binary", "multiclass"],
                                 ["cat", 0.75, "dog"], 12.5)
     assert len(columns) == 3
-    assert list(columns) == [("a", 0, "m", "multiclass", "cat", 12.5), ("b", 0, "m", "binary", 0.75, 12.5),
-                             ("a", 1, "m", "multiclass", "dog", 12.5)]
+    unrecorded = (None,) * 5  # version, outliers, issues and the two scores: not recorded
+    assert list(columns) == [("a", 0, "m", "multiclass", "cat", 12.5, *unrecorded),
+                             ("b", 0, "m", "binary", 0.75, 12.5, *unrecorded),
+                             ("a", 1, "m", "multiclass", "dog", 12.5, *unrecorded)]
     record = columns.record("a")
     assert record is not None and record.instances == {0: "cat", 1: "dog"}
     assert (record.model, record.task, record.time) == ("m", "multiclass", 12.5)
