@@ -1,7 +1,8 @@
 """Per-model analysis state inside a worker: schema, reference, windows, detectors; and the worker's router.
 
 `ModelState.ingest` takes the decoded exchanges of one model from one batch and returns small results:
-predictions for the feedback store, data-quality counts, per-batch outlier counts, a drift verdict per detector
+predictions for the feedback store (with each instance's version, outlier scores and flags and data-quality issues:
+`details.py`), data-quality counts, per-batch outlier counts, a drift verdict per detector
 for each window that completed, and the model's status. `AnalysisState` decodes a batch of capture records and
 routes them to the model states it creates on first sight.
 
