@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # each part's module is imported only when the settings ask f
     from sidecar.export.payload_log import PayloadLog
     from sidecar.feedback.api import FeedbackService
     from sidecar.fleet import ProxyFleet
+    from sidecar.history.recorder import HistoryRecorder
+    from sidecar.history.store import HistoryStore
     from sidecar.shadow.sender import ShadowSender
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ class Sidecar:
         self.feedback: FeedbackService | None = None
         self.payload_log: PayloadLog | None = None
         self.shadow: ShadowSender | None = None
+        self.history_store: HistoryStore | None = None
+        self.history: HistoryRecorder | None = None
         self.health: UpstreamHealth | None = None
         self.rest: Listener | None = None
         self.grpc: Listener | None = None
@@ -117,7 +121,9 @@ class Sidecar:
             _check_writable(state_dir)
         self._on_stop("tracing", self._shutdown_tracing)
 
-        await self._start_anodot(state_dir)  # stopped last of all, so its final bucket has the final counts
+        if settings.capture.capture_enabled and settings.analysis.analysis_enabled:
+            await self._start_history(state_dir)  # stopped after the Anodot export, which reads it
+        await self._start_anodot(state_dir)  # stopped last but the history, so its final bucket has the final counts
         if settings.proxy.listen_rest is not None:
             await self._start_feedback(state_dir)
         if settings.capture.capture_enabled:
@@ -131,6 +137,19 @@ class Sidecar:
     async def _shutdown_tracing(self) -> None:
         self.tracing.shutdown()
 
+    async def _start_history(self, state_dir: Path) -> None:
+        from sidecar.history.recorder import HistoryRecorder
+        from sidecar.history.store import FILE_NAME, HistoryStore
+
+        analysis = self.settings.analysis
+        store = self.history_store = HistoryStore(state_dir / FILE_NAME, analysis.history_retention,
+                                                  analysis.history_max_rows)
+        async with _starting("--state-dir", state_dir):
+            await store.start()
+        self._on_stop("history", store.stop)
+        self.history = HistoryRecorder(store, analysis.history_max_levels,
+                                       export=self.settings.export.anodot_bucket > 0)
+
     async def _start_feedback(self, state_dir: Path) -> None:
         from sidecar.feedback.api import FeedbackService
 
@@ -140,6 +159,8 @@ class Sidecar:
         async with _starting("--store", self.settings.feedback.store):
             await feedback.start()
         self._on_stop("feedback", feedback.stop)
+        if self.history is not None:
+            feedback.set_truth_sink(self.history.add_truths)
 
     async def _start_analysis(self, state_dir: Path) -> None:
         capture = self.settings.capture
@@ -153,7 +174,8 @@ class Sidecar:
                                             model_label_cap=self.settings.telemetry.model_label_cap, capture=capture,
                                             prediction_rules=feedback.rules if feedback is not None else None,
                                             upstreams=(self.settings.proxy.upstream_rest,
-                                                       self.settings.proxy.upstream_grpc))
+                                                       self.settings.proxy.upstream_grpc),
+                                            on_history=self.history.add_bucket if self.history is not None else None)
             await pool.start()
             self._on_stop("analysis", pool.stop)
             self.registry.register(CaptureMetrics(pool, lambda: pool.drained, models))
@@ -205,7 +227,9 @@ class Sidecar:
         from sidecar.export.anodot_sink import AnodotExporter
 
         out_dir = Path(export.anodot_dir) if export.anodot_dir else state_dir / "anodot"
-        exporter = AnodotExporter(export, self.registry, out_dir)
+        exporter = AnodotExporter(export, self.registry, out_dir,
+                                  history=self.history.take_exported if self.history is not None else None,
+                                  history_features=self.settings.analysis.max_feature_labels)
         await exporter.start()
         self._on_stop("anodot", exporter.stop)
 
@@ -271,9 +295,16 @@ class Sidecar:
         listen = self.settings.telemetry.listen_admin
         if listen is None:
             return
+        history = None
+        if self.history_store is not None:
+            from sidecar.history.api import HistoryApi
+
+            history = HistoryApi(self.history_store, self.settings.analysis.history_bucket(),
+                                 self.drilldown.models).answer
+        predictions = self.feedback.describe if self.feedback is not None and self.pool is not None else None
         app = build_admin_app(self.registry, self.health, self.drilldown.model, self.drilldown.models,
                               self.pool.reset_reference if self.pool is not None else None,
-                              self.settings.telemetry.admin_token)
+                              self.settings.telemetry.admin_token, history=history, prediction=predictions)
         admin = self.admin = AdminServer(app, *listen)
         async with _starting("--listen-admin", _address(listen)):
             await admin.start()

@@ -1,4 +1,5 @@
-"""Where the workers' results go in the main process: the metrics, the drill-down store and the predictions hook.
+"""Where the workers' results go in the main process: the metrics, the drill-down store, the predictions hook and
+the history hook (closed history buckets).
 
 Telemetry never stops the analysis: a result that fails to apply is logged and the next one is applied.
 """
@@ -10,17 +11,20 @@ from collections.abc import Callable
 
 from sidecar.analysis.metrics import AnalysisMetrics
 from sidecar.analysis.monitor import MonitorStore
-from sidecar.messages.results import DriftWindow, Result, StoredPredictions
+from sidecar.messages.results import DriftWindow, HistoryBucket, Result, StoredPredictions
 
 log = logging.getLogger(__name__)
 PredictionsHook = Callable[[StoredPredictions], None]
+HistoryHook = Callable[[HistoryBucket], None]
 
 
 class ResultSink:
-    def __init__(self, metrics: AnalysisMetrics, store: MonitorStore, on_predictions: PredictionsHook | None) -> None:
+    def __init__(self, metrics: AnalysisMetrics, store: MonitorStore, on_predictions: PredictionsHook | None,
+                 on_history: HistoryHook | None = None) -> None:
         self.metrics = metrics
         self.store = store
         self.on_predictions = on_predictions
+        self.on_history = on_history
         self._drifting: dict[tuple[str, str], bool] = {}  # (model, detector) -> the latest window drifted
 
     def apply(self, message: Result) -> None:
@@ -28,6 +32,10 @@ class ResultSink:
             if isinstance(message, StoredPredictions):
                 if self.on_predictions is not None:
                     self.on_predictions(message)
+                return
+            if isinstance(message, HistoryBucket):
+                if self.on_history is not None:
+                    self.on_history(message)
                 return
             if isinstance(message, DriftWindow):
                 self._log_drift(message)

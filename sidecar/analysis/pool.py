@@ -40,7 +40,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.analysis.applying import PredictionsHook, ResultSink
+from sidecar.analysis.applying import HistoryHook, PredictionsHook, ResultSink
 from sidecar.analysis.metrics import AnalysisMetrics
 from sidecar.analysis.monitor import MonitorStore
 from sidecar.analysis.pipes import FrameReader, FrameWriter
@@ -99,8 +99,10 @@ class AnalysisPool:
     def __init__(self, settings: AnalysisSettings, state_dir: Path, registry: CollectorRegistry,
                  on_predictions: PredictionsHook | None = None, *, model_label_cap: int = 100,
                  capture: CaptureSettings | None = None, prediction_rules: PredictionReducer | None = None,
-                 upstreams: tuple[tuple[str, int] | None, tuple[str, int] | None] = (None, None)) -> None:
-        """`upstreams`: the model server's REST and gRPC addresses, which workers ask for model signatures."""
+                 upstreams: tuple[tuple[str, int] | None, tuple[str, int] | None] = (None, None),
+                 on_history: HistoryHook | None = None) -> None:
+        """`upstreams`: the model server's REST and gRPC addresses, which workers ask for model signatures;
+        `on_history` takes each closed history bucket (on the loop, so it must be quick)."""
         settings.check()
         capture = capture or CaptureSettings()
         self.settings = settings
@@ -120,7 +122,7 @@ class AnalysisPool:
         self._flusher: asyncio.Task[None] | None = None
         self.metrics = AnalysisMetrics(registry, settings.max_feature_labels, model_label_cap)
         self.store = MonitorStore()
-        self.results = ResultSink(self.metrics, self.store, on_predictions)
+        self.results = ResultSink(self.metrics, self.store, on_predictions, on_history)
         self._context = get_context("spawn")
         self._slots = [_Slot(index) for index in range(settings.workers)]
         self._batch_ids = itertools.count()

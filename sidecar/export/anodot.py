@@ -148,6 +148,11 @@ class BucketAggregator:
                     self._add(out, f"{what}_p{_percent(quantile)}", "gauge", labels,
                               histogram_quantile(quantile, buckets), timestamp)
 
+    def add(self, out: list[Sample], what: str, target_type: str, labels: Labels, value: float,
+            timestamp: int) -> None:
+        """Append one sample (skipped when `value` is not finite or it would carry too many properties)."""
+        self._add(out, what, target_type, labels, value, timestamp)
+
     def _add(self, out: list[Sample], what: str, target_type: str, labels: Labels, value: float,
              timestamp: int) -> None:
         if not math.isfinite(value):
@@ -205,10 +210,11 @@ def histogram_quantile(quantile: float, buckets: Sequence[tuple[float, float]]) 
 
 
 def merge(existing: Iterable[Sample], new: Iterable[Sample]) -> list[Sample]:
-    """Samples of one bucket written twice (a restart inside a bucket): counters add up, gauges take the latest."""
-    merged: dict[tuple[tuple[str, str], ...], Sample] = {}
+    """Samples of one bucket written twice (a restart inside a bucket): counters add up, gauges take the latest.
+    Samples of different timestamps (history buckets inside one file) stay apart."""
+    merged: dict[tuple[Any, ...], Sample] = {}
     for sample in (*existing, *new):
-        key = tuple(sorted(sample["properties"].items()))
+        key = (sample.get("timestamp"), *sorted(sample["properties"].items()))
         known = merged.get(key)
         if known is not None and sample["properties"].get("target_type") == "counter":
             known["value"] = known["value"] + sample["value"]

@@ -25,11 +25,13 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from sidecar.export.anodot import BucketAggregator, Reading, Sample, bucket_name, merge, read_registry
+from sidecar.export.anodot_history import history_samples
 from sidecar.export.metrics import AnodotMetrics
 from sidecar.export.settings import ExportSettings
 from sidecar.export.sink import backoff
 
 log = logging.getLogger(__name__)
+HistorySource = Callable[[], list[tuple[str, dict[str, Any]]]]  # (model, history bucket) closed since the last call
 
 CHUNK = 1000
 POST_QUEUE = 16
@@ -115,7 +117,10 @@ def write_bucket(path: Path, samples: list[Sample]) -> list[Sample]:
 
 class AnodotExporter:
     def __init__(self, settings: ExportSettings, registry: CollectorRegistry, out_dir: Path,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, history: HistorySource | None = None,
+                 history_features: int = 20) -> None:
+        """`history`: the history buckets closed since its last call, exported with the bucket they close in
+        (their first `history_features` inputs)."""
         if not settings.anodot_enabled:
             raise ValueError("anodot: anodot_bucket is 0 (off)")
         self.settings = settings
@@ -123,6 +128,8 @@ class AnodotExporter:
         self.registry = registry
         self.out_dir = out_dir
         self.clock = clock
+        self.history = history
+        self.history_features = history_features
         self.metrics = AnodotMetrics(registry)
         self.aggregator = BucketAggregator(settings.anodot_properties)
         self._previous: Reading = {}
@@ -158,6 +165,9 @@ class AnodotExporter:
         start = self._start
         current = read_registry(self.registry)
         samples = self.aggregator.samples(self._previous, current, int(start))
+        if self.history is not None:
+            for model, bucket in self.history():
+                samples.extend(history_samples(self.aggregator, model, bucket, self.history_features))
         self._previous = current
         self._start = max(start + self.bucket, self.bucket_start(self.clock()))
         path = self.out_dir / bucket_name(start)

@@ -28,7 +28,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.feedback import arrival
+from sidecar.feedback import arrival, lookup
 from sidecar.feedback.backends import open_store
 from sidecar.feedback.board import QualityBoard
 from sidecar.feedback.join import Join, match
@@ -42,7 +42,7 @@ from sidecar.feedback.settings import FeedbackSettings
 from sidecar.feedback.store import Drained, PredictionColumns, PredictionStore, StoredPrediction, StoreError
 from sidecar.feedback.tasks import PredictionRules
 from sidecar.messages.names import shadow_name, split_shadow
-from sidecar.messages.results import Predictions, StoredPredictions
+from sidecar.messages.results import JoinedTruth, Predictions, StoredPredictions
 from sidecar.proxy.rest.local import LocalRequest, LocalResponse
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ SWEEP_INTERVAL = 0.5
 POLL_CHUNK = 1000  # held ids looked up in a shared store per sweep
 MAX_SHADOWS = 16  # shadow names whose predictions feedback looks for
 EventSink = Callable[[str, str, bytes], object]  # (prediction id, model, feedback body): the payload log
+TruthSink = Callable[[list[JoinedTruth]], object]  # the truths a request (or held feedback) joined: the history
 
 
 class _Rejected(Exception):
@@ -85,6 +86,7 @@ class FeedbackService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._event_sink: EventSink | None = None
+        self._truth_sink: TruthSink | None = None
         self._token = (settings.feedback_token or "").encode()
         self._stopping = False
 
@@ -141,6 +143,10 @@ class FeedbackService:
         """Hand every accepted feedback item to `sink(prediction_id, model, body)` (the payload log)."""
         self._event_sink = sink
 
+    def set_truth_sink(self, sink: TruthSink) -> None:
+        """Hand every joined truth, with its prediction, to `sink` (the history's labels)."""
+        self._truth_sink = sink
+
     # predictions from the analysis
 
     def add_predictions(self, predictions: Predictions) -> None:
@@ -159,7 +165,8 @@ class FeedbackService:
         shadow = split_shadow(stored.model)[1]
         if shadow and shadow not in self.shadows and len(self.shadows) < MAX_SHADOWS:
             self.shadows.add(shadow)
-        put = PredictionColumns(stored.model, stored.ids, stored.instances, stored.tasks, stored.values, time.time())
+        put = PredictionColumns(stored.model, stored.ids, stored.instances, stored.tasks, stored.values, time.time(),
+                                stored.details)
         if self._loop is not None and threading.get_ident() != self._loop_thread:
             self._loop.call_soon_threadsafe(self._accept, put)
         else:
@@ -285,11 +292,13 @@ class FeedbackService:
         if not joins:
             return 0, 0
         try:
-            claimed = await self.store.claim([join.key for join in joins])
+            claimed = await self.store.claim([join.key for join in joins], [join.truth for join in joins])
         except StoreError:
             self.counts.store_error("claim")
             raise
         joined = duplicate = 0
+        truths: list[JoinedTruth] = []
+        now = time.time()
         for join, first in zip(joins, claimed, strict=True):
             model = self.models(join.model)
             if not first:
@@ -299,6 +308,12 @@ class FeedbackService:
             joined += 1
             self.counts.outcome(model, "joined")
             self.board.record(join)
+            truths.append(JoinedTruth(join.model, join.task, join.truth, join.predicted, now))
+        if truths and self._truth_sink is not None:
+            try:
+                self._truth_sink(truths)
+            except Exception:  # the history must never break feedback
+                log.exception("handing joined truths to the history failed")
         return joined, duplicate
 
     async def _join_shadows(self, items: Sequence[FeedbackItem]) -> None:
@@ -396,6 +411,25 @@ class FeedbackService:
                 log.debug("feedback event sink failed", exc_info=True)
 
     # read side
+
+    async def describe(self, prediction_id: str) -> tuple[int, dict[str, Any]]:
+        """`GET /v1/predictions/{id}` (see lookup.py): 200 with what is stored, 404 with the reason, 503 when the
+        store cannot be read. A prediction still on its way to the store is answered from memory."""
+        retention = self.settings.store_retention
+        ticket = self.recent.begin_lookup()
+        try:
+            try:
+                record = await self.store.describe(prediction_id)
+            except StoreError as exc:
+                self.counts.store_error("read")
+                return 503, {"error": f"the prediction store is unavailable: {exc}"}
+            if record is None and (recent := self.recent.columns(prediction_id)) is not None:
+                record = recent.describe(prediction_id)
+        finally:
+            self.recent.end_lookup(ticket)
+        if record is None:
+            return lookup.not_found(prediction_id, retention)
+        return lookup.found(prediction_id, record, retention)
 
     def quality_snapshot(self, model: str) -> dict[str, Any] | None:
         """The model's quality for the monitor drill-down, or None before any of its feedback joined."""

@@ -31,6 +31,10 @@ class RecentPredictions:
         put = self._latest.get(prediction_id)
         return put.record(prediction_id) if put is not None else None
 
+    def columns(self, prediction_id: str) -> PredictionColumns | None:
+        """The latest put holding `prediction_id`, while it is kept here."""
+        return self._latest.get(prediction_id)
+
     def added(self, put: PredictionColumns) -> None:
         """`put` is on its way to the store."""
         self._latest.update(dict.fromkeys(put.ids, put))

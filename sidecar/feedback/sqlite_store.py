@@ -7,6 +7,8 @@ process being killed (the WAL is in the file system), and survives a power loss 
 checkpoint has synced it (docs/durability.md). Rows wait at most `flush_interval` for their write (see threads.py).
 Retention: rows older than `retention` seconds are deleted, and beyond `max_rows` instances the oldest go first
 (down to 95% of `max_rows`, so a store at its bound is trimmed once per 5% of new rows, not on every write).
+Columns added since the first schema (`ADDED_COLUMNS`: the analysis's details, the joined truth) are added to an
+older file when it is opened; its rows read them as NULL, "not recorded".
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from sidecar.feedback.store import DEFAULT_FLUSH_INTERVAL, DEFAULT_FLUSH_ROWS, Key, Row, StoredPrediction
+from sidecar.feedback.store import (
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_FLUSH_ROWS,
+    SCORED_DETECTORS,
+    Key,
+    Predicted,
+    PredictionRecord,
+    Row,
+    StoredPrediction,
+    stored_instance,
+)
 from sidecar.feedback.threads import StoreThread, ThreadedStore
 
 SCHEMA = """
@@ -38,6 +50,14 @@ CREATE TABLE IF NOT EXISTS feedback (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS feedback_by_time ON feedback (time);
 """
+SCORE_COLUMNS = tuple(f"score_{detector}" for detector in SCORED_DETECTORS)
+ADDED_COLUMNS = {
+    "predictions": (("version", "TEXT"), ("outliers", "TEXT"), ("issues", "TEXT"),
+                    *((column, "REAL") for column in SCORE_COLUMNS)),
+    "feedback": (("truth", ""),),  # as compared: a class label (TEXT) or a number (REAL)
+}
+ROW_COLUMNS = ", ".join(("id", "instance", "model", "task", "predicted", "time", "version", "outliers", "issues",
+                         *SCORE_COLUMNS))
 TRIM_INTERVAL = 2.0
 LOW_WATER = 0.95
 LOOKUP_CHUNK = 500  # ids per query (SQLite's default limit on bound parameters is 32766)
@@ -79,6 +99,7 @@ class SqliteStore(ThreadedStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(self.path)
         conn.executescript(SCHEMA)
+        _add_columns(conn)
         writer = _Writer(conn, self.retention, self.max_rows)
         _trim(writer)
         return writer
@@ -89,16 +110,30 @@ class SqliteStore(ThreadedStore):
     async def lookup(self, prediction_ids: Sequence[str]) -> dict[str, StoredPrediction]:
         return await self._reader.call_batched(_select_many, list(prediction_ids))
 
-    async def claim(self, keys: Sequence[Key]) -> list[bool]:
-        return await self._writer.call_batched(_claim_many, list(keys))
+    async def describe(self, prediction_id: str) -> PredictionRecord | None:
+        return await self._reader.call(_describe, prediction_id)
+
+    async def claim(self, keys: Sequence[Key], truths: Sequence[Predicted] | None = None) -> list[bool]:
+        kept: Sequence[Predicted | None] = truths if truths is not None else [None] * len(keys)
+        claims = [(*key, truth) for key, truth in zip(keys, kept, strict=True)]
+        return await self._writer.call_batched(_claim_many, claims)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Add the columns a file written by an older version lacks (its rows read them as NULL)."""
+    for table, columns in ADDED_COLUMNS.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}".rstrip())
 
 
 def _insert(writer: _Writer, rows: Iterable[Row], count: int) -> None:
     conn = writer.conn
     conn.execute("BEGIN")
     try:
-        conn.executemany("INSERT OR REPLACE INTO predictions (id, instance, model, task, predicted, time) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        conn.executemany(f"INSERT OR REPLACE INTO predictions ({ROW_COLUMNS}) "
+                         f"VALUES ({', '.join('?' * (9 + len(SCORE_COLUMNS)))})", rows)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -108,17 +143,20 @@ def _insert(writer: _Writer, rows: Iterable[Row], count: int) -> None:
         _trim(writer, force=True)
 
 
-def _claim_many(writer: _Writer, key_lists: list[list[Key]]) -> list[list[bool]]:
+Claim = tuple[str, int, Predicted | None]  # (prediction id, instance, truth)
+
+
+def _claim_many(writer: _Writer, claim_lists: list[list[Claim]]) -> list[list[bool]]:
     """Claim every call's keys in one transaction; a key claimed earlier (even in this batch) answers False."""
     conn = writer.conn
     now = time.time()
     answers: list[list[bool]] = []
     conn.execute("BEGIN")
     try:
-        for keys in key_lists:
-            answers.append([conn.execute("INSERT OR IGNORE INTO feedback (id, instance, time) VALUES (?, ?, ?)",
-                                         (prediction_id, instance, now)).rowcount == 1
-                            for prediction_id, instance in keys])
+        for claims in claim_lists:
+            answers.append([conn.execute("INSERT OR IGNORE INTO feedback (id, instance, time, truth) "
+                                         "VALUES (?, ?, ?, ?)", (prediction_id, instance, now, truth)).rowcount == 1
+                            for prediction_id, instance, truth in claims])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -183,3 +221,13 @@ def _select(conn: sqlite3.Connection, prediction_ids: list[str]) -> dict[str, St
                 stored = found[prediction_id] = StoredPrediction(model, task, when, {})
             stored.instances[instance] = predicted
     return found
+
+
+def _describe(conn: sqlite3.Connection, prediction_id: str) -> PredictionRecord | None:
+    rows: list[Row] = conn.execute(f"SELECT {ROW_COLUMNS} FROM predictions WHERE id = ? ORDER BY instance",
+                                   (prediction_id,)).fetchall()
+    if not rows:
+        return None
+    truths = dict(conn.execute("SELECT instance, truth FROM feedback WHERE id = ?", (prediction_id,)).fetchall())
+    first = rows[0]
+    return PredictionRecord(first[2], first[6], first[5], {row[1]: stored_instance(row) for row in rows}, truths)

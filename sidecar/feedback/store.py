@@ -9,7 +9,11 @@ as soon as `flush_rows` rows are queued, whichever comes first, provided the wri
 everything queued, within its deadline, and says what it wrote.
 
 A stored predicted value is already reduced (see `tasks.py`): a class label (`str`) or a number (`float`: a
-binary probability, a regression value, or a scalar whose task is still undecided).
+binary probability, a regression value, or a scalar whose task is still undecided). Beside it, each row keeps what
+the analysis found about the instance (`PredictionDetails`): the request's version, the outlier detectors that
+scored it (`OUTLIER_CODES`, upper case when flagged) with their scores, and its data-quality issues (`ISSUE_CODES`).
+Rows stored before these columns existed read them as None ("not recorded"); so do truths claimed before the
+truth was kept.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
 from typing import NamedTuple, Protocol
 
+from sidecar.messages.results import OUTLIER_CODES, PredictionDetails
+
 Predicted = str | float
 Key = tuple[str, int]
+SCORED_DETECTORS = tuple(OUTLIER_CODES)  # each has a score column, in this order, at the end of a `Row`
 
 DEFAULT_FLUSH_INTERVAL = 0.1  # seconds a queued row may wait for its write (the store_flush_interval setting)
 DEFAULT_FLUSH_ROWS = 1000  # queued rows that start a write at once (the store_flush_rows setting)
@@ -35,9 +42,14 @@ class PredictionRow(NamedTuple):
     task: str
     predicted: Predicted
     time: float
+    version: str | None = None  # None (in all four): not recorded
+    outliers: str | None = None
+    issues: str | None = None
+    mahalanobis: float | None = None  # one score per detector of SCORED_DETECTORS
+    autoencoder: float | None = None
 
 
-Row = tuple[str, int, str, str, Predicted, float]
+Row = tuple[str, int, str, str, Predicted, float, str | None, str | None, str | None, float | None, float | None]
 """A `PredictionRow`'s fields as a plain tuple: what a store writes. CPython's garbage collector stops tracking a
 plain tuple of strings and numbers, never a NamedTuple, and `zip` builds them in C."""
 
@@ -51,12 +63,45 @@ class Rows(Protocol):
 
 
 class StoredPrediction(NamedTuple):
-    """Everything stored under one prediction id: its model, task, time and the predicted value per instance."""
+    """What a feedback join needs of one prediction id: its model, task, time and the predicted value per instance."""
 
     model: str
     task: str
     time: float
     instances: dict[int, Predicted]
+
+
+class StoredInstance(NamedTuple):
+    """One instance as stored, with what the analysis found about it (None: not recorded)."""
+
+    task: str
+    predicted: Predicted
+    outliers: str | None  # OUTLIER_CODES letters of the detectors that scored it, upper case when flagged
+    issues: str | None  # ISSUE_CODES letters
+    scores: dict[str, float]  # detector -> score, for the detectors that scored it
+
+
+class PredictionRecord(NamedTuple):
+    """Everything stored under one prediction id: model (the analysis name), version, time, the instances, and
+    the truths joined so far (instance -> the truth as compared, None when it was claimed before truths were kept).
+    """
+
+    model: str
+    version: str | None
+    time: float
+    instances: dict[int, StoredInstance]
+    truths: dict[int, Predicted | None]
+
+
+def stored_instance(row: Row) -> StoredInstance:
+    """A row's instance: scores only for the detectors its `outliers` code says scored it."""
+    outliers = row[7]
+    scores: dict[str, float] = {}
+    if outliers:
+        for detector, score in zip(SCORED_DETECTORS, row[9:], strict=True):
+            if OUTLIER_CODES[detector] in outliers.lower():
+                scores[detector] = float("nan") if score is None else float(score)
+    return StoredInstance(row[3], row[4], outliers, row[8], scores)
 
 
 class PredictionColumns:
@@ -68,24 +113,44 @@ class PredictionColumns:
     23 collections of about 0.5 ms each in 8 s of the saturated analysis benchmark, against 10 without the store.
     """
 
-    __slots__ = ("ids", "instances", "model", "tasks", "time", "values")
+    __slots__ = ("details", "ids", "instances", "model", "tasks", "time", "values")
 
     def __init__(self, model: str, ids: list[str], instances: list[int], tasks: list[str], values: list[Predicted],
-                 time: float) -> None:
+                 time: float, details: PredictionDetails | None = None) -> None:
         if not len(ids) == len(instances) == len(tasks) == len(values):
             raise ValueError("prediction columns must have the same length")
+        if details is not None and not (
+                len(ids) == len(details.versions) == len(details.outliers) == len(details.issues)
+                and all(len(column) == len(ids) for column in details.scores.values())):
+            raise ValueError("prediction details must have as many rows as the predictions")
         self.model = model
         self.ids = ids
         self.instances = instances
         self.tasks = tasks
         self.values = values
         self.time = time
+        self.details = details
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __iter__(self) -> Iterator[Row]:
-        return zip(self.ids, self.instances, repeat(self.model), self.tasks, self.values, repeat(self.time))
+        details = self.details
+        if details is None:
+            return zip(self.ids, self.instances, repeat(self.model), self.tasks, self.values, repeat(self.time),
+                       repeat(None), repeat(None), repeat(None), *(repeat(None) for _ in SCORED_DETECTORS))
+        scores = [details.scores.get(detector) for detector in SCORED_DETECTORS]
+        return zip(self.ids, self.instances, repeat(self.model), self.tasks, self.values, repeat(self.time),
+                   details.versions, details.outliers, details.issues,
+                   *(repeat(None) if column is None else column for column in scores))
+
+    def describe(self, prediction_id: str) -> PredictionRecord | None:
+        """Everything these columns store under `prediction_id` (no truths: those are in the store), or None."""
+        found = [row for row in self if row[0] == prediction_id]
+        if not found:
+            return None
+        return PredictionRecord(self.model, found[0][6], self.time, {row[1]: stored_instance(row) for row in found},
+                                {})
 
     def record(self, prediction_id: str) -> StoredPrediction | None:
         """What these columns store under `prediction_id` (the task of its first instance), or None."""
@@ -144,5 +209,9 @@ class PredictionStore(Protocol):
     async def lookup(self, prediction_ids: Sequence[str]) -> dict[str, StoredPrediction]:
         """The stored predictions among these ids (missing ids are absent from the answer)."""
 
-    async def claim(self, keys: Sequence[Key]) -> list[bool]:
-        """Mark (id, instance) pairs as having received feedback: True where this call was the first."""
+    async def describe(self, prediction_id: str) -> PredictionRecord | None:
+        """Everything stored under one id, truths included; None when the id has no stored instance."""
+
+    async def claim(self, keys: Sequence[Key], truths: Sequence[Predicted] | None = None) -> list[bool]:
+        """Mark (id, instance) pairs as having received feedback: True where this call was the first, which also
+        keeps its truth (`truths`, one per key, as compared: a class label or a number)."""

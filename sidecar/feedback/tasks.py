@@ -113,7 +113,8 @@ def reduce_prediction(value: Any, task: str, threshold: float) -> tuple[str, Pre
 class PredictionRules:
     """How analysed predictions become what the store keeps: the per-model task override and the binary threshold.
 
-    The analysis workers apply them (`reduce`) so the main process only stores the result.
+    The analysis workers apply them (`reduce`) so the main process only stores the result; what the analysis found
+    about each instance (`PredictionDetails`: version, outlier scores and flags, data-quality issues) goes along.
     """
 
     binary_threshold: float = 0.5
@@ -135,7 +136,7 @@ class PredictionRules:
             instances.append(item.instance_index)
             tasks.append(row_task)
             values.append(value)
-        return StoredPredictions(predictions.model, ids, instances, tasks, values)
+        return StoredPredictions(predictions.model, ids, instances, tasks, values, predictions.details)
 
 
 def _class_task(task: str, default: str) -> str:

@@ -203,6 +203,12 @@ class QualityBatch(NamedTuple):
 
 
 QUALITY_ISSUES = ("missing", "nan", "inf", "below_range", "above_range", "shape", "dtype")
+ISSUE_CODES = {"missing": "m", "nan": "n", "inf": "i", "below_range": "b", "above_range": "a", "shape": "s",
+               "dtype": "d"}
+"""One letter per data-quality issue: what the prediction store keeps per instance (`PredictionDetails.issues`)."""
+OUTLIER_CODES = {"mahalanobis": "m", "autoencoder": "a"}
+"""One letter per outlier detector: in `PredictionDetails.outliers` lower case when the detector scored the instance,
+upper case when it also flagged it as an outlier."""
 
 
 class PredictedInstance(NamedTuple):
@@ -221,12 +227,44 @@ class PredictedInstance(NamedTuple):
     predicted: Any
 
 
+class PredictionDetails(NamedTuple):
+    """What the analysis found about each predicted instance, one column per field, row-aligned with the
+    predictions it travels with: the request's model version ("" when it named none), the outlier detectors that
+    scored the instance (`OUTLIER_CODES`, upper case when flagged; None: not recorded), its data-quality issues
+    (`ISSUE_CODES` letters; None: not recorded) and each detector's score (NaN where it did not score the instance).
+    """
+
+    versions: list[str]
+    outliers: list[str | None]
+    issues: list[str | None]
+    scores: dict[str, list[float]]
+
+    @classmethod
+    def unrecorded(cls, count: int) -> PredictionDetails:
+        return cls([""] * count, [None] * count, [None] * count, {})
+
+    def cut(self, start: int, end: int) -> PredictionDetails:
+        return PredictionDetails(self.versions[start:end], self.outliers[start:end], self.issues[start:end],
+                                 {name: column[start:end] for name, column in self.scores.items()})
+
+    def joined(self, other: PredictionDetails) -> PredictionDetails:
+        """These rows, then `other`'s (a detector scored in only one of them is NaN in the other's rows)."""
+        mine, theirs = len(self.versions), len(other.versions)
+        nan = float("nan")
+        scores = {name: self.scores.get(name, [nan] * mine) + other.scores.get(name, [nan] * theirs)
+                  for name in {**self.scores, **other.scores}}
+        return PredictionDetails(self.versions + other.versions, self.outliers + other.outliers,
+                                 self.issues + other.issues, scores)
+
+
 class Predictions(NamedTuple):
-    """The predictions of one model in one batch; `task` is "binary", "multiclass" or "regression"."""
+    """The predictions of one model in one batch; `task` is "binary", "multiclass" or "regression"; `details`
+    (row-aligned with `items`) what the analysis found about each instance, None when nothing was recorded."""
 
     model: str
     task: str
     items: list[PredictedInstance]
+    details: PredictionDetails | None = None
 
 
 class PredictionReducer(Protocol):
@@ -249,6 +287,52 @@ class StoredPredictions(NamedTuple):
     instances: list[int]
     tasks: list[str]  # binary, multiclass, regression, or unusable (the prediction cannot meet a truth)
     values: list[Any]  # the stored value: a class label (str) or a number
+    details: PredictionDetails | None = None  # row-aligned; None: not recorded
+
+    def cut(self, start: int, end: int) -> StoredPredictions:
+        return StoredPredictions(self.model, self.ids[start:end], self.instances[start:end], self.tasks[start:end],
+                                 self.values[start:end], None if self.details is None else self.details.cut(start, end))
+
+    def joined(self, other: StoredPredictions) -> StoredPredictions:
+        """These rows, then `other`'s (under `other`'s model name)."""
+        details = None
+        if self.details is not None or other.details is not None:
+            details = ((self.details or PredictionDetails.unrecorded(len(self.ids)))
+                       .joined(other.details or PredictionDetails.unrecorded(len(other.ids))))
+        return StoredPredictions(other.model, self.ids + other.ids, self.instances + other.instances,
+                                 self.tasks + other.tasks, self.values + other.values, details)
+
+
+class HistoryBucket(NamedTuple):
+    """The statistics of one closed history bucket of a model (`sidecar.worker.buckets`), as plain values.
+
+    `bucket`: {"kind": "time", "seconds": s} or {"kind": "count", "instances": n}; `inputs`: feature name ->
+    numeric or categorical summary; `outputs`: the predicted classes or the regression spread (None before the
+    task is known); `drift`: detector -> windows, drifted, min_p_value; `outliers`: detector -> instances,
+    outliers; `sampled`: the percentiles came from a uniform sample of the bucket's rows."""
+
+    model: str
+    bucket: dict[str, Any]
+    start: float
+    end: float
+    instances: int
+    requests: int
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, Any] | None
+    drift: dict[str, dict[str, Any]]
+    outliers: dict[str, dict[str, int]]
+    sampled: bool = False
+
+
+class JoinedTruth(NamedTuple):
+    """A truth joined to its prediction (feedback to the history): task binary, multiclass or regression; `truth`
+    and `predicted` are class labels (str) or numbers."""
+
+    model: str
+    task: str
+    truth: str | float
+    predicted: str | float
+    time: float
 
 
 DIFF_BUCKETS = (1e-6, 1e-5, 1e-4, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 100.0)
@@ -310,4 +394,5 @@ class ModelError(NamedTuple):
 
 
 Result = (WorkerStarted | WorkerStopped | BatchDone | ModelStatus | DriftWindow | OutlierBatch | QualityBatch
-          | Predictions | StoredPredictions | ModelError | ShadowBatch | VersionDrift)
+          | Predictions | StoredPredictions | ModelError | ShadowBatch | VersionDrift
+          | HistoryBucket)

@@ -1,12 +1,13 @@
-"""Admin listener: /metrics (Prometheus text, OpenMetrics on request), /healthz, /readyz, the monitor drill-down and
-the monitoring page (`/`)."""
+"""Admin listener: /metrics (Prometheus text, OpenMetrics on request), /healthz, /readyz, the monitor drill-down,
+the history (`/v1/monitor/{model}/history`), the prediction lookup (`/v1/predictions/{id}`) and the monitoring page
+(`/`)."""
 
 from __future__ import annotations
 
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -22,17 +23,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MonitorLookup = Callable[[str, bool], dict[str, Any] | None]
 MonitorIndex = Callable[[], list[str]]
 ReferenceReset = Callable[[str], bool | None]  # None: no such model
+Answer = tuple[int, dict[str, Any]]  # HTTP status and JSON body
+HistoryLookup = Callable[[str, Mapping[str, str]], Awaitable[Answer]]  # (model, query parameters)
+PredictionLookup = Callable[[str], Awaitable[Answer]]  # (prediction id)
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes answer without the token
 _TRUE = {"1", "true", "yes"}
 
 
 def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
                     monitor: MonitorLookup | None = None, monitor_index: MonitorIndex | None = None,
-                    reset_reference: ReferenceReset | None = None, token: str | None = None) -> web.Application:
+                    reset_reference: ReferenceReset | None = None, token: str | None = None,
+                    history: HistoryLookup | None = None,
+                    prediction: PredictionLookup | None = None) -> web.Application:
     """With `token`, every route but the probes and the monitoring page's static files needs `Authorization: Bearer
     <token>` (401 otherwise); without it, the routes that change state (`DELETE /v1/monitor/{model}/reference`) are
     refused (403). `monitor(model, extremes)` answers the drill-down; `?extremes=true` keeps single raw values
-    (feature min and max)."""
+    (feature min and max). `history` answers `GET /v1/monitor/{model}/history` and `prediction`
+    `GET /v1/predictions/{id}` (404 while off)."""
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -79,6 +86,19 @@ def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
         return web.json_response({"model": model, "reference": "reset: collecting a new one from traffic"},
                                  status=202)
 
+    async def monitor_history(request: web.Request) -> web.Response:
+        if history is None:
+            return web.json_response({"error": "history is off (the analysis is off)"}, status=404)
+        status, body = await history(request.match_info["model"], request.query)
+        return _json(status, body)
+
+    async def prediction_lookup(request: web.Request) -> web.Response:
+        if prediction is None:
+            return web.json_response({"error": "prediction lookup is off (no prediction store: feedback or the "
+                                      "analysis is off)"}, status=404)
+        status, body = await prediction(request.match_info["prediction_id"])
+        return _json(status, body)
+
     app = web.Application(middlewares=[authorize])
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
@@ -86,8 +106,15 @@ def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
     app.router.add_get("/v1/monitor", monitor_list)
     app.router.add_get("/v1/monitor/{model}", monitor_model)
     app.router.add_delete("/v1/monitor/{model}/reference", reference_reset)
+    app.router.add_get("/v1/monitor/{model}/history", monitor_history)
+    app.router.add_get("/v1/predictions/{prediction_id}", prediction_lookup)
     add_page_routes(app)
     return app
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.Response(text=json.dumps(json_safe(body), allow_nan=False), status=status,
+                        content_type="application/json")
 
 
 def bearer_matches(header: str, token: str) -> bool:
@@ -126,8 +153,8 @@ class AdminServer:
         sockets = getattr(site._server, "sockets", None)
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        log.info("admin listener on %s:%d (monitoring page /, /metrics, /healthz, /readyz, /v1/monitor)", self.host,
-                 self.port)
+        log.info("admin listener on %s:%d (monitoring page /, /metrics, /healthz, /readyz, /v1/monitor, "
+                 "/v1/predictions)", self.host, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -9,8 +9,8 @@ Merging keeps what the metrics and the drill-down read (shadow comparisons: coun
 verdict; version drift like drift windows): the latest drift window of each model and detector with the
 number of windows it stands for and how many of them drifted; the latest model status; outlier and data-quality
 counts summed (outlier score bucket counts too, with the largest score; the detector duration of the latest
-batch); stored predictions concatenated per model; every model error. `BatchDone` is not held: the worker sends
-it at once, since it frees the batch's slot in the pool.
+batch); stored predictions concatenated per model; every model error and every closed history bucket. `BatchDone`
+is not held: the worker sends it at once, since it frees the batch's slot in the pool.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from sidecar.messages.results import (
     DriftWindow,
+    HistoryBucket,
     ModelError,
     ModelStatus,
     OutlierBatch,
@@ -74,7 +75,7 @@ class ResultBuffer:
         for result in self.take():
             pieces: list[Result] = [result]
             if isinstance(result, StoredPredictions) and len(result.ids) > items:
-                pieces = [_slice(result, start, end) for start, end in _cuts(result.ids, items)]
+                pieces = [result.cut(start, end) for start, end in _cuts(result.ids, items)]
             for piece in pieces:
                 size = _items(piece)
                 if part and weight + size > items:
@@ -101,16 +102,13 @@ def _cuts(ids: list[str], items: int) -> list[tuple[int, int]]:
     return cuts
 
 
-def _slice(stored: StoredPredictions, start: int, end: int) -> StoredPredictions:
-    return StoredPredictions(stored.model, stored.ids[start:end], stored.instances[start:end],
-                             stored.tasks[start:end], stored.values[start:end])
-
-
 def _items(result: Result) -> int:
     if isinstance(result, StoredPredictions):
         return len(result.ids)
     if isinstance(result, DriftWindow):
         return max(1, len(result.features))
+    if isinstance(result, HistoryBucket):
+        return max(1, len(result.inputs))
     return 1
 
 
@@ -129,6 +127,8 @@ def _key(result: Result) -> tuple[Any, ...] | None:
         return ("shadow", result.model, result.shadow)
     if isinstance(result, VersionDrift):
         return ("version", result.model, result.version)
+    if isinstance(result, HistoryBucket):
+        return ("bucket", result.model, result.start, result.end)  # each bucket goes as it is
     return None
 
 
@@ -149,8 +149,7 @@ def _merge(previous: Result, latest: Result) -> Result:
             counts[key] = counts.get(key, 0) + count
         return latest._replace(instances=previous.instances + latest.instances, counts=counts)
     if isinstance(previous, StoredPredictions) and isinstance(latest, StoredPredictions):
-        return StoredPredictions(latest.model, previous.ids + latest.ids, previous.instances + latest.instances,
-                                 previous.tasks + latest.tasks, previous.values + latest.values)
+        return previous.joined(latest)
     if isinstance(previous, ShadowBatch) and isinstance(latest, ShadowBatch):
         confusion = dict(previous.confusion)
         for key, count in latest.confusion.items():

@@ -173,11 +173,34 @@ class AnalysisSettings:
                                        parse_bool)
     signature_lookup: bool = option(True, "ask the model server for each model's signature (input and output "
                                     "types and shapes) before inferring them from the data", parse_bool)
+    history_bucket_seconds: float = option(60.0, "history buckets: seconds of capture time per bucket of input, "
+                                           "output, label, drift and outlier statistics", parse_duration(0.1))
+    history_bucket_instances: int = option(0, "history buckets: instances per bucket instead (0: off; when set it "
+                                           "wins over history_bucket_seconds)", parse_int(0))
+    history_max_features: int = option(256, "input columns with statistics in each history bucket (the first ones; "
+                                       "the log and /v1/monitor/{model} say when columns are left out)",
+                                       parse_int(1, 100_000))
+    history_max_levels: int = option(50, "levels (and predicted or true classes) per feature in a history bucket, "
+                                     "the most frequent first; the rest count as __other__", parse_int(1, 10_000))
+    history_sample_rows: int = option(10_000, "rows per history bucket whose values give exact percentiles; "
+                                      "beyond, percentiles come from a uniform sample of this many (the bucket says "
+                                      "sampled: true); counts, mean, std, min and max stay exact",
+                                      parse_int(100, 10_000_000))
+    history_retention: float = option(30 * 86400.0, "how long history buckets are kept (SQLite in the state "
+                                      "directory)", parse_duration(60.0))
+    history_max_rows: int = option(200_000, "history buckets kept in all models (the oldest removed first)",
+                                   parse_int(100))
     models: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
         "help": "per-model settings (YAML mapping model -> {reference, reference_size, window_size, window_mode, "
                 "window_step, window_seconds, task, output, autoencoder, kinds: {feature or input: numeric|"
                 "categorical}, by_version})",
         "parse": parse_models, "secret": False})
+
+    def history_bucket(self) -> dict[str, Any]:
+        """The history's bucket, as the history API and its messages describe it."""
+        if self.history_bucket_instances:
+            return {"kind": "count", "instances": self.history_bucket_instances}
+        return {"kind": "time", "seconds": float(self.history_bucket_seconds)}
 
     def model_config(self, model: str) -> ModelConfig:
         """Resolved settings of `model` (parsed once per configured model), or of the model inside an analysis name

@@ -1,7 +1,8 @@
 """Per-model analysis state inside a worker: schema, reference, windows, detectors; and the worker's router.
 
 `ModelState.ingest` takes the decoded exchanges of one model from one batch and returns small results:
-predictions for the feedback store, data-quality counts, per-batch outlier counts, a drift verdict per detector
+predictions for the feedback store (with each instance's version, outlier scores and flags and data-quality issues:
+`details.py`), data-quality counts, per-batch outlier counts, a drift verdict per detector
 for each window that completed, and the model's status. `AnalysisState` decodes a batch of capture records and
 routes them to the model states it creates on first sight.
 
@@ -44,9 +45,12 @@ from sidecar.messages.results import (
     Result,
     bucket_counts,
 )
+from sidecar.worker.buckets import BucketColumns, BucketOutputs, Buckets, OutlierRows
 from sidecar.worker.comparisons import Outputs, ShadowComparison, VersionComparisons
+from sidecar.worker.details import DetailsBuilder, exchange_issue_bits
 from sidecar.worker.features import (
     CATEGORICAL,
+    CODE,
     FROM_CONFIG,
     FROM_DATA,
     FROM_SIGNATURE,
@@ -273,6 +277,9 @@ class ModelState:
         self.output_names: list[str] = []
         self.output_kinds: list[str] = []
         self.windows: CountWindows | TimeWindows = make_windows(self.config, settings.window_min_instances)
+        self.buckets = Buckets(model, settings.history_bucket(), settings.history_max_levels,
+                               settings.history_sample_rows)
+        self._history_note: str | None = None
         self._file_tried = False
         self._pending: list[Result] = []  # errors found outside a batch, reported with the next one
         self.batch_outputs: np.ndarray | None = None  # the latest batch's analysed outputs (version comparisons)
@@ -316,8 +323,10 @@ class ModelState:
         results: list[Result] = []
         issues: dict[tuple[str, str], int] = {}
         predicted: list[PredictedInstance] = []
+        details = DetailsBuilder()
         blocks: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
         instances = 0
+        rows = 0  # analysed rows of the batch so far
         for record, exchange in items:
             instances += exchange.n_instances
             self._learn_signature(record)
@@ -329,22 +338,29 @@ class ModelState:
             view = output_view(exchange.outputs, exchange.classes, exchange.method, self.config.output,
                                self.output.name if self.output is not None else None, self.signature)
             self._learn_output(view)
+            kept = len(predicted)
             if view is not None and self.task is not None and self.output is not None:
                 predicted.extend(PredictedInstance(record.prediction_id, index, self.model, value)
                                  for index, value in enumerate(predictions(view, self.task, self.output.class_ids)))
             extracted = self.features.extract(exchange.inputs, exchange.n_instances)
             for key, count in extracted.issues.items():
                 issues[key] = issues.get(key, 0) + count
-            if extracted.values is None:
+            values = extracted.values
+            if len(predicted) > kept:
+                details.add(len(predicted) - kept, record.version or record.label,
+                            exchange_issue_bits(extracted.issues), None if values is None else rows,
+                            0 if values is None else values.shape[0])
+            if values is None:
                 continue
-            blocks.append((extracted.values, self._raw_outputs(view, exchange.n_instances),
+            rows += values.shape[0]
+            blocks.append((values, self._raw_outputs(view, exchange.n_instances),
                            np.full(exchange.n_instances, record.time)))
-        if predicted and self.task is not None:
-            results.append(Predictions(self.model, self._prediction_task(), predicted))
         if self.config.reference is not None and not self._file_tried and self.features is not None:
             self._load_reference_file()
         analysed = 0
         self.batch_outputs = None
+        verdicts: dict[str, OutlierRows] = {}
+        row_issues = None
         if blocks:
             inputs = np.concatenate([block[0] for block in blocks], axis=0)
             outputs = None if self.output is None else np.concatenate(
@@ -352,30 +368,35 @@ class ModelState:
                  for block in blocks], axis=0)
             self.batch_outputs = outputs
             times = np.concatenate([block[2] for block in blocks])
+            starts = np.concatenate([np.arange(block[0].shape[0]) == 0 for block in blocks])  # a request's first row
             analysed = inputs.shape[0]
-            results.extend(self._analyse(inputs, outputs, times))
+            analysis, verdicts = self._analyse(inputs, outputs, times)
+            results.extend(analysis)
+            results.extend(self._history(inputs, outputs, times, starts, verdicts))
             # after `_analyse`: a batch that completes the reference has its later instances checked against the
             # reference's range (its own instances lie inside that range)
-            results.append(self._quality(inputs, issues, instances))
+            quality, row_issues = self._quality(inputs, issues, instances, per_row=bool(predicted))
+            results.append(quality)
             issues = {}
         if issues:
             results.append(QualityBatch(self.model, instances, issues, 0.0))
+        if predicted and self.task is not None:
+            results.append(Predictions(self.model, self._prediction_task(), predicted,
+                                       details.build(verdicts, row_issues)))
         results.extend(self._pending)
         self._pending.clear()
         results.append(self.status())
         return results, analysed
 
     def tick(self, now: float) -> list[Result]:
-        """Close time windows whose bucket has ended."""
-        if self.detectors is None:
-            return []
-        windows = self.windows.poll(now)
-        if not windows:
-            return []
+        """Close time windows and history buckets whose time has ended."""
         results: list[Result] = []
-        for window in windows:
+        windows = self.windows.poll(now) if self.detectors is not None else []
+        for window in windows:  # before the buckets close, so a verdict finds the bucket its window ended in
             results.extend(self._evaluate(window))
-        results.append(self.status())
+        results.extend(self.buckets.poll(now))
+        if windows:
+            results.append(self.status())
         return results
 
     def _learn_output(self, view: OutputView | None) -> None:
@@ -531,51 +552,97 @@ class ModelState:
 
     # -- analysis -------------------------------------------------------------------------------------------
 
-    def _analyse(self, inputs: np.ndarray, outputs: np.ndarray | None, times: np.ndarray) -> list[Result]:
+    def _analyse(self, inputs: np.ndarray, outputs: np.ndarray | None,
+                 times: np.ndarray) -> tuple[list[Result], dict[str, OutlierRows]]:
+        """The detectors' results, and each outlier detector's verdict on the rows (row-aligned with `inputs`;
+        rows taken into the reference are not scored)."""
         results: list[Result] = []
+        rows = inputs.shape[0]
+        taken = 0
         if self.reference is None:
             taken = self.collector.add(inputs, outputs)
             if not self.collector.complete:
-                return results
+                return results, {}
             width = self.output.width if self.output is not None else 0
             self._complete(self.collector.inputs(), self.collector.outputs(width), None)
             inputs, times = inputs[taken:], times[taken:]
             outputs = None if outputs is None else outputs[taken:]
         if self.detectors is None or inputs.shape[0] == 0:
-            return results
-        results.extend(self._outliers(inputs))
+            return results, {}
+        outliers, verdicts = self._outliers(inputs)
+        results.extend(outliers)
+        if taken:  # the rows taken into the reference were not scored
+            unscored = np.zeros(taken, dtype=bool)
+            verdicts = {name: OutlierRows(np.concatenate([unscored, verdict.scored]),
+                                          np.concatenate([unscored, verdict.outliers]),
+                                          None if verdict.scores is None
+                                          else np.concatenate([np.full(taken, np.nan), verdict.scores]))
+                        for name, verdict in verdicts.items()}
+        assert all(verdict.scored.shape[0] == rows for verdict in verdicts.values())
         features = None
         if outputs is not None and self.output is not None and self.task is not None and self.output_names:
             features = output_features(outputs, self.output.name, self.output.scalar, self.task,
                                        self.settings.max_features, self.output.class_ids).values
         for window in self.windows.push(self.detectors.layout.transform(inputs), features, times):
             results.extend(self._evaluate(window))
-        return results
+        return results, verdicts
 
-    def _quality(self, inputs: np.ndarray, issues: dict[tuple[str, str], int], instances: int) -> QualityBatch:
+    def _history(self, inputs: np.ndarray, outputs: np.ndarray | None, times: np.ndarray, starts: np.ndarray,
+                 verdicts: dict[str, OutlierRows]) -> list[Result]:
+        """Fold the batch's rows into the history buckets; returns the buckets that closed."""
+        columns = self._bucket_columns()
+        view = None
+        if outputs is not None and self.output is not None and self.task in (CLASSIFICATION, REGRESSION):
+            view = BucketOutputs(self.task, outputs, self.output.class_ids, self.output.labels)
+        width = len(columns.names)
+        return list(self.buckets.add(inputs[:, :width], times, starts, columns, view, verdicts))
+
+    def _bucket_columns(self) -> BucketColumns:
+        """The input columns the history summarises: the first `history_max_features`, each numeric or categorical
+        (the reference's kinds once it is complete; before, string columns are categorical)."""
+        features = self.features
+        assert features is not None
+        width = min(features.width, self.settings.history_max_features)
+        if width < features.width and self._history_note is None:
+            self._history_note = (f"history buckets summarise the first {width} of {features.width} input columns "
+                                  "(history_max_features)")
+            log.info("model %s: %s", self.model, self._history_note)
+        kinds = self.reference.kinds if self.reference is not None else None
+        categorical = [kinds[column] == CATEGORICAL if kinds is not None
+                       else features.columns[column].role == CODE for column in range(width)]
+        vocabularies = {column: names for column in range(width)
+                        if (names := features.categories(column)) is not None}
+        return BucketColumns(list(features.names[:width]), categorical, vocabularies)
+
+    def _quality(self, inputs: np.ndarray, issues: dict[tuple[str, str], int], instances: int,
+                 per_row: bool) -> tuple[QualityBatch, np.ndarray | None]:
+        """The batch's quality counts and, with `per_row`, each row's issues (see `quality_counts`)."""
         from sidecar.detectors.quality import quality_counts
 
         assert self.features is not None
         detectors = self.detectors
         low = detectors.low if detectors is not None else np.full(inputs.shape[1], -np.inf)
         high = detectors.high if detectors is not None else np.full(inputs.shape[1], np.inf)
-        counts, duration = _timed(lambda: quality_counts(inputs, low, high))
+        counts, duration = _timed(lambda: quality_counts(inputs, low, high, per_row))
         merged = dict(issues)
         for (column, issue), count in _quality_items(counts):
             if count:
                 key = (self.features.names[column], issue)
                 merged[key] = merged.get(key, 0) + count
-        return QualityBatch(self.model, instances, merged, duration)
+        return QualityBatch(self.model, instances, merged, duration), counts.row_issues
 
-    def _outliers(self, inputs: np.ndarray) -> list[Result]:
+    def _outliers(self, inputs: np.ndarray) -> tuple[list[Result], dict[str, OutlierRows]]:
         detectors = self.detectors
         assert detectors is not None
         results: list[Result] = []
+        verdicts: dict[str, OutlierRows] = {}
         for name, detector in (("mahalanobis", detectors.mahalanobis), ("autoencoder", detectors.autoencoder)):
             if detector is None:
                 continue
-            rows = (detectors.multivariate_rows(inputs) if name == "mahalanobis"
-                    else _finite_rows(inputs[:, detectors.raw_numeric]))
+            columns = (detectors.layout.transform(inputs)[:, detectors.numeric] if name == "mahalanobis"
+                       else inputs[:, detectors.raw_numeric])
+            scored = np.all(np.isfinite(columns), axis=1) if columns.size else np.zeros(inputs.shape[0], dtype=bool)
+            rows = columns[scored]
             if rows.shape[0] == 0:
                 continue
             try:
@@ -584,12 +651,17 @@ class ModelState:
                 results.append(self._error(name, exc))
                 continue
             threshold = float(detector.threshold)
+            flagged = np.zeros(inputs.shape[0], dtype=bool)
+            flagged[scored] = scores > threshold
+            row_scores = np.full(inputs.shape[0], np.nan)
+            row_scores[scored] = scores
+            verdicts[name] = OutlierRows(scored, flagged, row_scores)
             outliers = int(np.count_nonzero(scores > threshold))
             finite = scores[np.isfinite(scores)]
             results.append(OutlierBatch(self.model, name, int(rows.shape[0]), outliers, threshold,
                                         bucket_counts(finite.tolist(), SCORE_BUCKETS),
                                         float(finite.max()) if finite.size else None, duration))
-        return results
+        return results, verdicts
 
     def _evaluate(self, window: Window) -> list[Result]:
         detectors = self.detectors
@@ -612,6 +684,7 @@ class ModelState:
                 continue
             results.append(_drift_window(self.model, name, window, verdict, duration,
                                          self.settings.max_feature_labels))
+            self.buckets.add_drift(name, window.end, bool(verdict.drift), _float(verdict.p_value))
         return results
 
     def _error(self, detector: str, exc: BaseException) -> ModelError:
@@ -629,6 +702,7 @@ class ModelState:
         target = reference.instances if reference is not None and reference.source == SOURCE_FILE else (
             self.config.reference_size)
         windows = dict(self.windows.describe())
+        windows["history"] = {**self.buckets.describe(), "note": self._history_note}
         return ModelStatus(
             model=self.model, worker=self.worker, task=self.task,
             reference=ReferenceStatus(source=source, file=self.config.reference, instances=collected, target=target,

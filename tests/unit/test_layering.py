@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "feedback": {"messages", "proxy", "telemetry", "options"},
     "telemetry": {"options"},
     "shadow": {"messages", "options", "telemetry"},
+    "history": {"messages", "telemetry", "options"},
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sidecar.detectors.quality import quality_counts
+from sidecar.detectors.quality import ROW_ABOVE_MAX, ROW_BELOW_MIN, ROW_INF, ROW_MISSING, quality_counts
 
 
 def test_each_issue_is_counted_per_feature() -> None:
@@ -36,3 +36,12 @@ def test_a_feature_without_a_reference_range_counts_no_range_issues() -> None:
 def test_an_empty_batch_counts_nothing() -> None:
     counts = quality_counts(np.zeros((0, 3)), np.zeros(3), np.ones(3))
     assert counts.rows == 0 and counts.missing.tolist() == [0, 0, 0]
+
+
+def test_per_row_each_row_says_which_issues_any_of_its_features_has() -> None:
+    x = np.array([[np.nan, 5.0, -np.inf], [1.0, 11.0, 0.5], [0.0, 5.0, 0.5], [-3.0, 12.0, np.nan]])
+    counts = quality_counts(x, ref_min=[-1.0, 0.0, 0.0], ref_max=[1.5, 10.0, 1.0], per_row=True)
+    assert counts.row_issues is not None
+    assert counts.row_issues.tolist() == [ROW_MISSING | ROW_INF, ROW_ABOVE_MAX, 0,
+                                          ROW_BELOW_MIN | ROW_ABOVE_MAX | ROW_MISSING]
+    assert quality_counts(x, ref_min=[0, 0, 0], ref_max=[1, 1, 1]).row_issues is None

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import redis
 
-from sidecar.feedback.redis_store import RedisStore, decode_predicted, encode_predicted
+from sidecar.feedback.redis_store import (
+    RedisStore,
+    decode_outliers,
+    decode_predicted,
+    encode_outliers,
+    encode_predicted,
+)
 from sidecar.feedback.store import PredictionRow
 
 
@@ -77,3 +84,36 @@ async def test_key_prefixes_keep_deployments_apart(redis_url: str) -> None:
     finally:
         await one.stop()
         await two.stop()
+
+
+def test_outlier_codes_and_scores_share_one_field() -> None:
+    assert encode_outliers("Ma", [41.5, 0.25]) == "M41.5,a0.25"
+    assert decode_outliers("M41.5,a0.25") == ("Ma", [41.5, 0.25])
+    assert decode_outliers("") == ("", [None, None])
+    code, scores = decode_outliers(encode_outliers("m", [None, None]))
+    assert code == "m" and scores[0] is not None and math.isnan(scores[0]) and scores[1] is None
+
+
+async def test_a_hash_written_before_the_details_existed_reads_them_as_not_recorded(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:  # as the previous version wrote them
+        client.hset("x:p:old", mapping={"m": "m", "k": "binary", "t": repr(time.time()), "i0": "f0.7", "i1": "s1"})
+        client.sadd("x:f:old", 1)
+    finally:
+        client.close()
+    store = RedisStore(redis_url, retention=600, key_prefix="x:")
+    await store.start()
+    try:
+        record = await store.describe("old")
+        assert record is not None and record.version is None and record.truths == {1: None}
+        assert [(item.predicted, item.outliers, item.issues) for item in record.instances.values()] == [
+            (0.7, None, None), ("1", None, None)]
+        assert await store.claim([("old", 0)], ["1"]) == [True]
+        assert (await store.describe("old")).truths == {0: "1", 1: None}  # type: ignore[union-attr]
+    finally:
+        await store.stop()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert 590 <= client.ttl("x:t:old") <= 600
+    finally:
+        client.close()

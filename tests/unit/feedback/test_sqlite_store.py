@@ -107,3 +107,44 @@ async def test_the_database_uses_write_ahead_logging_so_reads_do_not_wait_for_wr
     await store.stop()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+OLD_SCHEMA = """
+CREATE TABLE predictions (id TEXT NOT NULL, instance INTEGER NOT NULL, model TEXT NOT NULL, task TEXT NOT NULL,
+    predicted, time REAL NOT NULL, PRIMARY KEY (id, instance)) WITHOUT ROWID;
+CREATE INDEX predictions_by_time ON predictions (time);
+CREATE TABLE feedback (id TEXT NOT NULL, instance INTEGER NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (id, instance)) WITHOUT ROWID;
+CREATE INDEX feedback_by_time ON feedback (time);
+"""
+
+
+async def test_a_file_written_before_the_details_existed_stays_readable_and_gains_them(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.sqlite3"
+    with sqlite3.connect(path) as conn:  # as the previous version left it
+        conn.executescript(OLD_SCHEMA)
+        conn.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?)",
+                         [("old", 0, "m", "multiclass", "2", time.time()), ("old", 1, "m", "multiclass", "0",
+                                                                           time.time())])
+        conn.execute("INSERT INTO feedback VALUES (?, ?, ?)", ("old", 1, time.time()))
+    conn.close()
+    store = SqliteStore(path, retention=3600, max_rows=1000)
+    await store.start()
+    try:
+        assert (await store.lookup(["old"]))["old"].instances == {0: "2", 1: "0"}
+        record = await store.describe("old")
+        assert record is not None and record.version is None and record.truths == {1: None}
+        assert [(item.outliers, item.issues, item.scores) for item in record.instances.values()] == [
+            (None, None, {}), (None, None, {})]
+        assert await store.claim([("old", 0), ("old", 1)], ["2", "1"]) == [True, False]
+        store.put([PredictionRow("new", 0, "m", "multiclass", "1", time.time(), "", "M", "a", 12.0, None)])
+        await store.flush()
+        new = await store.describe("new")
+        assert new is not None and new.instances[0].scores == {"mahalanobis": 12.0}
+        assert (await store.describe("old")).truths == {0: "2", 1: None}  # type: ignore[union-attr]
+    finally:
+        await store.stop()
+    with sqlite3.connect(path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(predictions)")]
+    conn.close()
+    assert columns[6:] == ["version", "outliers", "issues", "score_mahalanobis", "score_autoencoder"]

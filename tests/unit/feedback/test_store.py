@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.feedback.backends import open_store
-from sidecar.feedback.store import PredictionColumns, PredictionRow, PredictionStore, StoreError
+from sidecar.feedback.store import PredictionColumns, PredictionRow, PredictionStore, StoredInstance, StoreError
+from sidecar.messages.results import PredictionDetails
 
 from .redis_server import running_redis
 
@@ -62,8 +63,10 @@ def test_columns_iterate_as_rows_and_give_one_prediction_s_record() -> None:
     columns = PredictionColumns("m", ["a", "b", "a"], [0, 0, 1], ["multiclass", "binary", "multiclass"],
                                 ["cat", 0.75, "dog"], 12.5)
     assert len(columns) == 3
-    assert list(columns) == [("a", 0, "m", "multiclass", "cat", 12.5), ("b", 0, "m", "binary", 0.75, 12.5),
-                             ("a", 1, "m", "multiclass", "dog", 12.5)]
+    unrecorded = (None,) * 5  # version, outliers, issues and the two scores: not recorded
+    assert list(columns) == [("a", 0, "m", "multiclass", "cat", 12.5, *unrecorded),
+                             ("b", 0, "m", "binary", 0.75, 12.5, *unrecorded),
+                             ("a", 1, "m", "multiclass", "dog", 12.5, *unrecorded)]
     record = columns.record("a")
     assert record is not None and record.instances == {0: "cat", 1: "dog"}
     assert (record.model, record.task, record.time) == ("m", "multiclass", 12.5)
@@ -112,3 +115,56 @@ async def test_an_unreachable_redis_fails_start_with_the_address(tmp_path: Path)
     store = open_store("redis://127.0.0.1:1/0", tmp_path, retention=60, max_rows=100, key_prefix="t:")
     with pytest.raises(StoreError, match=re.escape("cannot reach redis://127.0.0.1:1/0")):
         await store.start()
+
+
+def detailed(prediction_id: str) -> PredictionColumns:
+    """Three instances: one flagged by Mahalanobis (and scored by the autoencoder), one scored and not flagged,
+    one not scored (a NaN in its input), with their data-quality issues."""
+    nan = float("nan")
+    details = PredictionDetails(["3"] * 3, ["Ma", "m", ""], ["a", "", "nb"],
+                                {"mahalanobis": [41.5, 1.25, nan], "autoencoder": [0.5, nan, nan]})
+    return PredictionColumns("m@3", [prediction_id] * 3, [0, 1, 2], ["multiclass"] * 3, ["2", "0", "1"],
+                             time.time(), details)
+
+
+async def test_the_analysis_details_and_the_joined_truths_are_stored_with_the_prediction(
+        store: PredictionStore) -> None:
+    store.put(detailed("d"))
+    assert await store.claim([("d", 0), ("d", 2)], ["2", "0"]) == [True, True]
+    assert await store.claim([("d", 0)], ["1"]) == [False]  # a duplicate keeps the first truth
+    record = await store.describe("d")
+    assert record is not None
+    assert (record.model, record.version) == ("m@3", "3")
+    assert record.time == pytest.approx(time.time(), abs=5)
+    assert record.instances == {
+        0: StoredInstance("multiclass", "2", "Ma", "a", {"mahalanobis": 41.5, "autoencoder": 0.5}),
+        1: StoredInstance("multiclass", "0", "m", "", {"mahalanobis": 1.25}),
+        2: StoredInstance("multiclass", "1", "", "nb", {}),
+    }
+    assert record.truths == {0: "2", 2: "0"}
+    assert await store.describe("missing") is None
+    assert (await store.lookup(["d"]))["d"].instances == {0: "2", 1: "0", 2: "1"}  # feedback's lookup unchanged
+
+
+async def test_rows_without_details_and_claims_without_truths_read_as_not_recorded(store: PredictionStore) -> None:
+    store.put(rows("plain", [0.25, 3.0], model="r", task="regression"))
+    assert await store.claim([("plain", 1)]) == [True]
+    record = await store.describe("plain")
+    assert record is not None and record.version is None
+    assert record.instances == {0: StoredInstance("regression", 0.25, None, None, {}),
+                                1: StoredInstance("regression", 3.0, None, None, {})}
+    assert record.truths == {1: None}
+
+
+def test_columns_describe_one_prediction_before_it_is_written() -> None:
+    columns = detailed("d")
+    record = columns.describe("d")
+    assert record is not None and record.version == "3" and record.truths == {}
+    assert record.instances[0].scores == {"mahalanobis": 41.5, "autoencoder": 0.5}
+    assert record.instances[2] == StoredInstance("multiclass", "1", "", "nb", {})
+    assert columns.describe("other") is None
+
+
+def test_details_of_another_length_are_refused() -> None:
+    with pytest.raises(ValueError, match="as many rows"):
+        PredictionColumns("m", ["a"], [0], ["binary"], [0.5], 0.0, PredictionDetails.unrecorded(2))

@@ -13,6 +13,7 @@ from sidecar.messages.results import (
     ModelStatus,
     OutlierBatch,
     PackedFeatures,
+    PredictionDetails,
     QualityBatch,
     ReferenceStatus,
     StoredPredictions,
@@ -85,6 +86,28 @@ def test_stored_predictions_are_concatenated_per_model() -> None:
     merged = {r.model: r for r in buffer.take() if isinstance(r, StoredPredictions)}
     assert merged["m"].ids == ["p1", "p2", "p3"] and merged["m"].values == ["1", "1", "1"]
     assert merged["other"].ids == ["q1"]
+
+
+def test_details_stay_row_aligned_when_predictions_are_merged_and_cut() -> None:
+    first = stored("m", ["p1", "p1"])._replace(details=PredictionDetails(["1", "1"], ["M", "m"], ["a", ""],
+                                                                         {"mahalanobis": [9.0, 1.0]}))
+    second = stored("m", ["p2"])._replace(details=PredictionDetails([""], ["a"], ["n"], {"autoencoder": [0.5]}))
+    buffer = ResultBuffer()
+    buffer.extend([first, stored("m", ["p3"]), second])
+    [merged] = buffer.take()
+    assert isinstance(merged, StoredPredictions) and merged.details is not None
+    details = merged.details
+    assert (details.versions, details.outliers, details.issues) == (["1", "1", "", ""], ["M", "m", None, "a"],
+                                                                    ["a", "", None, "n"])
+    assert details.scores["mahalanobis"][:2] == [9.0, 1.0] and all(v != v for v in details.scores["mahalanobis"][2:])
+    assert [v != v for v in details.scores["autoencoder"]] == [True, True, True, False]
+    buffer.add(merged)
+    parts = buffer.take_parts(items=2)
+    pieces = [piece for part in parts for piece in part if isinstance(piece, StoredPredictions)]
+    assert [piece.ids for piece in pieces] == [["p1", "p1"], ["p3", "p2"]]
+    assert pieces[1].details is not None and pieces[1].details.outliers == [None, "a"]
+    assert [len(column) for column in pieces[1].details.scores.values()] == [2, 2]
+    assert pieces[1].details.scores["autoencoder"][1] == 0.5
 
 
 def test_the_latest_status_wins_and_every_error_is_kept() -> None:

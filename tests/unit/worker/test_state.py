@@ -406,3 +406,38 @@ def test_versions_share_one_analysis_unless_configured(tmp_path: Path) -> None:
     state = AnalysisState(0, small(), tmp_path)
     run(state, [record._replace(version=str(n % 2 + 1)) for n, record in enumerate(stream("iris", 4, 10, seed=1))])
     assert list(state.models) == ["iris"]
+
+
+def test_each_predicted_instance_carries_its_outlier_scores_flags_and_quality_issues(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(outlier_fpr=0.01), tmp_path)
+    run(state, list(stream("iris", 20, 10, seed=1)))
+    rows = np.zeros((4, FEATURES))
+    rows[1] = 8.0  # far outside the reference
+    rows[2, 0] = np.nan  # not scored: Mahalanobis needs complete rows
+    rows[3, 3] = -9.0
+    record = rest_record("iris", rows, prediction_id="probe")._replace(version="7")
+    wider = rest_record("iris", np.zeros((2, FEATURES + 1)), softmax_model(np.zeros((2, FEATURES))), "wider")
+    results, _, _ = state.process([record, wider])
+    [predictions] = of_type(results, Predictions)
+    [batch] = of_type(results, OutlierBatch)
+    details = predictions.details
+    assert details is not None
+    assert [(item.prediction_id, item.instance_index) for item in predictions.items] == [
+        ("probe", 0), ("probe", 1), ("probe", 2), ("probe", 3), ("wider", 0), ("wider", 1)]
+    assert details.versions == ["7"] * 4 + [""] * 2
+    assert details.outliers == ["m", "M", "", "M", "", ""]  # the wider request's inputs do not fit the schema
+    assert details.issues == ["", "a", "n", "b", "s", "s"]
+    scores = details.scores["mahalanobis"]
+    assert scores[0] < batch.threshold < min(scores[1], scores[3])
+    assert [np.isnan(score) for score in scores] == [False, False, True, False, True, True]
+    assert sum(code.count("M") for code in details.outliers if code) == batch.outliers == 2
+
+
+def test_rows_taken_into_the_reference_are_not_scored(tmp_path: Path) -> None:
+    state = AnalysisState(0, small(), tmp_path)
+    run(state, list(stream("iris", 19, 10, seed=1)))  # 190 of the 200 reference rows
+    results, _, _ = state.process([rest_record("iris", np.zeros((20, FEATURES)), prediction_id="last")])
+    [predictions] = of_type(results, Predictions)
+    assert predictions.details is not None
+    assert predictions.details.outliers == [""] * 10 + ["m"] * 10
+    assert predictions.details.issues == [""] * 20
