@@ -12,6 +12,7 @@ signature_name = 3, version_label = 4. ModelInferRequest: model_name = 1, model_
 
 from __future__ import annotations
 
+import zlib
 from typing import NamedTuple
 from urllib.parse import quote
 
@@ -71,6 +72,29 @@ def grpc_method(api: str, method: str) -> str:
     if path is None:
         raise Unsupported(f"no gRPC method for {api} {method}")
     return path
+
+
+def compressed(body: bytes) -> bool:
+    """Whether a captured gRPC request is a compressed message still in its 5-byte frame (as the h2 engine keeps it;
+    a protobuf message cannot start with 0x01, field number 0)."""
+    return len(body) >= 5 and body[0] == 1 and int.from_bytes(body[1:5], "big") == len(body) - 5
+
+
+def grpc_message(body: bytes, limit: int) -> bytes:
+    """The message of a captured gRPC request: a compressed one unframed and inflated (gzip or deflate), refused
+    beyond `limit` bytes; any other the captured bytes themselves."""
+    if not compressed(body):
+        return body
+    inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # gzip or zlib header, told apart by the bytes
+    try:
+        message = inflater.decompress(body[5:], limit)
+    except zlib.error as exc:
+        raise Unsupported(f"a compressed request that does not inflate: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise Unsupported(f"a compressed request inflating to more than {limit} bytes")
+    if not inflater.eof:
+        raise Unsupported("a truncated compressed request")
+    return message
 
 
 def grpc_request(api: str, request: bytes, name: Naming) -> bytes:

@@ -35,7 +35,15 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.messages.records import PROTOCOL_GRPC, PROTOCOL_REST, CaptureRecord
 from sidecar.shadow.metrics import ShadowMetrics, ShadowStats
-from sidecar.shadow.requests import Unsupported, grpc_method, grpc_request, naming, rest_path
+from sidecar.shadow.requests import (
+    Unsupported,
+    compressed,
+    grpc_message,
+    grpc_method,
+    grpc_request,
+    naming,
+    rest_path,
+)
 from sidecar.shadow.settings import ShadowSettings, ShadowTarget
 
 log = logging.getLogger(__name__)
@@ -150,8 +158,11 @@ class _Lane:
                 status, body = await self._rest(record, rest_path(record.api, record.method, name))
                 ok = status == 200
             elif record.protocol == PROTOCOL_GRPC and self.channel is not None:
+                message = record.request
+                if compressed(message):  # inflated off the loop: the channel compresses nothing itself
+                    message = await asyncio.to_thread(grpc_message, message, self.sender.max_message_bytes)
                 status, body = await self._grpc(record, grpc_method(record.api, record.method),
-                                                grpc_request(record.api, record.request, name))
+                                                grpc_request(record.api, message, name))
                 ok = status == 0
             else:
                 outcome = "unsupported"

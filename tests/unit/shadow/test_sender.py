@@ -4,12 +4,15 @@ outcomes counted, a full queue drops the oldest, an unreachable shadow is skippe
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from tensorflow_serving.apis import predict_pb2
 
 from sidecar.config import from_mapping
 from sidecar.messages.records import CaptureRecord
@@ -113,3 +116,53 @@ async def test_an_unreachable_shadow_is_counted_and_then_skipped_without_connect
         assert outcome(registry, "unreachable") == DOWN_AFTER + 1 and not lane.queue and not lane.inflight
     finally:
         await sender.stop()
+
+
+@pytest.fixture
+async def grpc_shadow() -> AsyncIterator[tuple[int, list[bytes]]]:
+    """A gRPC shadow answering Predict with an empty PredictResponse; the request messages it got."""
+    got: list[bytes] = []
+
+    async def predict(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        got.append(request)
+        return b""
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "tensorflow.serving.PredictionService", {"Predict": grpc.unary_unary_rpc_method_handler(predict)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield port, got
+    await server.stop(0)
+
+
+def grpc_call(number: int, request: bytes) -> CaptureRecord:
+    return CaptureRecord(f"id-{number}", 1.0, "iris", "1", "", "grpc", "tfserving", "predict", request, b"", 0, 0.002)
+
+
+async def test_a_compressed_grpc_request_is_sent_as_its_inflated_message_renamed_or_not(
+        grpc_shadow: tuple[int, list[bytes]]) -> None:
+    port, got = grpc_shadow
+    message = predict_pb2.PredictRequest()
+    message.model_spec.name = "iris"
+    message.model_spec.version.value = 1
+    message.inputs["x"].float_val.extend([1.0] * 64)
+    plain = message.SerializeToString()
+    packed = gzip.compress(plain)
+    framed = b"\x01" + len(packed).to_bytes(4, "big") + packed  # as the h2 engine captures a compressed message
+    registry = CollectorRegistry()
+    settings = from_mapping({"shadow_models": {"iris": {"grpc": f"127.0.0.1:{port}", "name": "next"},
+                                               "other": {"grpc": f"127.0.0.1:{port}", "name": "next",
+                                                         "model": "iris_next"}}}).shadow
+    sender = ShadowSender(settings, registry)
+    await sender.start()
+    try:
+        sender.append(grpc_call(0, framed))
+        sender.append(grpc_call(1, framed)._replace(model="other"))  # renamed: the model spec is rewritten
+        await eventually(lambda: len(got) == 2)
+        await eventually(lambda: outcome(registry, "ok") == 1)
+    finally:
+        await sender.stop()
+    assert plain in got  # in whichever order the two calls arrived
+    renamed = predict_pb2.PredictRequest.FromString(got[1 - got.index(plain)])
+    assert renamed.model_spec.name == "iris_next" and renamed.inputs["x"].float_val == message.inputs["x"].float_val
