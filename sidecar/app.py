@@ -215,7 +215,8 @@ class Sidecar:
         shadow = self.shadow = ShadowSender(self.settings.shadow, self.registry,
                                             self.pool.append if self.pool is not None else None,
                                             model_label_cap=self.settings.telemetry.model_label_cap,
-                                            max_message_bytes=self.settings.proxy.grpc_max_message_bytes)
+                                            max_message_bytes=self.settings.proxy.grpc_max_message_bytes,
+                                            max_body_bytes=self.settings.proxy.max_body_bytes)
         await shadow.start()
         self._on_stop("shadow", shadow.stop)
         self.tee.add(shadow)

@@ -16,7 +16,8 @@ from prometheus_client.registry import Collector
 
 from sidecar.telemetry.metrics import ModelLabels
 
-OUTCOMES = ("ok", "error", "timeout", "unreachable", "dropped", "unsupported")
+OUTCOMES = ("ok", "error", "timeout", "unreachable", "oversize", "dropped", "unsupported")
+FAILED = ("error", "timeout", "unreachable", "oversize")  # the shadow's fault
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RECENT_LATENCIES = 1000  # per side, kept for the drill-down's percentiles
 
@@ -49,8 +50,9 @@ class _Outcomes(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily("sidecar_shadow_requests", "Inference calls mirrored to a shadow, by outcome "
-                                     "(ok, error: the shadow answered an error, timeout, unreachable, dropped: its "
-                                     "queue was full, unsupported: no shadow endpoint for the call's protocol).",
+                                     "(ok, error: the shadow answered an error, timeout, unreachable, oversize: its "
+                                     "answer exceeded the sidecar's size limits, dropped: its queue was full, "
+                                     "unsupported: no shadow endpoint for the call's protocol).",
                                      labels=["model", "shadow", "outcome"])
         for (model, shadow), stats in list(self.stats.items()):
             for outcome, count in list(stats.outcomes.items()):
@@ -69,7 +71,7 @@ class ShadowStats:
 
     def snapshot(self) -> dict[str, Any]:
         sent = sum(count for outcome, count in self.outcomes.items() if outcome not in ("dropped", "unsupported"))
-        failed = sum(self.outcomes.get(outcome, 0) for outcome in ("error", "timeout", "unreachable"))
+        failed = sum(self.outcomes.get(outcome, 0) for outcome in FAILED)
         return {
             "requests": dict(sorted(self.outcomes.items())),
             "error_rate": {"shadow": failed / sent if sent else None,

@@ -2,12 +2,13 @@
 
 `append` runs on the request path (through the proxies' `Tee`): it looks the model's shadow up (cached), keeps a
 `sample` share of the calls, chosen by a hash of the prediction id, and puts the record in the shadow's lane, a
-bounded deque (the oldest is dropped and counted when it is full). Nothing else happens there.
+bounded deque (by calls and by bytes: the oldest is dropped and counted when it is full). Nothing else happens there.
 
 Each lane (one per shadow) runs a task on the event loop that takes records from its deque and sends them, at most
 `shadow_concurrency` at a time, over its own connection pool (aiohttp for REST, a grpc.aio channel for gRPC), each
-bounded by `shadow_timeout`. The shadow's answer is never returned to anyone: it goes, with the primary's answer to
-the same request, into one capture record naming the shadow (`CaptureRecord.shadow`, `primary_response`), which
+bounded by `shadow_timeout`; an answer larger than the sidecar's own limits (max_body_bytes, grpc_max_message_bytes)
+is not read whole but counted `oversize`. The shadow's answer is never returned to anyone: it goes, with the
+primary's answer to the same request, into one capture record naming the shadow (`CaptureRecord.shadow`, `primary_response`), which
 `deliver` hands to the analysis; the workers decode both and compare them. A REST call is mirrored only to a shadow
 with a REST address, a gRPC call only to one with a gRPC address (a call is never translated): otherwise it is
 counted `unsupported`.
@@ -70,6 +71,7 @@ class _Lane:
         self.sender = sender
         self.target = target
         self.queue: deque[tuple[CaptureRecord, ShadowTarget]] = deque()  # each with its model's target
+        self.queued_bytes = 0
         self.inflight = 0
         self.wake = asyncio.Event()
         self.room = asyncio.Event()
@@ -117,11 +119,22 @@ class _Lane:
             self.sender.count(record.model, self.target.name, "unreachable")  # not connecting for a while
             return
         queue = self.queue
-        if len(queue) >= self.sender.settings.shadow_queue_max:
-            old, _ = queue.popleft()
-            self.sender.count(old.model, self.target.name, "dropped")
+        settings = self.sender.settings
+        size = _size(record)
+        while queue and (len(queue) >= settings.shadow_queue_max
+                         or self.queued_bytes + size > settings.shadow_queue_max_bytes):
+            self.sender.count(self._take()[0].model, self.target.name, "dropped")
+        if size > settings.shadow_queue_max_bytes:
+            self.sender.count(record.model, self.target.name, "dropped")  # alone beyond the bound
+            return
         queue.append((record, target))
+        self.queued_bytes += size
         self.wake.set()
+
+    def _take(self) -> tuple[CaptureRecord, ShadowTarget]:
+        record, target = self.queue.popleft()
+        self.queued_bytes -= _size(record)
+        return record, target
 
     async def _run(self) -> None:
         concurrency = self.sender.settings.shadow_concurrency
@@ -133,7 +146,7 @@ class _Lane:
             taken = 0
             while self.queue and self.inflight < concurrency and taken < TAKEN_PER_TURN:
                 taken += 1
-                record, target = self.queue.popleft()
+                record, target = self._take()
                 breaker = self.breakers.get(record.protocol)
                 if breaker is not None and time.monotonic() < breaker.down_until:  # counted, not sent
                     self.sender.count(record.model, self.target.name, "unreachable")
@@ -172,6 +185,8 @@ class _Lane:
         except Unsupported as exc:
             outcome = "unsupported"
             log.debug("shadow %s: %s", target.name, exc)
+        except _Oversize:
+            outcome = "oversize"
         except TimeoutError:
             outcome = "timeout"
         except (aiohttp.ClientConnectionError, OSError):
@@ -179,8 +194,8 @@ class _Lane:
             self._unreachable(record.protocol)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            outcome = "timeout" if code == grpc.StatusCode.DEADLINE_EXCEEDED else (
-                "unreachable" if code == grpc.StatusCode.UNAVAILABLE else "error")
+            outcome = {grpc.StatusCode.DEADLINE_EXCEEDED: "timeout", grpc.StatusCode.UNAVAILABLE: "unreachable",
+                       grpc.StatusCode.RESOURCE_EXHAUSTED: "oversize"}.get(code, "error")
             if outcome == "unreachable":
                 self._unreachable(record.protocol)
         except asyncio.CancelledError:
@@ -200,8 +215,16 @@ class _Lane:
         headers = {"Content-Type": "application/json", "X-Sidecar-Shadow": "1"}
         if record.request_encoding:
             headers["Content-Encoding"] = record.request_encoding
+        limit = self.sender.max_body_bytes
         async with self.session.post(path, data=record.request, headers=headers) as response:
-            return response.status, await response.read()
+            if response.content_length is not None and response.content_length > limit:
+                raise _Oversize
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > limit:
+                    raise _Oversize
+            return response.status, bytes(body)
 
     async def _grpc(self, record: CaptureRecord, method: str, request: bytes) -> tuple[int, bytes]:
         assert self.channel is not None
@@ -231,6 +254,14 @@ class _Lane:
         breaker.in_a_row, breaker.seconds, breaker.told = 0, DOWN_SECONDS, False
 
 
+class _Oversize(Exception):
+    """The shadow's answer is larger than the sidecar accepts (max_body_bytes, grpc_max_message_bytes)."""
+
+
+def _size(record: CaptureRecord) -> int:
+    return len(record.request) + len(record.response)
+
+
 class _Breaker:
     """Whether a shadow's endpoint is skipped for a while after calls in a row found it unreachable."""
 
@@ -254,10 +285,12 @@ class ShadowSender:
     `deliver` takes the shadow records made of the answers (the analysis pool's `append`), or None."""
 
     def __init__(self, settings: ShadowSettings, registry: CollectorRegistry, deliver: Deliver | None = None, *,
-                 model_label_cap: int = 100, max_message_bytes: int = 64 * 1024**2) -> None:
+                 model_label_cap: int = 100, max_message_bytes: int = 64 * 1024**2,
+                 max_body_bytes: int = 64 * 1024**2) -> None:
         self.settings = settings
         self.deliver = deliver
-        self.max_message_bytes = max_message_bytes
+        self.max_message_bytes = max_message_bytes  # gRPC messages either way
+        self.max_body_bytes = max_body_bytes  # REST answers read
         self.metrics = ShadowMetrics(registry, model_label_cap)
         self.metrics.threshold.set(settings.shadow_min_agreement)
         self.stats = self.metrics.stats

@@ -22,6 +22,7 @@ from sidecar.options import (
     parse_http_url,
     parse_int,
     parse_mapping,
+    parse_size,
     parse_str,
 )
 
@@ -116,6 +117,8 @@ class ShadowSettings:
         "parse": parse_shadow_models, "secret": False})
     shadow_queue_max: int = option(1000, "calls waiting to be mirrored, per shadow; beyond, the oldest is dropped "
                                    "and counted", parse_int(1, 1_000_000))
+    shadow_queue_max_bytes: int = option(256 * 1024**2, "bytes of requests and answers waiting to be mirrored, "
+                                         "per shadow; beyond, the oldest is dropped and counted", parse_size())
     shadow_concurrency: int = option(16, "calls in flight to each shadow (its connection pool)", parse_int(1, 1024))
     shadow_timeout: float = option(10.0, "longest a shadow may take to answer; then the call counts as a timeout",
                                    parse_duration(0.001))

@@ -101,6 +101,63 @@ async def test_a_full_queue_drops_the_oldest_and_counts_it(
         await sender.stop()
 
 
+async def test_the_queue_is_bounded_by_bytes_too(shadow_server: tuple[int, list[str], asyncio.Event]) -> None:
+    port, _, release = shadow_server
+    release.clear()
+    size = len(call(0).request) + len(call(0).response)
+    settings = from_mapping({"shadow_rest": f"http://127.0.0.1:{port}", "shadow_name": "next",
+                             "shadow_queue_max_bytes": 3 * size, "shadow_concurrency": 1}).shadow
+    registry = CollectorRegistry()
+    sender = ShadowSender(settings, registry)
+    await sender.start()
+    try:
+        sender.append(call(0))
+        await asyncio.sleep(0.05)  # in flight: no longer queued
+        for number in range(1, 8):
+            sender.append(call(number))
+        [lane] = sender._lanes.values()
+        assert outcome(registry, "dropped") == 4 and len(lane.queue) == 3 and lane.queued_bytes == 3 * size
+        sender.append(call(8)._replace(request=bytes(4 * size)))  # alone larger than the bound: dropped itself
+        assert outcome(registry, "dropped") == 8 and not lane.queue and lane.queued_bytes == 0
+        release.set()
+        await eventually(lambda: outcome(registry, "ok") == 1)
+    finally:
+        await sender.stop()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_an_answer_beyond_the_size_limit_is_not_read_whole_but_counted_oversize(chunked: bool) -> None:
+    async def big(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse()
+        if not chunked:
+            response.content_length = 1024 * 1024
+        await response.prepare(request)
+        for _ in range(16):
+            await response.write(bytes(64 * 1024))
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", big)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    settings = from_mapping({"shadow_rest": f"http://127.0.0.1:{runner.addresses[0][1]}",
+                             "shadow_name": "next"}).shadow
+    registry = CollectorRegistry()
+    delivered: list[CaptureRecord] = []
+    sender = ShadowSender(settings, registry, delivered.append, max_body_bytes=100 * 1024)
+    await sender.start()
+    try:
+        sender.append(call(0))
+        await eventually(lambda: outcome(registry, "oversize") == 1)
+    finally:
+        await sender.stop()
+        await runner.cleanup()
+    assert delivered == [] and sender.snapshot("iris")["next"]["error_rate"]["shadow"] == 1.0
+
+
 async def test_an_unreachable_shadow_is_counted_and_then_skipped_without_connecting() -> None:
     settings = from_mapping({"shadow_rest": f"http://127.0.0.1:{free_port()}", "shadow_name": "next"}).shadow
     registry = CollectorRegistry()
