@@ -8,10 +8,10 @@ Each lane (one per shadow) runs a task on the event loop that takes records from
 `shadow_concurrency` at a time, over its own connection pool (aiohttp for REST, a grpc.aio channel for gRPC), each
 bounded by `shadow_timeout`; an answer larger than the sidecar's own limits (max_body_bytes, grpc_max_message_bytes)
 is not read whole but counted `oversize`. The shadow's answer is never returned to anyone: it goes, with the
-primary's answer to the same request, into one capture record naming the shadow (`CaptureRecord.shadow`, `primary_response`), which
-`deliver` hands to the analysis; the workers decode both and compare them. A REST call is mirrored only to a shadow
-with a REST address, a gRPC call only to one with a gRPC address (a call is never translated): otherwise it is
-counted `unsupported`.
+primary's answer to the same request, into one capture record naming the shadow (`CaptureRecord.shadow`,
+`primary_response`), which `deliver` hands to the analysis; the workers decode both and compare them. A REST call
+is mirrored only to a shadow with a REST address, a gRPC call only to one with a gRPC address (a call is never
+translated): otherwise it is counted `unsupported`.
 
 A shadow that does not answer costs the primary's clients nothing but the `append`: after `DOWN_AFTER` calls in a
 row found it unreachable, its lane stops connecting for a while (`DOWN_SECONDS`, doubling up to `DOWN_MAX_SECONDS`)
