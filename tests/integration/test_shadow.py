@@ -233,6 +233,9 @@ async def test_canary_and_stable_versions_get_output_drift_against_the_baseline_
                             "prediction_id": prediction_id,
                             "truth": truth[number * 50:(number + 1) * 50].tolist()}) as response:
                         assert response.status == 200, await response.text()
+            for name, truth in (("classifier@stable", stable_truth), ("classifier@canary", canary_truth)):
+                await eventually(lambda name=name, truth=truth: metric(  # held feedback joins once analysed
+                    registry, "sidecar_feedback_total", model=name, outcome="joined") == len(truth), timeout=60)
             async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/classifier") as response:
                 snapshot = await response.json()
         canary = snapshot["versions"]["classifier@canary"]
