@@ -156,6 +156,8 @@ class Sidecar:
                                                        self.settings.proxy.upstream_grpc))
             await pool.start()
             self._on_stop("analysis", pool.stop)
+            if feedback is not None:
+                feedback.set_label_sink(pool.send_labels)
             self.registry.register(CaptureMetrics(pool, lambda: pool.drained, models))
             self.tee.add(pool)
             return

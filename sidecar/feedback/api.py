@@ -40,7 +40,7 @@ from sidecar.feedback.recent import RecentPredictions
 from sidecar.feedback.responses import BodyTooLarge, check_bearer, error_response, inflate, json_response
 from sidecar.feedback.settings import FeedbackSettings
 from sidecar.feedback.store import Drained, PredictionColumns, PredictionStore, StoredPrediction, StoreError
-from sidecar.feedback.tasks import PredictionRules
+from sidecar.feedback.tasks import REGRESSION, PredictionRules
 from sidecar.messages.names import shadow_name, split_shadow
 from sidecar.messages.results import Predictions, StoredPredictions
 from sidecar.proxy.rest.local import LocalRequest, LocalResponse
@@ -52,6 +52,7 @@ SWEEP_INTERVAL = 0.5
 POLL_CHUNK = 1000  # held ids looked up in a shared store per sweep
 MAX_SHADOWS = 16  # shadow names whose predictions feedback looks for
 EventSink = Callable[[str, str, bytes], object]  # (prediction id, model, feedback body): the payload log
+LabelSink = Callable[[str, list[tuple[str, int, bool]]], object]  # (model, [(id, instance, right)]): the analysis
 
 
 class _Rejected(Exception):
@@ -85,6 +86,7 @@ class FeedbackService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._event_sink: EventSink | None = None
+        self._label_sink: LabelSink | None = None
         self._token = (settings.feedback_token or "").encode()
         self._stopping = False
 
@@ -142,6 +144,11 @@ class FeedbackService:
         self._event_sink = sink
 
     # predictions from the analysis
+
+    def set_label_sink(self, sink: LabelSink) -> None:
+        """Hand `sink(model, [(prediction_id, instance, right)])` every classification instance joined (the
+        analysis calibrates its quality estimate on them)."""
+        self._label_sink = sink
 
     def add_predictions(self, predictions: Predictions) -> None:
         """Store one model's analysed predictions, reducing them here; the analysis workers reduce theirs with
@@ -290,6 +297,7 @@ class FeedbackService:
             self.counts.store_error("claim")
             raise
         joined = duplicate = 0
+        labels: dict[str, list[tuple[str, int, bool]]] = {}
         for join, first in zip(joins, claimed, strict=True):
             model = self.models(join.model)
             if not first:
@@ -299,6 +307,14 @@ class FeedbackService:
             joined += 1
             self.counts.outcome(model, "joined")
             self.board.record(join)
+            if join.task != REGRESSION:
+                labels.setdefault(join.model, []).append((join.key[0], join.key[1], join.truth == join.predicted))
+        if self._label_sink is not None:
+            for name, items in labels.items():
+                try:
+                    self._label_sink(name, items)
+                except Exception:  # the estimate's calibration never fails a feedback request
+                    log.exception("handing joined labels of model %s to the analysis failed", name)
         return joined, duplicate
 
     async def _join_shadows(self, items: Sequence[FeedbackItem]) -> None:

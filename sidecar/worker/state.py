@@ -45,6 +45,7 @@ from sidecar.messages.results import (
     bucket_counts,
 )
 from sidecar.worker.comparisons import Outputs, ShadowComparison, VersionComparisons
+from sidecar.worker.estimation import QualityEstimator
 from sidecar.worker.features import (
     CATEGORICAL,
     FROM_CONFIG,
@@ -276,6 +277,7 @@ class ModelState:
         self._file_tried = False
         self._pending: list[Result] = []  # errors found outside a batch, reported with the next one
         self.batch_outputs: np.ndarray | None = None  # the latest batch's analysed outputs (version comparisons)
+        self.estimator: QualityEstimator | None = None  # once the model shows probabilities
         saved = Reference.load(self.directory)
         if saved is not None and self._reusable(saved):
             self.restored = True
@@ -317,6 +319,7 @@ class ModelState:
         issues: dict[tuple[str, str], int] = {}
         predicted: list[PredictedInstance] = []
         blocks: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
+        estimated: list[tuple[list[tuple[str, int]], np.ndarray]] = []
         instances = 0
         for record, exchange in items:
             instances += exchange.n_instances
@@ -332,6 +335,9 @@ class ModelState:
             if view is not None and self.task is not None and self.output is not None:
                 predicted.extend(PredictedInstance(record.prediction_id, index, self.model, value)
                                  for index, value in enumerate(predictions(view, self.task, self.output.class_ids)))
+                if self._estimable(view):
+                    estimated.append(([(record.prediction_id, index) for index in range(view.values.shape[0])],
+                                      view.values))
             extracted = self.features.extract(exchange.inputs, exchange.n_instances)
             for key, count in extracted.issues.items():
                 issues[key] = issues.get(key, 0) + count
@@ -341,6 +347,8 @@ class ModelState:
                            np.full(exchange.n_instances, record.time)))
         if predicted and self.task is not None:
             results.append(Predictions(self.model, self._prediction_task(), predicted))
+        if estimated:
+            results.extend(self._estimate(estimated))
         if self.config.reference is not None and not self._file_tried and self.features is not None:
             self._load_reference_file()
         analysed = 0
@@ -364,6 +372,37 @@ class ModelState:
         self._pending.clear()
         results.append(self.status())
         return results, analysed
+
+    def _estimable(self, view: OutputView) -> bool:
+        """Probabilities of a classifier (not class ids, not a classify call's scores) with a prediction id."""
+        output = self.output
+        return (self.settings.quality_estimation and self.task == CLASSIFICATION and output is not None
+                and not output.class_ids and view.labels is None and view.name == output.name
+                and view.values.ndim == 2 and view.values.shape[0] > 0 and _all_probabilities(view.values))
+
+    def _estimate(self, blocks: list[tuple[list[tuple[str, int]], np.ndarray]]) -> list[Result]:
+        estimator = self.estimator
+        if estimator is None:
+            settings = self.settings
+            estimator = self.estimator = QualityEstimator(
+                self.model, self.config.window_size, settings.estimation_min_labels,
+                settings.estimation_calibration_pairs, settings.estimation_memory)
+        results: list[Result] = []
+        for keys, values in blocks:
+            try:
+                results.extend(estimator.add(keys, np.asarray(values, dtype=np.float64)))
+            except Exception as exc:
+                results.append(self._error("quality_estimate", exc))
+        return results
+
+    def label(self, labels: list[tuple[str, int, bool]]) -> list[Result]:
+        """Joined feedback for this model's predictions (whether each was right): the estimate's calibration."""
+        if self.estimator is None:
+            return []
+        try:
+            return list(self.estimator.label(labels))
+        except Exception as exc:
+            return [self._error("quality_estimate", exc)]
 
     def tick(self, now: float) -> list[Result]:
         """Close time windows whose bucket has ended."""
@@ -739,6 +778,11 @@ class AnalysisState:
         if state is None:
             state = self.models[name] = ModelState(name, self.worker, self.settings, self.state_dir, self.signatures)
         return state
+
+    def label(self, name: str, labels: list[tuple[str, int, bool]]) -> list[Result]:
+        """Joined feedback of a model this worker analyses (a model it has not seen keeps none)."""
+        state = self.models.get(name)
+        return state.label(labels) if state is not None else []
 
     def reset_reference(self, name: str) -> list[Result]:
         """Forget one model's reference (also its saved copy, for a model this worker has not seen yet)."""
