@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "feedback": {"messages", "proxy", "telemetry", "options"},
     "telemetry": {"options"},
     "shadow": {"messages", "options", "telemetry"},
+    "explain": {"messages", "options", "proxy", "telemetry", "worker"},  # worker: where the reference is saved
 }
 
 
