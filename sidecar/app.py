@@ -37,6 +37,7 @@ from sidecar.telemetry.tracing import Tracing, disabled
 
 if TYPE_CHECKING:  # each part's module is imported only when the settings ask for the part
     from sidecar.analysis.pool import AnalysisPool
+    from sidecar.explain.service import ExplainService
     from sidecar.export.payload_log import PayloadLog
     from sidecar.feedback.api import FeedbackService
     from sidecar.fleet import ProxyFleet
@@ -87,6 +88,7 @@ class Sidecar:
         self.grpc: Listener | None = None
         self.admin: AdminServer | None = None
         self.fleet: ProxyFleet | None = None
+        self.explainer: ExplainService | None = None
         self.drilldown = DrillDown(None, None)
         self.limit_metrics = LimitMetrics()
         self.registry.register(self.limit_metrics)
@@ -178,6 +180,8 @@ class Sidecar:
                                             on_history=self.history.add_bucket if self.history is not None else None)
             await pool.start()
             self._on_stop("analysis", pool.stop)
+            if feedback is not None:
+                feedback.set_label_sink(pool.send_labels)
             self.registry.register(CaptureMetrics(pool, lambda: pool.drained, models))
             self.tee.add(pool)
             return
@@ -255,8 +259,10 @@ class Sidecar:
             from sidecar.proxy.rest.proxy import RestProxy
 
             local_routes = {"/v1/feedback": self.feedback.handle} if self.feedback is not None else None
+            explainer = await self._start_explainer()
             rest = self.rest = RestProxy(proxy, capture=capture, metrics=self.request_metrics, tracing=self.tracing,
-                                         health=self.health, local_routes=local_routes)
+                                         health=self.health, local_routes=local_routes,
+                                         route_handlers=explainer.handler_for if explainer is not None else None)
             async with _starting("--listen-rest", _address(proxy.listen_rest)):
                 await rest.start()
             self._on_stop("rest proxy", rest.stop)
@@ -274,6 +280,21 @@ class Sidecar:
                 self.limit_metrics.add("grpc", events)
         if proxy.proxy_processes > 1:
             await self._start_fleet(capture)
+
+    async def _start_explainer(self) -> ExplainService | None:
+        """The explain endpoint's service, when any model is to be explained by the sidecar."""
+        settings = self.settings
+        if not settings.explain.any_enabled or settings.proxy.upstream_rest is None:
+            return None
+        from sidecar.explain.service import ExplainService
+
+        explainer = self.explainer = ExplainService(settings.explain, settings.proxy.upstream_rest,
+                                                    settings.state_path, self.registry,
+                                                    settings.proxy.max_body_bytes,
+                                                    settings.telemetry.model_label_cap)
+        explainer.start()
+        self._on_stop("explainer", explainer.stop)
+        return explainer
 
     async def _start_fleet(self, capture: Callable[[CaptureRecord], None] | None) -> None:
         """The other proxy processes, told the ports this one bound (settings may ask for port 0)."""

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from sidecar.capture.settings import CaptureSettings
+from sidecar.explain.settings import ExplainSettings
 from sidecar.export.settings import ExportSettings
 from sidecar.feedback.settings import FeedbackSettings
 from sidecar.options import format_duration, format_size, option, parse_choice, parse_str
@@ -49,6 +50,7 @@ class Settings:
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
+    explain: ExplainSettings = field(default_factory=ExplainSettings)
 
     @property
     def state_path(self) -> Path:
@@ -77,7 +79,8 @@ def _all_options() -> dict[str, tuple[str, Any]]:
 _SECTION_TITLES = {"general": "general", "proxy": "proxying (REST and gRPC)", "capture": "capture",
                    "telemetry": "admin listener, metrics and tracing", "analysis": "analysis (drift, outliers, data "
                    "quality)", "feedback": "feedback and the prediction store", "export": "payload log and Anodot",
-                   "shadow": "shadow mirroring (a new model beside the serving one)"}
+                   "shadow": "shadow mirroring (a new model beside the serving one)",
+                   "explain": "explanations (`:explain` answered with KernelSHAP)"}
 _METAVARS = {"parse_size": "SIZE", "parse_duration": "DURATION", "parse_bool": "BOOL", "parse_int": "N",
              "parse_float": "NUMBER", "parse_hostport": "HOST:PORT", "parse_http_url": "URL", "parse_choice": "CHOICE",
              "parse_mapping": "YAML", "parse_str_list": "LIST"}

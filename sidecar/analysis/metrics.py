@@ -27,6 +27,7 @@ from sidecar.messages.results import (
     ModelStatus,
     OutlierBatch,
     QualityBatch,
+    QualityEstimate,
     Result,
     ShadowBatch,
     VersionDrift,
@@ -154,6 +155,16 @@ class AnalysisMetrics:
                                      registry=r)
         self.version_checks = Counter("sidecar_version_output_drift_checks", "Version output windows tested "
                                       "against the baseline.", ["model", "version"], registry=r)
+        self.estimated = {name: Gauge(f"sidecar_quality_estimated_{name}", f"The {name} expected from the "
+                                      "classifier's probabilities over its latest window, before labels (CBPE; "
+                                      "precision, recall and F1 macro-averaged).", ["model"], registry=r)
+                          for name in ("accuracy", "precision", "recall", "f1")}
+        self.estimate_calibrated = Gauge("sidecar_quality_estimation_calibrated", "1 when the quality estimate "
+                                         "calibrates the probabilities on joined labels (isotonic), 0 when it "
+                                         "assumes them calibrated (too few labels yet).", ["model"], registry=r)
+        self.estimate_gap = Gauge("sidecar_quality_estimated_accuracy_error", "Estimated minus realized accuracy "
+                                  "over the labelled instances of the model's recent windows.", ["model"],
+                                  registry=r)
         self.shadow_classes = FeatureLabels(MAX_CLASS_LABELS)
         self._baselines: dict[tuple[str, str], str] = {}
 
@@ -178,6 +189,21 @@ class AnalysisMetrics:
             self._shadow(result)
         elif isinstance(result, VersionDrift):
             self._version(result)
+        elif isinstance(result, QualityEstimate):
+            self._estimate(result)
+
+    def _estimate(self, estimate: QualityEstimate) -> None:
+        model = self.models(estimate.model)
+        for name in ("accuracy", "precision", "recall", "f1"):
+            value = getattr(estimate, name)
+            if value == value:
+                self.estimated[name].labels(model).set(value)
+        self.estimate_calibrated.labels(model).set(1 if estimate.calibration != "assumed" else 0)
+        labelled = sum(entry["labelled"] for entry in estimate.compared)
+        if labelled:
+            expected = sum(entry["estimated_accuracy_labelled"] * entry["labelled"] for entry in estimate.compared)
+            realized = sum(entry["realized_accuracy"] * entry["labelled"] for entry in estimate.compared)
+            self.estimate_gap.labels(model).set((expected - realized) / labelled)
 
     def _shadow(self, batch: ShadowBatch) -> None:
         model, shadow = self.models(batch.model), batch.shadow

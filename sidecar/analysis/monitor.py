@@ -23,6 +23,10 @@ a worker. A snapshot holds:
   all compared instances and over the latest window), the confusion matrix of primary class against shadow class,
   for regression the mean absolute and relative differences with their bucket counts, and the latest paired
   output-drift verdict with its windows evaluated and drifted;
+- `estimated_quality` (a classifier with probability outputs): the latest window's accuracy, precision, recall and F1
+  estimated from the probabilities before labels (CBPE; macro averages, per class under `classes`), whether the
+  probabilities were calibrated on labels or assumed calibrated, and recent windows' estimates beside the accuracy
+  realized on their labelled instances;
 - `versions` (a model served with `by_version`): per version, its latest outputs tested against the baseline
   version's (p-value, drift, the worst output features), which version is the baseline and why.
 """
@@ -41,6 +45,7 @@ from sidecar.messages.results import (
     ModelStatus,
     OutlierBatch,
     QualityBatch,
+    QualityEstimate,
     Result,
     ShadowBatch,
     VersionDrift,
@@ -64,6 +69,7 @@ class _ModelView:
         self.last_error: str | None = None
         self.shadows: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, VersionDrift] = {}
+        self.estimate: QualityEstimate | None = None
         self.version_counts: dict[str, list[int]] = {}
         self.updated = time.time()
 
@@ -119,6 +125,8 @@ class MonitorStore:
                 view.last_error = result.error
             elif isinstance(result, ShadowBatch):
                 _add_shadow(view.shadows.setdefault(result.shadow, _new_shadow()), result)
+            elif isinstance(result, QualityEstimate):
+                view.estimate = result
             elif isinstance(result, VersionDrift):
                 view.versions[result.version] = result
                 counts = view.version_counts.setdefault(result.version, [0, 0])
@@ -145,6 +153,10 @@ class MonitorStore:
                 view.drift.clear()
                 view.drift_counts.clear()
                 view.outliers.clear()
+
+    def knows(self, model: str) -> bool:
+        with self._lock:
+            return model in self._models
 
     def list_models(self) -> list[str]:
         with self._lock:
@@ -179,6 +191,8 @@ def _render(view: _ModelView, extremes: bool) -> dict[str, Any]:
         "decode_errors": {protocol: dict(reasons) for protocol, reasons in view.decode_errors.items()},
         "errors": {"count": view.errors, "last": view.last_error},
     }
+    if view.estimate is not None:
+        snapshot["estimated_quality"] = _render_estimate(view.estimate)
     if view.shadows:
         snapshot["shadows"] = {name: _render_shadow(entry) for name, entry in sorted(view.shadows.items())}
     if view.versions:
@@ -190,6 +204,17 @@ def _render(view: _ModelView, extremes: bool) -> dict[str, Any]:
                                        "features": list(result.features)}
                                 for name, result in sorted(view.versions.items())}
     return snapshot
+
+
+def _render_estimate(estimate: QualityEstimate) -> dict[str, Any]:
+    calibration = ("assumed: the model's probabilities are taken as calibrated until enough labels arrive"
+                   if estimate.calibration == "assumed" else
+                   f"isotonic on {estimate.calibration_pairs} labelled instances")
+    return {"window": estimate.window, "instances": estimate.instances, "accuracy": estimate.accuracy,
+            "precision": estimate.precision, "recall": estimate.recall, "f1": estimate.f1,
+            "calibration": estimate.calibration, "calibration_note": calibration,
+            "labelled_pairs": estimate.calibration_pairs, "classes": dict(estimate.classes),
+            "compared_with_labels": list(estimate.compared)}
 
 
 def _new_shadow() -> dict[str, Any]:

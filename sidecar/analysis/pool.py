@@ -62,6 +62,7 @@ from sidecar.worker.settings import AnalysisSettings
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_SECONDS = 10.0
 EXIT_WAIT_SECONDS = 5.0  # after a kill, how long stop() waits to see the exits
+LABELS_PER_MESSAGE = 2000  # joined labels per message to a worker (about 80 KB of JSON)
 
 
 class _Link:
@@ -280,6 +281,17 @@ class AnalysisPool:
         self.store.forget_windows(model)
         self.metrics.forget_decisions(model)
         return True
+
+    def send_labels(self, model: str, labels: list[tuple[str, int, bool]]) -> None:
+        """Tell the worker analysing `model` which of its predictions were right (joined feedback): the quality
+        estimate calibrates on them. Dropped when that worker is not running or the analysis never saw the model."""
+        if not labels or not self.settings.quality_estimation or not self.store.knows(model):
+            return
+        link = self._slots[self.shards.owner(self.settings.served_name(model))].link
+        if link is None:
+            return
+        for start in range(0, len(labels), LABELS_PER_MESSAGE):
+            link.tasks.send(batches.encode_labels(model, labels[start:start + LABELS_PER_MESSAGE]))
 
     # -- workers ---------------------------------------------------------------------------------------------
 

@@ -10,8 +10,11 @@ Feedback for an id not seen yet is held (see `arrival.py` for when) and joined w
 
 Shadows: the analysis stores a shadow's predictions under `id~shadow` and the model name `model~shadow`
 (`sidecar.messages.names`). Feedback for an id also scores the predictions of every shadow stored for it, so both
-models' quality is measured on the same instances; a shadow that did not answer the call is simply not scored,
-and the answer to the POST counts only the primary's instances.
+models' quality is measured on the same instances. A shadow's predictions come later than the primary's (the
+mirrored call, then its own analysis pass): feedback joined before them is held for the shadow (`shadow_pending`,
+the same bounds as held feedback) and scored when they arrive; what is still unscored at `pending_timeout` (the
+call was not sampled, or the shadow did not answer it) is counted `unscored` under the shadow's model. The answer
+to the POST counts only the primary's instances.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from sidecar.feedback.recent import RecentPredictions
 from sidecar.feedback.responses import BodyTooLarge, check_bearer, error_response, inflate, json_response
 from sidecar.feedback.settings import FeedbackSettings
 from sidecar.feedback.store import Drained, PredictionColumns, PredictionStore, StoredPrediction, StoreError
-from sidecar.feedback.tasks import PredictionRules
+from sidecar.feedback.tasks import REGRESSION, PredictionRules
 from sidecar.messages.names import shadow_name, split_shadow
 from sidecar.messages.results import JoinedTruth, Predictions, StoredPredictions
 from sidecar.proxy.rest.local import LocalRequest, LocalResponse
@@ -51,8 +54,10 @@ FEEDBACK_PATH = "/v1/feedback"
 SWEEP_INTERVAL = 0.5
 POLL_CHUNK = 1000  # held ids looked up in a shared store per sweep
 MAX_SHADOWS = 16  # shadow names whose predictions feedback looks for
+UNSCORED = "unscored"  # a shadow's outcome: feedback joined for the primary, the shadow's prediction never came
 EventSink = Callable[[str, str, bytes], object]  # (prediction id, model, feedback body): the payload log
 TruthSink = Callable[[list[JoinedTruth]], object]  # the truths a request (or held feedback) joined: the history
+LabelSink = Callable[[str, list[tuple[str, int, bool]]], object]  # (model, [(id, instance, right)]): the analysis
 
 
 class _Rejected(Exception):
@@ -64,7 +69,7 @@ class _Rejected(Exception):
 class FeedbackService:
     def __init__(self, settings: FeedbackSettings, state_dir: Path, registry: CollectorRegistry,
                  task_overrides: Mapping[str, str], *, model_label_cap: int = 100,
-                 store: PredictionStore | None = None) -> None:
+                 store: PredictionStore | None = None, shadows: Sequence[str] = ()) -> None:
         self.settings = settings
         self.task_overrides = dict(task_overrides)
         self.rules = PredictionRules(settings.binary_threshold, self.task_overrides)  # applied by the analysis
@@ -72,6 +77,8 @@ class FeedbackService:
                                          settings.store_key_prefix, settings.store_flush_interval,
                                          settings.store_flush_rows)
         self.pending = PendingFeedback(settings.pending_max, settings.pending_timeout)
+        self.shadow_pending = PendingFeedback(settings.pending_max, settings.pending_timeout)  # ids `id~shadow`
+        self._shadow_labels: dict[str, str] = {}  # held `id~shadow` -> the shadow's model label, for `unscored`
         self.counts = FeedbackCounts()
         self.board = QualityBoard(settings.quality_window, settings.max_class_labels, model_label_cap)
         self.models = self.board.models
@@ -79,7 +86,7 @@ class FeedbackService:
         self.collector = FeedbackCollector(self.counts, self.board.qualities, self._gauges)
         registry.register(self.collector)
         self.recent = RecentPredictions()  # on their way to the store
-        self.shadows: set[str] = set()  # the names of the shadows whose predictions were stored
+        self.shadows: set[str] = set(list(dict.fromkeys(shadows))[:MAX_SHADOWS])  # configured or seen stored
         self._sweep_cursor = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -87,6 +94,7 @@ class FeedbackService:
         self._loop_thread = 0
         self._event_sink: EventSink | None = None
         self._truth_sink: TruthSink | None = None
+        self._label_sink: LabelSink | None = None
         self._token = (settings.feedback_token or "").encode()
         self._stopping = False
 
@@ -149,6 +157,11 @@ class FeedbackService:
 
     # predictions from the analysis
 
+    def set_label_sink(self, sink: LabelSink) -> None:
+        """Hand `sink(model, [(prediction_id, instance, right)])` every classification instance joined (the
+        analysis calibrates its quality estimate on them)."""
+        self._label_sink = sink
+
     def add_predictions(self, predictions: Predictions) -> None:
         """Store one model's analysed predictions, reducing them here; the analysis workers reduce theirs with
         `rules` and hand them to `add_stored`."""
@@ -179,12 +192,18 @@ class FeedbackService:
         else:
             self.recent.added(put)
             self.store.put(put)
-        if not len(self.pending):
+        pending = self.shadow_pending if split_shadow(put.model)[1] else self.pending
+        if not len(pending):
             return
-        waiting = self.pending.take([pid for pid in dict.fromkeys(put.ids) if pid in self.pending])
+        waiting = pending.take([pid for pid in dict.fromkeys(put.ids) if pid in pending])
         if waiting:
             found = {item.prediction_id: record for item in waiting if (record := put.record(item.prediction_id))}
-            self._spawn(self._join_held(waiting, found))
+            if pending is self.shadow_pending:
+                for item in waiting:
+                    self._shadow_labels.pop(item.prediction_id, None)
+                self._spawn(self._join_held_shadows(waiting, found))
+            else:
+                self._spawn(self._join_held(waiting, found))
 
     def _on_written(self, rows: int, ok: bool) -> None:
         """Called on the loop once the writer stored (or failed to store) `rows` rows."""
@@ -257,7 +276,7 @@ class FeedbackService:
         for item in held:  # before any await: a prediction arriving meanwhile must find them
             self._hold(item)
         joined, duplicate = await self._apply(joins)
-        await self._join_shadows([item for item in items if item.prediction_id in found])
+        await self._join_shadows([item for item in items if item.prediction_id in found], found)
         self._emit(items, found)
         return {"joined": joined, "duplicate": duplicate, "pending": sum(item.size for item in held)}
 
@@ -299,6 +318,7 @@ class FeedbackService:
         joined = duplicate = 0
         truths: list[JoinedTruth] = []
         now = time.time()
+        labels: dict[str, list[tuple[str, int, bool]]] = {}
         for join, first in zip(joins, claimed, strict=True):
             model = self.models(join.model)
             if not first:
@@ -314,23 +334,51 @@ class FeedbackService:
                 self._truth_sink(truths)
             except Exception:  # the history must never break feedback
                 log.exception("handing joined truths to the history failed")
+            if join.task != REGRESSION:
+                labels.setdefault(join.model, []).append((join.key[0], join.key[1], join.truth == join.predicted))
+        if self._label_sink is not None:
+            for name, items in labels.items():
+                try:
+                    self._label_sink(name, items)
+                except Exception:  # the estimate's calibration never fails a feedback request
+                    log.exception("handing joined labels of model %s to the analysis failed", name)
         return joined, duplicate
 
-    async def _join_shadows(self, items: Sequence[FeedbackItem]) -> None:
-        """Score the shadows' predictions for these items' ids with the same truths (`id~shadow`)."""
+    async def _join_shadows(self, items: Sequence[FeedbackItem], primaries: Mapping[str, StoredPrediction]) -> None:
+        """Score the shadows' predictions for these items' ids with the same truths (`id~shadow`); hold the truths
+        for shadow predictions not stored yet."""
         if not self.shadows or not items:
             return
-        shadowed = [item._replace(prediction_id=shadow_name(item.prediction_id, shadow))
+        shadowed = [(item._replace(prediction_id=shadow_name(item.prediction_id, shadow)), shadow)
                     for item in items for shadow in sorted(self.shadows)]
         try:
-            found = await self._lookup([item.prediction_id for item in shadowed])
+            found = await self._lookup([item.prediction_id for item, _ in shadowed])
         except StoreError:
             return
+        now = time.monotonic()
+        holding = self.settings.pending_timeout > 0 and self.settings.pending_max > 0
+        found_items: list[FeedbackItem] = []
+        for item, shadow in shadowed:
+            if item.prediction_id in found:
+                found_items.append(item)
+                continue
+            primary = primaries.get(split_shadow(item.prediction_id)[0])
+            label = self.models(shadow_name(primary.model, shadow)) if primary is not None else NO_MODEL
+            if not holding:
+                self.counts.outcome(label, UNSCORED, item.size)
+                continue
+            self._shadow_labels[item.prediction_id] = label
+            for evicted in self.shadow_pending.add(item, now):
+                self.counts.outcome(self._shadow_labels.pop(evicted.prediction_id, NO_MODEL), UNSCORED,
+                                    evicted.size)
+        await self._join_held_shadows(found_items, found)
+
+    async def _join_held_shadows(self, items: Sequence[FeedbackItem], found: Mapping[str, StoredPrediction]) -> None:
         joins: list[Join] = []
-        for item in shadowed:
+        for item in items:
             stored = found.get(item.prediction_id)
             if stored is None:
-                continue  # this call was not mirrored, or the shadow did not answer it
+                continue
             try:
                 joins.extend(match(item, stored, None, self.settings.binary_threshold, self.board.auto_tasks))
             except FeedbackError:
@@ -355,7 +403,7 @@ class FeedbackService:
                 self.counts.outcome(self.models(stored.model), "invalid", item.size)
         try:
             await self._apply(joins)
-            await self._join_shadows(items)
+            await self._join_shadows(items, found)
         except StoreError as exc:
             log.warning("held feedback lost: %s", exc)
 
@@ -370,8 +418,11 @@ class FeedbackService:
         while True:
             await asyncio.sleep(interval)
             try:
-                for item in self.pending.expire(time.monotonic()):
+                now = time.monotonic()
+                for item in self.pending.expire(now):
                     self.counts.outcome(NO_MODEL, arrival.EXPIRED, item.size)
+                for item in self.shadow_pending.expire(now):
+                    self.counts.outcome(self._shadow_labels.pop(item.prediction_id, NO_MODEL), UNSCORED, item.size)
                 if self.store.shared and len(self.pending):
                     await self._poll_shared_store()
             except Exception:  # the sweeper must outlive any one failure

@@ -386,6 +386,27 @@ class VersionDrift(NamedTuple):
         return self.evaluated, int(self.drift) if self.drifted is None else self.drifted
 
 
+class QualityEstimate(NamedTuple):
+    """A classifier's quality estimated from its probabilities over one window, before labels (CBPE).
+
+    `calibration`: "assumed" (the probabilities taken as calibrated: too few labels yet) or "isotonic" (mapped on
+    `calibration_pairs` labelled instances); `classes`: per class index, precision, recall, f1 and expected support;
+    `compared`: recent windows with labels, their estimate beside the realized accuracy of the labelled instances.
+    """
+
+    model: str
+    window: int
+    instances: int
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    calibration: str
+    calibration_pairs: int
+    classes: dict[str, dict[str, float]]
+    compared: list[dict[str, Any]]
+
+
 class ModelError(NamedTuple):
     """An unexpected failure while analysing a model's batch; the worker carries on with other batches."""
 
@@ -395,4 +416,4 @@ class ModelError(NamedTuple):
 
 Result = (WorkerStarted | WorkerStopped | BatchDone | ModelStatus | DriftWindow | OutlierBatch | QualityBatch
           | Predictions | StoredPredictions | ModelError | ShadowBatch | VersionDrift
-          | HistoryBucket)
+          | HistoryBucket | QualityEstimate)

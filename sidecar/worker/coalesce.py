@@ -24,6 +24,7 @@ from sidecar.messages.results import (
     ModelStatus,
     OutlierBatch,
     QualityBatch,
+    QualityEstimate,
     Result,
     ShadowBatch,
     StoredPredictions,
@@ -129,6 +130,8 @@ def _key(result: Result) -> tuple[Any, ...] | None:
         return ("version", result.model, result.version)
     if isinstance(result, HistoryBucket):
         return ("bucket", result.model, result.start, result.end)  # each bucket goes as it is
+    if isinstance(result, QualityEstimate):
+        return ("estimate", result.model)
     return None
 
 
@@ -165,4 +168,4 @@ def _merge(previous: Result, latest: Result) -> Result:
         evaluated, drifted = previous.counts()
         more, more_drifted = latest.counts()
         return latest._replace(evaluated=evaluated + more, drifted=drifted + more_drifted)
-    return latest  # ModelStatus: the latest says it all
+    return latest  # ModelStatus, QualityEstimate: the latest says it all

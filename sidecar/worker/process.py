@@ -149,6 +149,10 @@ def _serve(worker: int, generation: int, state: AnalysisState, reader: SharedRin
             if model is not None:
                 held.extend(state.reset_reference(model))
                 continue
+            labelled = batches.labels_of(message)
+            if labelled is not None:
+                held.extend(state.label(*labelled))
+                continue
             started = time.process_time()
             batch = batches.decode(message)
             found, done = _process(worker, generation, state, batch.batch_id, reader.read(batch.start, batch.end))

@@ -190,6 +190,15 @@ class AnalysisSettings:
                                       "directory)", parse_duration(60.0))
     history_max_rows: int = option(200_000, "history buckets kept in all models (the oldest removed first)",
                                    parse_int(100))
+    quality_estimation: bool = option(True, "estimate classifiers' accuracy, precision, recall and F1 per window from "
+                                      "their probabilities before labels arrive (CBPE)", parse_bool)
+    estimation_min_labels: int = option(200, "joined labels needed before the quality estimate calibrates the "
+                                        "probabilities (isotonic); before, they are assumed calibrated",
+                                        parse_int(10))
+    estimation_calibration_pairs: int = option(5000, "latest labelled instances the calibration is fitted on",
+                                               parse_int(10))
+    estimation_memory: int = option(50_000, "latest instances per model whose confidence is kept for labels that "
+                                    "arrive later", parse_int(100))
     models: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
         "help": "per-model settings (YAML mapping model -> {reference, reference_size, window_size, window_mode, "
                 "window_step, window_seconds, task, output, autoencoder, kinds: {feature or input: numeric|"

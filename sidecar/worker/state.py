@@ -48,6 +48,7 @@ from sidecar.messages.results import (
 from sidecar.worker.buckets import BucketColumns, BucketOutputs, Buckets, OutlierRows
 from sidecar.worker.comparisons import Outputs, ShadowComparison, VersionComparisons
 from sidecar.worker.details import DetailsBuilder, exchange_issue_bits
+from sidecar.worker.estimation import QualityEstimator
 from sidecar.worker.features import (
     CATEGORICAL,
     CODE,
@@ -283,6 +284,7 @@ class ModelState:
         self._file_tried = False
         self._pending: list[Result] = []  # errors found outside a batch, reported with the next one
         self.batch_outputs: np.ndarray | None = None  # the latest batch's analysed outputs (version comparisons)
+        self.estimator: QualityEstimator | None = None  # once the model shows probabilities
         saved = Reference.load(self.directory)
         if saved is not None and self._reusable(saved):
             self.restored = True
@@ -325,6 +327,7 @@ class ModelState:
         predicted: list[PredictedInstance] = []
         details = DetailsBuilder()
         blocks: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
+        estimated: list[tuple[list[tuple[str, int]], np.ndarray]] = []
         instances = 0
         rows = 0  # analysed rows of the batch so far
         for record, exchange in items:
@@ -342,6 +345,9 @@ class ModelState:
             if view is not None and self.task is not None and self.output is not None:
                 predicted.extend(PredictedInstance(record.prediction_id, index, self.model, value)
                                  for index, value in enumerate(predictions(view, self.task, self.output.class_ids)))
+                if self._estimable(view):
+                    estimated.append(([(record.prediction_id, index) for index in range(view.values.shape[0])],
+                                      view.values))
             extracted = self.features.extract(exchange.inputs, exchange.n_instances)
             for key, count in extracted.issues.items():
                 issues[key] = issues.get(key, 0) + count
@@ -355,6 +361,8 @@ class ModelState:
             rows += values.shape[0]
             blocks.append((values, self._raw_outputs(view, exchange.n_instances),
                            np.full(exchange.n_instances, record.time)))
+        if estimated:
+            results.extend(self._estimate(estimated))
         if self.config.reference is not None and not self._file_tried and self.features is not None:
             self._load_reference_file()
         analysed = 0
@@ -387,6 +395,37 @@ class ModelState:
         self._pending.clear()
         results.append(self.status())
         return results, analysed
+
+    def _estimable(self, view: OutputView) -> bool:
+        """Probabilities of a classifier (not class ids, not a classify call's scores) with a prediction id."""
+        output = self.output
+        return (self.settings.quality_estimation and self.task == CLASSIFICATION and output is not None
+                and not output.class_ids and view.labels is None and view.name == output.name
+                and view.values.ndim == 2 and view.values.shape[0] > 0 and _all_probabilities(view.values))
+
+    def _estimate(self, blocks: list[tuple[list[tuple[str, int]], np.ndarray]]) -> list[Result]:
+        estimator = self.estimator
+        if estimator is None:
+            settings = self.settings
+            estimator = self.estimator = QualityEstimator(
+                self.model, self.config.window_size, settings.estimation_min_labels,
+                settings.estimation_calibration_pairs, settings.estimation_memory)
+        results: list[Result] = []
+        for keys, values in blocks:
+            try:
+                results.extend(estimator.add(keys, np.asarray(values, dtype=np.float64)))
+            except Exception as exc:
+                results.append(self._error("quality_estimate", exc))
+        return results
+
+    def label(self, labels: list[tuple[str, int, bool]]) -> list[Result]:
+        """Joined feedback for this model's predictions (whether each was right): the estimate's calibration."""
+        if self.estimator is None:
+            return []
+        try:
+            return list(self.estimator.label(labels))
+        except Exception as exc:
+            return [self._error("quality_estimate", exc)]
 
     def tick(self, now: float) -> list[Result]:
         """Close time windows and history buckets whose time has ended."""
@@ -813,6 +852,11 @@ class AnalysisState:
         if state is None:
             state = self.models[name] = ModelState(name, self.worker, self.settings, self.state_dir, self.signatures)
         return state
+
+    def label(self, name: str, labels: list[tuple[str, int, bool]]) -> list[Result]:
+        """Joined feedback of a model this worker analyses (a model it has not seen keeps none)."""
+        state = self.models.get(name)
+        return state.label(labels) if state is not None else []
 
     def reset_reference(self, name: str) -> list[Result]:
         """Forget one model's reference (also its saved copy, for a model this worker has not seen yet)."""

@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "telemetry": {"options"},
     "shadow": {"messages", "options", "telemetry"},
     "history": {"messages", "telemetry", "options"},
+    "explain": {"messages", "options", "proxy", "telemetry", "worker"},  # worker: where the reference is saved
 }
 
 

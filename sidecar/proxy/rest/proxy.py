@@ -122,7 +122,8 @@ class RestProxy:
 
     def __init__(self, settings: ProxySettings, *, capture: Capture | None, metrics: RequestMetrics,
                  tracing: Tracing, health: UpstreamHealth | None = None,
-                 local_routes: Mapping[str, LocalHandler] | None = None, stop_grace: float = 5.0) -> None:
+                 local_routes: Mapping[str, LocalHandler] | None = None, stop_grace: float = 5.0,
+                 route_handlers: Callable[[Route], LocalHandler | None] | None = None) -> None:
         if settings.listen_rest is None or settings.upstream_rest is None:
             raise ValueError("the REST proxy needs both listen_rest and upstream_rest")
         self.settings = settings
@@ -131,6 +132,7 @@ class RestProxy:
         self.tracing = tracing
         self.health = health
         self.local_routes: dict[str, LocalHandler] = dict(local_routes or {})
+        self.route_handlers = route_handlers  # model routes the sidecar may answer itself (`:explain`)
         self.stop_grace = stop_grace
         # How many times each client limit was reached, by name (connection.LIMITS); export it as counters.
         self.limit_events: dict[str, int] = {name: 0 for name in LIMITS}
@@ -276,7 +278,10 @@ class RestProxy:
         """What a request line means: its route, or the local handler that answers it."""
         text = target.decode("latin-1")
         handler = self.local_routes.get(text.partition("?")[0]) if self.local_routes else None
-        return parse_route(method_name(method), text), handler
+        route = parse_route(method_name(method), text)
+        if handler is None and self.route_handlers is not None and not route.captured:
+            handler = self.route_handlers(route)
+        return route, handler
 
     def aborted(self, request: IncomingRequest) -> None:
         call = request.state

@@ -18,14 +18,15 @@ CAPTURED_VERBS = frozenset({"predict", "classify", "regress", "infer"})
 _TFS = re.compile(
     r"/v1/models/(?P<model>[^/:]+)"
     r"(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?::(?P<verb>predict|classify|regress)|(?P<metadata>/metadata))?/?",
+    r"(?::(?P<verb>predict|classify|regress|explain)|(?P<metadata>/metadata))?/?",
     re.IGNORECASE,
 )
 _V2 = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/infer|/ready)?/?")
 
 
 class Route(NamedTuple):
-    """What a request path means. `method` is predict/classify/regress/infer, status, metadata, ready or other."""
+    """What a request path means. `method` is predict/classify/regress/infer, explain (KServe V1's verb, never
+    captured), status, metadata, ready or other."""
 
     api: str
     method: str

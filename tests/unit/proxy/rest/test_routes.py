@@ -31,7 +31,6 @@ def test_known_routes_name_the_model_version_label_and_verb(method: str, path: s
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "/v1/models/m:predict"),  # verbs need POST
     ("POST", "/v1/models/m:PREDICT"),  # verbs are lowercase
-    ("POST", "/v1/models/m:explain"),
     ("POST", "/v1/models/m/versions/1/labels/x:predict"),  # version and label together
     ("POST", "/v1/models/m/versions/one:predict"),
     ("GET", "/monitoring/prometheus/metrics"),
@@ -42,6 +41,12 @@ def test_other_shapes_are_not_model_calls(method: str, path: str) -> None:
     route = parse_route(method, path)
     assert not route.captured
     assert route == OTHER or route.method == "other"
+
+
+def test_explain_is_a_verb_of_its_own_that_is_not_captured() -> None:
+    assert parse_route("POST", "/v1/models/m/versions/3:explain") == Route(API_TFSERVING, "explain", "m", "3", "")
+    assert not parse_route("POST", "/v1/models/m:explain").captured
+    assert parse_route("GET", "/v1/models/m:explain") == OTHER
 
 
 def test_only_inference_verbs_are_captured() -> None:

@@ -1,0 +1,1 @@
+"""Explanations through the proxy: `POST /v1/models/{m}[/versions/{v}]:explain` answered by the sidecar."""

@@ -1,0 +1,158 @@
+"""KernelSHAP of one model, computed in an explainer process (never in the proxy's process).
+
+The model is a black box reached through the model server's own predict route, on one keep-alive connection per
+explainer process (the explainer pool's size bounds the connections). The background is a sample of the model's
+reference as the analysis saved it (`<state_dir>/models/<model>/reference.npz`). Each instance is explained for one
+output: the class the model gave it (a probability vector) or the value (a scalar output), so the attributions sum
+to that output minus its mean over the background. numpy and shap are imported here, inside the calls, so importing
+this module (to name the function a process runs) loads neither.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+
+class ExplainError(Exception):
+    """A failure the client is told about: `status` and a message for `{"error": ...}`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self) -> tuple[type[ExplainError], tuple[int, str]]:  # crosses the process boundary
+        return ExplainError, (self.status, str(self))
+
+
+class Job(NamedTuple):
+    model: str
+    version: str  # "" for the default version
+    instances: list[list[float]]
+    upstream: tuple[str, int]
+    state_dir: str
+    background: int
+    samples: int
+    max_model_calls: int
+    batch_rows: int
+    timeout: float
+
+
+_connection: http.client.HTTPConnection | None = None  # this explainer process's connection to the model server
+
+
+def _post(upstream: tuple[str, int], path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+    global _connection
+    for attempt in (0, 1):  # a keep-alive connection the server closed is opened again once
+        if _connection is None or (_connection.host, _connection.port) != upstream:
+            _connection = http.client.HTTPConnection(*upstream, timeout=timeout)
+        try:
+            _connection.request("POST", path, body, {"Content-Type": "application/json"})
+            response = _connection.getresponse()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            _connection.close()
+            _connection = None
+            if attempt:
+                raise ExplainError(502, f"the model server did not answer the explanation's predict call: "
+                                        f"{type(exc).__name__}: {exc}") from None
+    raise AssertionError("unreachable")
+
+
+class _Model:
+    """The model as a function of rows, counting its predict calls against the budget."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        version = f"/versions/{job.version}" if job.version else ""
+        self.path = f"/v1/models/{job.model}{version}:predict"
+        self.calls = 0
+
+    def __call__(self, rows: Any) -> Any:
+        import numpy as np
+
+        parts = []
+        for start in range(0, len(rows), self.job.batch_rows):
+            if self.calls >= self.job.max_model_calls:
+                raise ExplainError(422, f"the explanation needs more than {self.job.max_model_calls} predict calls "
+                                        "to the model (explain_max_model_calls); ask for fewer instances or raise "
+                                        "the budget")
+            self.calls += 1
+            chunk = rows[start:start + self.job.batch_rows]
+            body = json.dumps({"instances": np.asarray(chunk, dtype=np.float64).tolist()}).encode()
+            status, answer = _post(self.job.upstream, self.path, body, self.job.timeout)
+            if status != 200:
+                raise ExplainError(502, f"the model server answered the explanation's predict call with HTTP "
+                                        f"{status}: {answer[:200].decode('utf-8', 'replace')}")
+            try:
+                predictions = json.loads(answer)["predictions"]
+            except (ValueError, KeyError, TypeError):
+                raise ExplainError(502, "the model server's answer holds no `predictions`") from None
+            if isinstance(predictions, dict) or (predictions and isinstance(predictions[0], dict)):
+                raise ExplainError(400, "models with several named outputs cannot be explained yet")
+            values = np.asarray(predictions, dtype=np.float64)
+            parts.append(values.reshape(len(chunk), -1))
+        return np.concatenate(parts, axis=0)
+
+
+def _background(job: Job, width: int) -> Any:
+    import numpy as np
+
+    from sidecar.worker.reference import model_dir
+
+    path = model_dir(Path(job.state_dir), job.model) / "reference.npz"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            reference = np.asarray(data["inputs"], dtype=np.float64)
+    except (OSError, KeyError, ValueError):
+        raise ExplainError(409, f"model {job.model!r} has no reference yet (the analysis saves one once it has "
+                                "collected reference_size instances); explanations are measured against it") from None
+    reference = reference[np.all(np.isfinite(reference), axis=1)]
+    if reference.ndim != 2 or reference.shape[1] != width:
+        raise ExplainError(400, f"instances have {width} features but the model's reference has "
+                                f"{reference.shape[1] if reference.ndim == 2 else 0} numeric columns")
+    if reference.shape[0] == 0:
+        raise ExplainError(409, f"model {job.model!r}'s reference has no complete row")
+    rows = np.linspace(0, reference.shape[0] - 1, min(job.background, reference.shape[0])).round().astype(int)
+    return reference[np.unique(rows)]
+
+
+def explain(job: Job) -> dict[str, Any]:
+    """The explanation of `job.instances`, as the JSON answer; raises `ExplainError`."""
+    import numpy as np
+
+    try:
+        import shap
+    except ImportError:
+        raise ExplainError(501, "explanations need the shap library: pip install 'tfs-sidecar[explain]'") from None
+    instances = np.asarray(job.instances, dtype=np.float64)
+    background = _background(job, instances.shape[1])
+    model = _Model(job)
+    outputs = model(instances)
+    explained = outputs.argmax(axis=1) if outputs.shape[1] > 1 else np.zeros(len(instances), dtype=int)
+    explainer = shap.KernelExplainer(model, background, link="identity")
+    width = instances.shape[1]
+    samples = min(job.samples, 2 ** width - 2 if width < 30 else job.samples)
+    values = explainer.shap_values(instances, nsamples=max(samples, 2), silent=True)
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 2:
+        values = values[:, :, None]
+    base = np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))
+    explanations = []
+    for row, output in enumerate(explained.tolist()):
+        attributions = values[row, :, output]
+        explanations.append({
+            "prediction": outputs[row].tolist() if outputs.shape[1] > 1 else float(outputs[row, 0]),
+            "explained_output": int(output), "output_value": float(outputs[row, output]),
+            "base_value": float(base[output]), "attributions": [_finite(value) for value in attributions.tolist()]})
+    return {"method": "kernel_shap", "explanations": explanations,
+            "background": {"source": "reference", "rows": int(background.shape[0])},
+            "coalitions": int(2 ** width - 2 if samples >= 2 ** width - 2 else samples),
+            "model_calls": model.calls}
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

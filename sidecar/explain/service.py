@@ -1,0 +1,158 @@
+"""The explain endpoint in the main process: parse, admit, hand the work to an explainer process, answer.
+
+No numpy and no shap here (`tests/unit/explain/test_imports.py`): the explanation runs in a process pool of
+`explain_concurrency` spawned processes (`kernel.explain`), each with one connection to the model server, so
+explanations never share the proxy's upstream pool or its event loop's CPU. At most `explain_queue` requests wait
+for a process; beyond, 503. Every failure is a JSON `{"error": ...}` with its status, answered to this request only;
+predictions never pass through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from math import isfinite
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from sidecar.explain.kernel import ExplainError, Job, explain
+from sidecar.explain.settings import ExplainSettings
+from sidecar.messages.records import API_TFSERVING
+from sidecar.proxy.rest.local import LocalHandler, LocalRequest, LocalResponse
+from sidecar.proxy.rest.routes import Route
+from sidecar.telemetry.metrics import ModelLabels
+
+log = logging.getLogger(__name__)
+EXPLAIN_METHOD = "explain"
+
+
+class ExplainService:
+    def __init__(self, settings: ExplainSettings, upstream: tuple[str, int], state_dir: Path,
+                 registry: CollectorRegistry, max_body_bytes: int, model_label_cap: int = 100) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.state_dir = state_dir
+        self.max_body_bytes = max_body_bytes
+        self.models = ModelLabels(model_label_cap)
+        self._pool: ProcessPoolExecutor | None = None
+        self._admitted = 0
+        self.requests = Counter("sidecar_explain_requests", "Explain requests the sidecar answered, by outcome (ok, "
+                                "or the HTTP status of the error).", ["model", "outcome"], registry=registry)
+        self.model_calls = Counter("sidecar_explain_model_calls", "Predict calls explanations made to the model.",
+                                   ["model"], registry=registry)
+        self.duration = Histogram("sidecar_explain_duration_seconds", "Time to answer an explain request.",
+                                  ["model"], registry=registry,
+                                  buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0))
+
+    def start(self) -> None:
+        self._pool = self._new_pool()
+        which = "every model" if self.settings.explain_enabled else ", ".join(self.settings.explain_models)
+        log.info("explain: the sidecar answers :explain for %s (KernelSHAP, %d explainer process(es), at most %d "
+                 "predict calls per explanation)", which, self.settings.explain_concurrency,
+                 self.settings.explain_max_model_calls)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.settings.explain_concurrency, mp_context=multiprocessing.get_context("spawn"))
+
+    async def stop(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    def handler_for(self, route: Route) -> LocalHandler | None:
+        """The handler of an `:explain` route the sidecar answers itself, or None (forwarded as it is)."""
+        if route.method != EXPLAIN_METHOD or route.api != API_TFSERVING or route.label:
+            return None
+        if not self.settings.enabled_for(route.model):
+            return None
+        model, version = route.model, route.version
+
+        async def handle(request: LocalRequest) -> LocalResponse:
+            return await self.handle(model, version, request)
+        return handle
+
+    async def handle(self, model: str, version: str, request: LocalRequest) -> LocalResponse:
+        started = time.monotonic()
+        label = self.models(model)
+        try:
+            answer = await self._explain(model, version, request)
+        except ExplainError as exc:
+            self.requests.labels(label, str(exc.status)).inc()
+            return LocalResponse.json(exc.status, {"error": str(exc)})
+        finally:
+            self.duration.labels(label).observe(time.monotonic() - started)
+        self.requests.labels(label, "ok").inc()
+        self.model_calls.labels(label).inc(answer.get("model_calls", 0))
+        return LocalResponse.json(200, answer)
+
+    async def _explain(self, model: str, version: str, request: LocalRequest) -> dict[str, Any]:
+        settings = self.settings
+        instances = self._instances(request)
+        if self._pool is None:
+            raise ExplainError(503, "the explainer is not running")
+        if self._admitted >= settings.explain_concurrency + settings.explain_queue:
+            raise ExplainError(503, f"too many explanations in progress ({self._admitted}); try again later")
+        job = Job(model, version, instances, self.upstream, str(self.state_dir), settings.explain_background,
+                  settings.explain_samples, settings.explain_max_model_calls, settings.explain_batch_rows,
+                  settings.explain_timeout)
+        self._admitted += 1
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._pool, explain, job)
+            try:
+                return await asyncio.wait_for(future, settings.explain_timeout)
+            except TimeoutError:
+                raise ExplainError(504, f"the explanation took longer than {settings.explain_timeout:g}s "
+                                        "(explain_timeout)") from None
+            except ExplainError:
+                raise
+            except BrokenProcessPool:  # an explainer process died (out of memory?): the next request gets new ones
+                log.warning("an explainer process died while explaining model %s; starting new ones", model)
+                broken, self._pool = self._pool, self._new_pool()
+                broken.shutdown(wait=False, cancel_futures=True)
+                raise ExplainError(500, "the explainer process died; try again") from None
+            except Exception as exc:  # a broken explainer process, or a bug: this request fails, nothing else
+                log.exception("explaining model %s failed", model)
+                raise ExplainError(500, f"the explanation failed: {type(exc).__name__}: {exc}"[:300]) from None
+        finally:
+            self._admitted -= 1
+
+    def _instances(self, request: LocalRequest) -> list[list[float]]:
+        """The instances of a predict body, as rows of numbers; raises a 4xx `ExplainError` for anything else."""
+        if request.method != "POST":
+            raise ExplainError(405, "use POST for :explain")
+        if len(request.body) > self.max_body_bytes:
+            raise ExplainError(413, f"body larger than {self.max_body_bytes} bytes")
+        try:
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            raise ExplainError(400, "the body is not JSON") from None
+        rows = body.get("instances", body.get("inputs")) if isinstance(body, dict) else None
+        if isinstance(rows, dict) and len(rows) == 1:
+            [rows] = rows.values()
+        if not isinstance(rows, list) or not rows:
+            raise ExplainError(400, "expected a predict body: {\"instances\": [[number, ...], ...]} (one numeric "
+                                    "input)")
+        if len(rows) > self.settings.explain_max_instances:
+            raise ExplainError(400, f"{len(rows)} instances; one explain request may ask for at most "
+                                    f"{self.settings.explain_max_instances} (explain_max_instances)")
+        parsed: list[list[float]] = []
+        for index, row in enumerate(rows):
+            if isinstance(row, dict) and len(row) == 1:
+                [row] = row.values()
+            if not isinstance(row, list) or not row or not all(_number(value) for value in row):
+                raise ExplainError(400, f"instance {index} is not a flat list of numbers")
+            parsed.append([float(value) for value in row])
+        if len({len(row) for row in parsed}) != 1:
+            raise ExplainError(400, "instances have different lengths")
+        return parsed
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and isfinite(value)

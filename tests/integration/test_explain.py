@@ -1,0 +1,155 @@
+"""`:explain` through the REST port: KernelSHAP computed by the sidecar in an explainer process, calling the numpy
+testbed's models (a linear regressor, whose exact Shapley values are known, and a softmax classifier) through their
+own predict route with the model's saved reference as background; failures answer JSON errors and leave
+predictions alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import shap
+from aiohttp import ClientSession
+
+from sidecar import config
+from sidecar.app import Sidecar
+from sidecar.testbed import data
+from sidecar.worker.reference import model_dir
+from tests.support.testbed import TestbedProcess, running_testbed
+
+REFERENCE = 50
+StartSidecar = Callable[..., Awaitable[Sidecar]]
+
+
+@pytest.fixture(scope="module")
+def numpy_testbed() -> Iterator[TestbedProcess]:
+    with running_testbed("--backend", "numpy") as process:
+        yield process
+
+
+@pytest.fixture
+async def start_sidecar(numpy_testbed: TestbedProcess, tmp_path: Path) -> AsyncIterator[StartSidecar]:
+    started: list[Sidecar] = []
+
+    async def start(**overrides: str) -> Sidecar:
+        settings = config.from_mapping({
+            "listen_rest": "127.0.0.1:0", "upstream_rest": numpy_testbed.rest_url, "listen_grpc": "off",
+            "upstream_grpc": "off", "listen_admin": "127.0.0.1:0", "state_dir": str(tmp_path / "state"),
+            "capture_flush_interval": "0.05", "reference_size": str(REFERENCE),
+            "explain_models": "regressor,classifier,missing", "explain_background": str(REFERENCE),
+            "explain_samples": "1000", **overrides})
+        sidecar = Sidecar(settings)
+        await sidecar.start()
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        await sidecar.stop()
+
+
+async def post(session: ClientSession, url: str, body: Any) -> tuple[int, Any]:
+    async with session.post(url, json=body) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def with_reference(session: ClientSession, sidecar: Sidecar, model: str, rows: np.ndarray) -> np.ndarray:
+    """Predict `rows` through the sidecar until the analysis has saved the model's reference; the reference."""
+    url = f"http://127.0.0.1:{sidecar.rest_port}/v1/models/{model}:predict"
+    for start in range(0, len(rows), 10):
+        status, _ = await post(session, url, {"instances": rows[start:start + 10].tolist()})
+        assert status == 200
+    path = model_dir(sidecar.settings.state_path, model) / "reference.npz"
+    deadline = time.monotonic() + 30
+    while not (path.exists() and (path.parent / "reference.json").exists()):
+        assert time.monotonic() < deadline, "no reference saved"
+        await asyncio.sleep(0.05)
+    with np.load(path) as saved:
+        return np.asarray(saved["inputs"], dtype=np.float64)
+
+
+@pytest.mark.slow
+async def test_linear_model_attributions_are_the_exact_shapley_values(start_sidecar: StartSidecar,
+                                                                      numpy_testbed: TestbedProcess) -> None:
+    sidecar = await start_sidecar()
+    async with ClientSession() as session:
+        features, _ = data.regressor_batch(REFERENCE, seed=4)
+        background = await with_reference(session, sidecar, "regressor", features)
+        direct = f"{numpy_testbed.rest_url}/v1/models/regressor:predict"
+        _, answer = await post(session, direct, {"instances": np.vstack([np.zeros(4), np.eye(4)]).tolist()})
+        values = np.asarray(answer["predictions"], dtype=np.float64).reshape(-1)
+        weights, bias = values[1:] - values[0], values[0]
+
+        instances, _ = data.regressor_batch(3, seed=9)
+        status, body = await post(session, f"http://127.0.0.1:{sidecar.rest_port}/v1/models/regressor:explain",
+                                  {"instances": instances.tolist()})
+        assert status == 200, body
+        assert body["method"] == "kernel_shap" and body["background"]["rows"] == REFERENCE
+        linear = lambda rows: np.asarray(rows, dtype=np.float64) @ weights + bias  # noqa: E731
+        theirs = shap.KernelExplainer(linear, background).shap_values(instances.astype(np.float64), nsamples=1000,
+                                                                      silent=True)
+        exact = weights * (instances - background.mean(axis=0))
+        for row, explanation in enumerate(body["explanations"]):
+            attributions = np.asarray(explanation["attributions"])
+            np.testing.assert_allclose(attributions, exact[row], atol=1e-4, rtol=1e-4)
+            np.testing.assert_allclose(attributions, theirs[row], atol=1e-4, rtol=1e-4)
+            assert attributions.sum() == pytest.approx(explanation["output_value"] - explanation["base_value"],
+                                                       abs=1e-4)
+        assert body["model_calls"] >= 2
+
+
+@pytest.mark.slow
+async def test_classifier_attributions_sum_to_the_explained_class_minus_its_baseline(
+        start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar()
+    async with ClientSession() as session:
+        features, _ = data.classifier_batch(REFERENCE, seed=2)
+        await with_reference(session, sidecar, "classifier", features)
+        status, body = await post(session, f"http://127.0.0.1:{sidecar.rest_port}/v1/models/classifier:explain",
+                                  {"instances": features[:2].tolist()})
+        assert status == 200, body
+        for explanation in body["explanations"]:
+            assert explanation["explained_output"] == int(np.argmax(explanation["prediction"]))
+            assert sum(explanation["attributions"]) == pytest.approx(
+                explanation["output_value"] - explanation["base_value"], abs=1e-4)
+
+
+@pytest.mark.slow
+async def test_failing_explanations_answer_json_errors_and_predictions_keep_working(
+        start_sidecar: StartSidecar, numpy_testbed: TestbedProcess) -> None:
+    sidecar = await start_sidecar(explain_max_model_calls="2")
+    base = f"http://127.0.0.1:{sidecar.rest_port}/v1/models"
+    async with ClientSession() as session:
+        features, _ = data.regressor_batch(REFERENCE, seed=4)
+        await with_reference(session, sidecar, "regressor", features)
+        status, body = await post(session, f"{base}/regressor:explain", {"instances": features[:1].tolist()})
+        assert status == 422 and "explain_max_model_calls" in body["error"]
+        status, body = await post(session, f"{base}/missing:explain", {"instances": [[1.0, 2.0]]})
+        assert status == 409 and "no reference" in body["error"]
+        status, body = await post(session, f"{base}/regressor:explain", {"instances": [["a"]]})
+        assert status == 400 and "numbers" in body["error"]
+        status, body = await post(session, f"{base}/regressor:predict", {"instances": features[:2].tolist()})
+        assert status == 200 and len(body["predictions"]) == 2
+        # a model not configured for explanation: `:explain` is forwarded, and the model server answers it
+        status, body = await post(session, f"{base}/multi:explain", {"instances": [[1.0, 2.0, 3.0]]})
+        assert status == 400 and "Malformed request" in str(body)
+
+
+@pytest.mark.slow
+async def test_a_dead_model_server_fails_the_explanation_with_502(start_sidecar: StartSidecar,
+                                                                 tmp_path: Path) -> None:
+    from tests.support.helpers import free_port
+
+    sidecar = await start_sidecar(upstream_rest=f"http://127.0.0.1:{free_port()}")
+    directory = model_dir(sidecar.settings.state_path, "regressor")
+    directory.mkdir(parents=True)
+    np.savez(directory / "reference.npz", inputs=np.zeros((5, 4)))
+    async with ClientSession() as session:
+        status, body = await post(session, f"http://127.0.0.1:{sidecar.rest_port}/v1/models/regressor:explain",
+                                  {"instances": [[1.0, 2.0, 3.0, 4.0]]})
+        assert status == 502 and "did not answer" in body["error"]
