@@ -157,7 +157,7 @@ class Sidecar:
 
         feedback = self.feedback = FeedbackService(
             self.settings.feedback, state_dir, self.registry, self.settings.analysis.task_overrides(),
-            model_label_cap=self.settings.telemetry.model_label_cap)
+            model_label_cap=self.settings.telemetry.model_label_cap, shadows=self.settings.shadow.names())
         async with _starting("--store", self.settings.feedback.store):
             await feedback.start()
         self._on_stop("feedback", feedback.stop)

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from sidecar.feedback.quality import ModelQuality
 
-OUTCOMES = ("joined", "duplicate", "pending", "expired", "unknown", "invalid")
+OUTCOMES = ("joined", "duplicate", "pending", "expired", "unknown", "invalid", "unscored")
 NO_MODEL = ""  # the model label when feedback names an id whose model is unknown
 
 
@@ -53,7 +53,8 @@ class FeedbackCollector(Collector):
         outcomes = CounterMetricFamily(
             "sidecar_feedback", "Feedback instances by outcome: joined, duplicate (an (id, instance) already "
             "joined), pending (held until its prediction is analysed; later also joined or expired), expired, "
-            "unknown (404) and invalid (400).", labels=["model", "outcome"])
+            "unknown (404), invalid (400) and, for a shadow (model~shadow), unscored (the primary's instance joined, "
+            "the shadow's prediction of it never came within pending_timeout).", labels=["model", "outcome"])
         for (model, outcome), value in list(self.counts.outcomes.items()):
             outcomes.add_metric([model, outcome], value)
         yield outcomes

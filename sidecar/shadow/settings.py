@@ -154,6 +154,12 @@ class ShadowSettings:
                             renamed if renamed and renamed != model else None, entry.get("version", ""),
                             entry.get("sample", self.shadow_sample))
 
+    def names(self) -> list[str]:
+        """The configured shadows' names (the `shadow` label), the global one first."""
+        names = [self.shadow_name] if self.shadow_rest or self.shadow_grpc else []
+        names += [target.name for target in self._targets.values() if target is not None]
+        return list(dict.fromkeys(names))
+
     def check(self) -> None:
         """Cross-field checks: a per-model shadow needs an address (its own or the global one)."""
         for model, entry in self.shadow_models.items():

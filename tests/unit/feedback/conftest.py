@@ -27,14 +27,16 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 async def start_service(tmp_path: Path) -> AsyncIterator[StartService]:
-    """Start services with settings overrides; `state_dir`, `registry` and `task_overrides` may be given too."""
+    """Start services with settings overrides; `state_dir`, `registry`, `task_overrides` and `shadows` may be given
+    too."""
     started: list[FeedbackService] = []
 
     async def start(state_dir: Path | None = None, registry: CollectorRegistry | None = None,
-                    task_overrides: dict[str, str] | None = None, **overrides: Any) -> FeedbackService:
+                    task_overrides: dict[str, str] | None = None, shadows: tuple[str, ...] = (),
+                    **overrides: Any) -> FeedbackService:
         settings = replace(FeedbackSettings(), **overrides)
         service = FeedbackService(settings, state_dir or tmp_path / "state", registry or new_registry(),
-                                  task_overrides or {})
+                                  task_overrides or {}, shadows=shadows)
         await service.start()
         started.append(service)
         return service

@@ -100,6 +100,28 @@ async def test_held_feedback_that_never_meets_its_prediction_expires_and_is_coun
     assert metric(registry, "sidecar_feedback_total", model="iris", outcome="joined") == 0
 
 
+async def test_feedback_joined_before_the_shadows_prediction_scores_the_shadow_when_it_arrives(
+        start_service: StartService) -> None:
+    registry = new_registry()
+    service = await start_service(registry=registry, pending_timeout=0.3, shadows=("next",))
+    scored, never = new_prediction_id(), new_prediction_id()
+    for pid in (scored, never):
+        service.add_predictions(classified("iris", pid, [0, 1]))
+    response = await service.handle(post([{"prediction_id": scored, "truth": [0, 1]},
+                                          {"prediction_id": never, "truth": [0, 1]}]))
+    assert answer(response) == {"joined": 4, "duplicate": 0, "pending": 0}  # the primary's instances only
+    service.add_predictions(classified("iris~next", f"{scored}~next", [0, 0]))  # the shadow's, after the feedback
+    await service.flush()
+    assert metric(registry, "sidecar_feedback_total", model="iris~next", outcome="joined") == 2
+    assert metric(registry, "sidecar_quality_accuracy", model="iris~next") == 0.5
+    for _ in range(100):  # the other call's shadow prediction never comes: counted unscored at pending_timeout
+        if metric(registry, "sidecar_feedback_total", model="iris~next", outcome="unscored") == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert metric(registry, "sidecar_feedback_total", model="iris~next", outcome="unscored") == 2
+    assert metric(registry, "sidecar_feedback_total", model="iris", outcome="joined") == 4
+
+
 async def test_held_feedback_beyond_the_bound_expires_the_oldest(start_service: StartService) -> None:
     registry = new_registry()
     service = await start_service(registry=registry, pending_max=3)
