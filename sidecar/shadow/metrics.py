@@ -40,6 +40,9 @@ class ShadowMetrics:
         self.queued = Gauge("sidecar_shadow_queue_records", "Calls waiting to be mirrored.", ["shadow"], registry=r)
         self.inflight = Gauge("sidecar_shadow_inflight_requests", "Mirrored calls in flight.", ["shadow"],
                               registry=r)
+        self.sample = Gauge("sidecar_shadow_sample_ratio", "Share of inference calls mirrored to a shadow "
+                            "(shadow_sample; model=\"*\" for the global shadow's models).", ["model", "shadow"],
+                            registry=r)
         self.threshold = Gauge("sidecar_shadow_agreement_threshold", "Agreement below which a shadow is flagged "
                                "(shadow_min_agreement).", registry=r)
 

@@ -154,6 +154,12 @@ class ShadowSettings:
                             renamed if renamed and renamed != model else None, entry.get("version", ""),
                             entry.get("sample", self.shadow_sample))
 
+    def global_target(self) -> ShadowTarget | None:
+        """The shadow every model not configured apart is mirrored to (`shadow_rest`/`shadow_grpc`), or None."""
+        if self.shadow_rest is None and self.shadow_grpc is None:
+            return None
+        return ShadowTarget(self.shadow_name, self.shadow_rest, self.shadow_grpc, None, "", self.shadow_sample)
+
     def names(self) -> list[str]:
         """The configured shadows' names (the `shadow` label), the global one first."""
         names = [self.shadow_name] if self.shadow_rest or self.shadow_grpc else []

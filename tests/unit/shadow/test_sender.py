@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,7 +17,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from sidecar.config import from_mapping
 from sidecar.messages.records import CaptureRecord
-from sidecar.shadow.sender import DOWN_AFTER, ShadowSender
+from sidecar.shadow.sender import DOWN_AFTER, MAX_CACHED_MODELS, ShadowSender
 from tests.support.helpers import eventually, free_port, metric
 
 
@@ -223,3 +224,33 @@ async def test_a_compressed_grpc_request_is_sent_as_its_inflated_message_renamed
     assert plain in got  # in whichever order the two calls arrived
     renamed = predict_pb2.PredictRequest.FromString(got[1 - got.index(plain)])
     assert renamed.model_spec.name == "iris_next" and renamed.inputs["x"].float_val == message.inputs["x"].float_val
+
+
+async def test_start_opens_the_global_lane_and_says_what_share_is_mirrored_and_what_it_costs(
+        shadow_server: tuple[int, list[str], asyncio.Event], caplog: pytest.LogCaptureFixture) -> None:
+    port, _, _ = shadow_server
+    settings = from_mapping({"shadow_rest": f"http://127.0.0.1:{port}", "shadow_name": "next",
+                             "shadow_models": {"digits": {"sample": 0.25, "name": "small"}}}).shadow
+    registry = CollectorRegistry()
+    sender = ShadowSender(settings, registry)
+    with caplog.at_level(logging.INFO, logger="sidecar.shadow.sender"):
+        await sender.start()
+    try:
+        assert {lane.target.name for lane in sender._lanes.values()} == {"next", "small"}
+        assert all(lane.task is not None for lane in sender._lanes.values())  # nothing left for the first call
+        assert metric(registry, "sidecar_shadow_sample_ratio", model="*", shadow="next") == 1.0
+        assert metric(registry, "sidecar_shadow_sample_ratio", model="digits", shadow="small") == 0.25
+        lines = [record.getMessage() for record in caplog.records]
+        assert any("100% of every model's inference calls mirrored" in line and "shadow_sample" in line
+                   and "CPU" in line for line in lines)
+        assert any(line.startswith("model digits: 25% of its inference calls mirrored to shadow small")
+                   for line in lines)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="sidecar.shadow.sender"):
+            for number in range(MAX_CACHED_MODELS + 500):  # client-chosen model names: no log line, no new lane
+                sender.append(call(number, model=f"m{number}")._replace(shadow="x"))  # queued nowhere
+        assert caplog.records == [] and len(sender._lanes) == 2
+        assert len(sender._routes) <= MAX_CACHED_MODELS and "m0" not in sender._routes
+        assert f"m{MAX_CACHED_MODELS + 499}" in sender._routes  # the newest kept, the oldest evicted
+    finally:
+        await sender.stop()
