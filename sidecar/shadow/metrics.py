@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from sidecar.telemetry.metrics import ModelLabels
 
-OUTCOMES = ("ok", "error", "timeout", "unreachable", "oversize", "dropped", "unsupported")
+OUTCOMES = ("ok", "error", "both_failed", "timeout", "unreachable", "oversize", "dropped", "unsupported")
 FAILED = ("error", "timeout", "unreachable", "oversize")  # the shadow's fault
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RECENT_LATENCIES = 1000  # per side, kept for the drill-down's percentiles
@@ -53,7 +53,8 @@ class _Outcomes(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily("sidecar_shadow_requests", "Inference calls mirrored to a shadow, by outcome "
-                                     "(ok, error: the shadow answered an error, timeout, unreachable, oversize: its "
+                                     "(ok, error: the shadow answered an error, both_failed: an error on a call the "
+                                     "primary failed too, timeout, unreachable, oversize: its "
                                      "answer exceeded the sidecar's size limits, dropped: its queue was full, "
                                      "unsupported: no shadow endpoint for the call's protocol).",
                                      labels=["model", "shadow", "outcome"])

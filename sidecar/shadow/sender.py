@@ -11,7 +11,8 @@ is not read whole but counted `oversize`. The shadow's answer is never returned 
 primary's answer to the same request, into one capture record naming the shadow (`CaptureRecord.shadow`,
 `primary_response`), which `deliver` hands to the analysis; the workers decode both and compare them. A REST call
 is mirrored only to a shadow with a REST address, a gRPC call only to one with a gRPC address (a call is never
-translated): otherwise it is counted `unsupported`.
+translated): otherwise it is counted `unsupported`. A call the primary failed is mirrored too; when the shadow fails
+it as well, it is counted `both_failed`, not against the shadow.
 
 A shadow that does not answer costs the primary's clients nothing but the `append`: after `DOWN_AFTER` calls in a
 row found it unreachable, its lane stops connecting for a while (`DOWN_SECONDS`, doubling up to `DOWN_MAX_SECONDS`)
@@ -374,6 +375,8 @@ class ShadowSender:
         analysis."""
         model = self.metrics.models(record.model)
         metrics = self.metrics
+        if outcome == "error" and not record.ok:
+            outcome = "both_failed"  # the call failed on the primary too: bad traffic, not the shadow's fault
         self.count(record.model, shadow, outcome)
         stats = self._stats(record.model, shadow)
         metrics.duration.labels(model, shadow, "shadow").observe(seconds)

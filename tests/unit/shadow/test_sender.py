@@ -81,6 +81,32 @@ async def test_answers_go_to_the_analysis_paired_with_the_primarys(
     assert sender.snapshot("iris")["next"]["error_rate"] == {"shadow": 0.0, "primary": 1 / 6}
 
 
+async def test_a_call_both_sides_failed_counts_as_both_failed_not_against_the_shadow() -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"error": "bad input"}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    settings = from_mapping({"shadow_rest": f"http://127.0.0.1:{runner.addresses[0][1]}",
+                             "shadow_name": "next"}).shadow
+    registry = CollectorRegistry()
+    sender = ShadowSender(settings, registry)
+    await sender.start()
+    try:
+        sender.append(call(0, status=400))  # the primary refused it too
+        sender.append(call(1))  # the primary answered: the shadow's error is its own
+        await eventually(lambda: outcome(registry, "both_failed") + outcome(registry, "error") == 2)
+    finally:
+        await sender.stop()
+        await runner.cleanup()
+    assert (outcome(registry, "both_failed"), outcome(registry, "error")) == (1, 1)
+    assert sender.snapshot("iris")["next"]["error_rate"] == {"shadow": 0.5, "primary": 0.5}
+
+
 async def test_a_full_queue_drops_the_oldest_and_counts_it(
         shadow_server: tuple[int, list[str], asyncio.Event]) -> None:
     port, _, release = shadow_server
