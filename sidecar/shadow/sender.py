@@ -103,14 +103,21 @@ class _Lane:
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"shadow-{target.name}")
 
     async def stop(self) -> None:
+        """Stop sending: the calls still queued or in flight are counted `dropped` (and said in one line)."""
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+        queued, inflight = len(self.queue), len(self.sending)
+        while self.queue:
+            self.sender.count(self._take()[0].model, self.target.name, "dropped")
         for task in list(self.sending):
             task.cancel()
         if self.sending:
             await asyncio.gather(*self.sending, return_exceptions=True)
+        if queued or inflight:
+            log.info("shadow %s stopped with %d calls queued and %d in flight: counted dropped", self.target.name,
+                     queued, inflight)
         if self.session is not None:
             await self.session.close()
         if self.channel is not None:
@@ -201,14 +208,15 @@ class _Lane:
                        grpc.StatusCode.RESOURCE_EXHAUSTED: "oversize"}.get(code, "error")
             if outcome == "unreachable":
                 self._unreachable(record.protocol)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # stopped
+            outcome = "dropped"
             raise
         except Exception:  # a shadow must never break anything else
             log.exception("mirroring a call to shadow %s failed", target.name)
         finally:
             self.inflight -= 1
             self.room.set()
-            if outcome == "unsupported":
+            if outcome in ("unsupported", "dropped"):
                 self.sender.count(record.model, target.name, outcome)
             else:
                 self.sender.finished(record, target.name, outcome, status, body, time.perf_counter() - started)
@@ -325,8 +333,7 @@ class ShadowSender:
     async def stop(self) -> None:
         self._started = False
         for lane in self._lanes.values():
-            await lane.stop()
-            self.metrics.queued.labels(lane.target.name).set(0)
+            await lane.stop()  # its queue is empty now: the gauge reads 0
 
     def append(self, record: CaptureRecord) -> None:
         """Mirror one captured call when its model has a shadow and its id is sampled. Never waits."""

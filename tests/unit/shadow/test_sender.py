@@ -128,6 +128,24 @@ async def test_a_full_queue_drops_the_oldest_and_counts_it(
         await sender.stop()
 
 
+async def test_calls_queued_or_in_flight_at_stop_are_counted_dropped_not_error(
+        shadow_server: tuple[int, list[str], asyncio.Event]) -> None:
+    port, _, release = shadow_server
+    release.clear()  # the shadow holds every call
+    settings = from_mapping({"shadow_rest": f"http://127.0.0.1:{port}", "shadow_name": "next",
+                             "shadow_concurrency": 2}).shadow
+    registry = CollectorRegistry()
+    sender = ShadowSender(settings, registry)
+    await sender.start()
+    for number in range(5):
+        sender.append(call(number))
+    await eventually(lambda: sum(lane.inflight for lane in sender._lanes.values()) == 2)
+    await sender.stop()  # 2 in flight, 3 queued
+    release.set()
+    assert (outcome(registry, "dropped"), outcome(registry, "error")) == (5, 0)
+    assert metric(registry, "sidecar_shadow_queue_records", shadow="next") == 0
+
+
 async def test_the_queue_is_bounded_by_bytes_too(shadow_server: tuple[int, list[str], asyncio.Event]) -> None:
     port, _, release = shadow_server
     release.clear()
