@@ -329,13 +329,13 @@ class FeedbackService:
             self.counts.outcome(model, "joined")
             self.board.record(join)
             truths.append(JoinedTruth(join.model, join.task, join.truth, join.predicted, now))
+            if join.task != REGRESSION:
+                labels.setdefault(join.model, []).append((join.key[0], join.key[1], join.truth == join.predicted))
         if truths and self._truth_sink is not None:
             try:
                 self._truth_sink(truths)
             except Exception:  # the history must never break feedback
                 log.exception("handing joined truths to the history failed")
-            if join.task != REGRESSION:
-                labels.setdefault(join.model, []).append((join.key[0], join.key[1], join.truth == join.predicted))
         if self._label_sink is not None:
             for name, items in labels.items():
                 try:
