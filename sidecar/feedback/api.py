@@ -78,6 +78,7 @@ class FeedbackService:
                                          settings.store_flush_rows)
         self.pending = PendingFeedback(settings.pending_max, settings.pending_timeout)
         self.shadow_pending = PendingFeedback(settings.pending_max, settings.pending_timeout)  # ids `id~shadow`
+        self._shadows_left_out: set[str] = set()  # shadows beyond MAX_SHADOWS, said once each
         self._shadow_labels: dict[str, str] = {}  # held `id~shadow` -> the shadow's model label, for `unscored`
         self.counts = FeedbackCounts()
         self.board = QualityBoard(settings.quality_window, settings.max_class_labels, model_label_cap)
@@ -176,8 +177,13 @@ class FeedbackService:
         if not stored.ids:
             return
         shadow = split_shadow(stored.model)[1]
-        if shadow and shadow not in self.shadows and len(self.shadows) < MAX_SHADOWS:
-            self.shadows.add(shadow)
+        if shadow and shadow not in self.shadows:
+            if len(self.shadows) < MAX_SHADOWS:
+                self.shadows.add(shadow)
+            elif shadow not in self._shadows_left_out:
+                self._shadows_left_out.add(shadow)
+                log.warning("feedback scores at most %d shadows; shadow %s (model %s) is not scored", MAX_SHADOWS,
+                            shadow, stored.model)
         put = PredictionColumns(stored.model, stored.ids, stored.instances, stored.tasks, stored.values, time.time(),
                                 stored.details)
         if self._loop is not None and threading.get_ident() != self._loop_thread:

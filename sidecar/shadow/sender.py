@@ -84,6 +84,7 @@ class _Lane:
         self.channel: grpc.aio.Channel | None = None
         self.calls: dict[str, Any] = {}
         self.breakers = {PROTOCOL_REST: _Breaker(), PROTOCOL_GRPC: _Breaker()}
+        self.told_unsupported: set[str] = set()
 
     def start(self) -> None:
         settings = self.sender.settings
@@ -189,6 +190,11 @@ class _Lane:
                 ok = status == 0
             else:
                 outcome = "unsupported"
+                if record.protocol not in self.told_unsupported:
+                    self.told_unsupported.add(record.protocol)
+                    log.warning("shadow %s has no %s address: the %s calls mirrored to it are counted unsupported "
+                                "(a call is never translated to the other protocol)", target.name, record.protocol,
+                                record.protocol)
                 return
             outcome = "ok" if ok else "error"
             self._reachable(record.protocol)

@@ -29,6 +29,7 @@ from sidecar.messages.results import (
     CLASSIFICATION,
     DIFF_BUCKETS,
     REGRESSION,
+    ModelError,
     PredictedInstance,
     Predictions,
     Result,
@@ -108,6 +109,7 @@ class ShadowComparison:
         self.feature_names: list[str] = []
         self.feature_kinds: list[str] = []
         self.task: str | None = None
+        self.told_columns = False
 
     def ingest(self, items: Iterable[tuple[CaptureRecord, Exchange, Exchange]], outputs: Outputs,
                signature: Any) -> list[Result]:
@@ -143,6 +145,11 @@ class ShadowComparison:
                     self.recent.append(same)
                     confusion[(a, b)] = confusion.get((a, b), 0) + 1
             else:
+                if first.values.ndim > 1 and first.values.shape[1] > 1 and not self.told_columns:
+                    self.told_columns = True
+                    log.info("model %s: shadow %s: the regression outputs have %d columns; differences are "
+                             "measured on column 0 only (the output drift test covers all)", self.model,
+                             self.shadow, first.values.shape[1])
                 p, s = first.values[:, 0], second.values[:, 0]
                 difference = np.abs(s - p)
                 abs_diffs.extend(difference.tolist())
@@ -208,10 +215,20 @@ class VersionComparisons:
         self.names: list[str] = []
         self.kinds: list[str] = []
         self.first_seen: list[str] = []
+        self.told_baseline: tuple[str, str] | None = None
+        self.left_out: set[str] = set()  # versions whose outputs have another shape, said once each
 
-    def push(self, name: str, values: np.ndarray, feature_names: list[str], kinds: list[str]) -> None:
+    def push(self, name: str, values: np.ndarray, feature_names: list[str], kinds: list[str]) -> list[Result]:
+        """Add a version's output rows; a version whose outputs do not fit the others' is left out, which is said
+        once (a log line and a ModelError: /v1/monitor's last_error, sidecar_model_errors_total)."""
         if self.names and feature_names != self.names:
-            return  # another output shape than the versions seen so far: not comparable
+            if name in self.left_out:
+                return []
+            self.left_out.add(name)
+            message = (f"{name}: outputs {feature_names[:5]} do not match the other versions' {self.names[:5]}; "
+                       "this version is left out of the version comparison")
+            log.warning("model %s: %s", self.model, message)
+            return [ModelError(name, message)]
         self.names, self.kinds = feature_names, kinds
         rows = self.outputs.get(name)
         if rows is None:
@@ -219,6 +236,7 @@ class VersionComparisons:
             self.first_seen.append(name)
         rows.extend(values)
         self.fresh[name] = self.fresh.get(name, 0) + values.shape[0]
+        return []
 
     def baseline(self) -> tuple[str, str] | None:
         versions = {name.rpartition("@")[2]: name for name in self.outputs}
@@ -234,6 +252,9 @@ class VersionComparisons:
         if chosen is None:
             return []
         baseline, why = chosen
+        if chosen != self.told_baseline:
+            self.told_baseline = chosen
+            log.info("model %s: versions are compared with baseline %s, %s", self.model, baseline, why)
         reference_rows = self.outputs[baseline]
         if len(reference_rows) < self.window:
             return []

@@ -966,7 +966,9 @@ class AnalysisState:
         if finite.shape[0]:
             features = output_features(finite, output.name, output.scalar, state.task, self.settings.max_features,
                                        output.class_ids)
-            comparison.push(name, features.values, features.names, features.kinds)
+            said = comparison.push(name, features.values, features.names, features.kinds)
+            if said:
+                return said + comparison.evaluate()
         return comparison.evaluate()
 
     def tick(self, now: float) -> list[Result]:

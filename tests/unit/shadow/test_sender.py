@@ -298,3 +298,22 @@ async def test_start_opens_the_global_lane_and_says_what_share_is_mirrored_and_w
         assert f"m{MAX_CACHED_MODELS + 499}" in sender._routes  # the newest kept, the oldest evicted
     finally:
         await sender.stop()
+
+
+async def test_a_rest_only_shadow_says_once_that_grpc_calls_are_counted_unsupported(
+        shadow_server: tuple[int, list[str], asyncio.Event], caplog: pytest.LogCaptureFixture) -> None:
+    port, asked, _ = shadow_server
+    settings = from_mapping({"shadow_rest": f"http://127.0.0.1:{port}", "shadow_name": "next"}).shadow
+    registry = CollectorRegistry()
+    sender = ShadowSender(settings, registry)
+    await sender.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="sidecar.shadow.sender"):
+            for number in range(3):
+                sender.append(grpc_call(number, b"\x0a\x00"))
+            await eventually(lambda: outcome(registry, "unsupported") == 3)
+    finally:
+        await sender.stop()
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == ["shadow next has no grpc address: the grpc calls mirrored to it are counted unsupported (a call "
+                     "is never translated to the other protocol)"] and asked == []

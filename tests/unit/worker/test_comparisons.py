@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from sidecar.messages.records import CaptureRecord
-from sidecar.messages.results import Predictions, Result, ShadowBatch, VersionDrift
+from sidecar.messages.results import ModelError, Predictions, Result, ShadowBatch, VersionDrift
 from sidecar.worker.coalesce import ResultBuffer
 from sidecar.worker.settings import AnalysisSettings
 from sidecar.worker.state import AnalysisState
@@ -99,3 +100,24 @@ def test_a_canary_version_is_tested_against_the_stable_one(tmp_path: Path) -> No
     assert verdicts, "the canary had 80 outputs, more than its window of 60"
     assert {(v.model, v.version, v.baseline) for v in verdicts} == {("iris", "iris@canary", "iris@stable")}
     assert verdicts[-1].drift and "stable" in verdicts[-1].baseline_source
+
+
+def test_the_baseline_choice_is_logged_once_and_a_version_of_another_shape_is_said_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = AnalysisState(0, AnalysisSettings(reference_size=50, window_size=60, analysis_by_version=True), tmp_path)
+    rng = np.random.default_rng(5)
+    results: list[Result] = []
+    with caplog.at_level(logging.INFO, logger="sidecar.worker.comparisons"):
+        for _ in range(10):
+            stable = rest_record("iris", rng.normal(size=(8, FEATURES)))._replace(label="stable")
+            canary = rest_record("iris", rng.normal(size=(8, FEATURES)))._replace(label="canary")
+            inputs = rng.normal(size=(8, FEATURES))
+            narrow = rest_record("iris", inputs)._replace(
+                label="narrow", response=json.dumps({"predictions": softmax_model(inputs)[:, :2].tolist()}).encode())
+            out, _, _ = state.process([stable, canary, narrow])
+            results += out
+    said = [record.getMessage() for record in caplog.records]
+    assert said.count("model iris: versions are compared with baseline iris@stable, the version labelled stable") == 1
+    assert [result.model for result in found(results, ModelError)] == ["iris@narrow"]
+    assert sum("iris@narrow" in line and "left out" in line for line in said) == 1
+    assert {v.version for v in found(results, VersionDrift)} == {"iris@canary"}
