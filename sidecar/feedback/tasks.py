@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.feedback.store import Predicted
-from sidecar.messages.names import served_model
+from sidecar.messages.names import served_model, split_shadow
 from sidecar.messages.results import Predictions, StoredPredictions
 
 BINARY = "binary"
@@ -122,8 +122,8 @@ class PredictionRules:
 
     def reduce(self, predictions: Predictions) -> StoredPredictions:
         overrides = self.task_overrides
-        task = choose_task(overrides.get(predictions.model, overrides.get(served_model(predictions.model))),
-                           predictions.task)
+        primary = split_shadow(predictions.model)[0]  # a shadow (model~shadow) takes its primary's override
+        task = choose_task(overrides.get(predictions.model, overrides.get(served_model(primary))), predictions.task)
         threshold = self.binary_threshold
         ids: list[str] = []
         instances: list[int] = []

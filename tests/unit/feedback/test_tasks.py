@@ -10,6 +10,7 @@ from sidecar.feedback.tasks import (
     CLASSIFICATION,
     MULTICLASS,
     REGRESSION,
+    PredictionRules,
     TaskMismatch,
     choose_task,
     normalize_task,
@@ -17,6 +18,7 @@ from sidecar.feedback.tasks import (
     resolve_auto,
     target,
 )
+from sidecar.messages.results import PredictedInstance, Predictions
 
 
 @pytest.mark.parametrize("name, task", [("classification", CLASSIFICATION), ("regression", REGRESSION),
@@ -24,6 +26,12 @@ from sidecar.feedback.tasks import (
                                         ("multiclass", MULTICLASS), ("something", AUTO)])
 def test_task_names_of_settings_and_analysis_are_understood(name: str | None, task: str) -> None:
     assert normalize_task(name) == task
+
+
+def test_a_shadow_takes_its_primarys_task_override() -> None:
+    rules = PredictionRules(task_overrides={"iris": "binary"})  # a score in [0, 1] read as binary, not a regression
+    shadow = Predictions("iris~next", "regression", [PredictedInstance("id~next", 0, "iris~next", {"value": 0.7})])
+    assert rules.reduce(shadow).tasks == [BINARY] == rules.reduce(shadow._replace(model="iris")).tasks
 
 
 def test_the_per_model_override_wins_over_the_reported_task() -> None:
