@@ -37,6 +37,7 @@ import threading
 import time
 from typing import Any
 
+from sidecar.analysis.metrics import MAX_CLASS_LABELS, FeatureLabels
 from sidecar.messages.results import (
     DIFF_BUCKETS,
     BatchDone,
@@ -220,7 +221,7 @@ def _render_estimate(estimate: QualityEstimate) -> dict[str, Any]:
 def _new_shadow() -> dict[str, Any]:
     return {"task": None, "pairs": 0, "agreed": 0, "unmatched": 0, "confusion": {}, "abs_diff": [0, 0.0],
             "rel_diff": [0, 0.0], "abs_buckets": None, "rel_buckets": None, "agreement_recent": None, "recent": 0,
-            "drift": None, "drift_windows": 0, "drifted": 0}
+            "drift": None, "drift_windows": 0, "drifted": 0, "classes": FeatureLabels(MAX_CLASS_LABELS)}
 
 
 def _add_shadow(entry: dict[str, Any], batch: ShadowBatch) -> None:
@@ -228,8 +229,10 @@ def _add_shadow(entry: dict[str, Any], batch: ShadowBatch) -> None:
     entry["pairs"] += batch.pairs
     entry["agreed"] += batch.agreed
     entry["unmatched"] += batch.unmatched
+    classes = entry["classes"]  # the first MAX_CLASS_LABELS keep their name, as in sidecar_shadow_confusion_total
     for (first, second), count in batch.confusion.items():
-        row = entry["confusion"].setdefault(first, {})
+        row = entry["confusion"].setdefault(classes("", first), {})
+        second = classes("", second)
         row[second] = row.get(second, 0) + count
     for key, counted in (("abs", batch.abs_diff), ("rel", batch.rel_diff)):
         total = entry[f"{key}_diff"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+from sidecar.analysis.metrics import MAX_CLASS_LABELS
 from sidecar.analysis.monitor import MonitorStore
 from sidecar.messages.results import (
+    DIFF_BUCKETS,
     LAG_BUCKETS,
     SCORE_BUCKETS,
     BatchDone,
@@ -17,6 +19,7 @@ from sidecar.messages.results import (
     PackedFeatures,
     QualityBatch,
     ReferenceStatus,
+    ShadowBatch,
     bucket_counts,
 )
 
@@ -99,3 +102,17 @@ def test_feature_summaries_leave_out_single_raw_values_unless_asked() -> None:
     asked = store.snapshot("iris", extremes=True)
     assert asked is not None
     assert asked["detectors"]["feature_drift"]["features"][0]["reference"]["max"] == 12.25
+
+
+def test_a_shadows_confusion_keeps_as_many_classes_as_its_metric_and_folds_the_rest() -> None:
+    store = MonitorStore()
+    classes = [str(number) for number in range(3 * MAX_CLASS_LABELS)]
+    confusion = {(first, second): 1 for first in classes for second in classes}
+    empty = bucket_counts([], DIFF_BUCKETS)
+    store.apply(ShadowBatch("iris", "next", "classification", len(confusion), len(classes), 0, confusion, empty,
+                            empty, None, 0))
+    snapshot = store.snapshot("iris")
+    assert snapshot is not None
+    counts = snapshot["shadows"]["next"]["confusion"]["counts"]
+    assert len(counts) == MAX_CLASS_LABELS + 1 and all(len(row) == MAX_CLASS_LABELS + 1 for row in counts.values())
+    assert "__other__" in counts and sum(sum(row.values()) for row in counts.values()) == len(confusion)
