@@ -167,8 +167,20 @@ class ShadowSettings:
         return list(dict.fromkeys(names))
 
     def check(self) -> None:
-        """Cross-field checks: a per-model shadow needs an address (its own or the global one)."""
+        """Cross-field checks: a per-model shadow needs an address (its own or the global one), and shadows at
+        different addresses need different names (the name is the `shadow` label their metrics share)."""
+        where: dict[str, tuple[Address | None, Address | None]] = {}
+        global_target = self.global_target()
+        if global_target is not None:
+            where[global_target.name] = (global_target.rest, global_target.grpc)
         for model, entry in self.shadow_models.items():
-            if entry.get("enabled", True) and self.target(model) is None:
+            target = self.target(model)
+            if entry.get("enabled", True) and target is None:
                 raise ValueError(f"shadow_models: model {model!r} has neither rest nor grpc (and no global "
                                  "shadow_rest/shadow_grpc)")
+            if target is None:
+                continue
+            seen = where.setdefault(target.name, (target.rest, target.grpc))
+            if seen != (target.rest, target.grpc):
+                raise ValueError(f"shadow_models: model {model!r}: shadow name {target.name!r} is already used by a "
+                                 "shadow at another address; give each shadow its own name")

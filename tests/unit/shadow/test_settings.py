@@ -33,10 +33,20 @@ def test_a_model_entry_overrides_the_global_shadow_or_turns_it_off() -> None:
     ({"shadow_models": {"iris": {"name": "a~b"}}}, "name"),
     ({"shadow_models": {"iris": {"model": "x"}}}, "neither rest nor grpc"),
     ({"shadow_model_map": "iris"}, "model=shadow_model"),
+    ({"shadow_models": {"iris": {"rest": "http://h:1"}, "digits": {"rest": "http://h:2"}}},
+     "'digits': shadow name 'shadow' is already used by a shadow at another address"),
+    ({"shadow_rest": "http://h:1", "shadow_models": {"iris": {"grpc": "h:2", "rest": "off"}}},
+     "'iris': shadow name 'shadow' is already used"),
 ])
 def test_bad_shadow_settings_stop_start_up_naming_the_problem(values: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         from_mapping(values)
+
+
+def test_shadows_at_one_address_may_share_a_name() -> None:
+    settings = from_mapping({"shadow_rest": "http://h:1", "shadow_models": {
+        "iris": {"version": "2"}, "digits": {"rest": "http://h:2", "name": "other"}}}).shadow
+    assert settings.names() == ["shadow", "other"]
 
 
 def test_sampling_by_prediction_id_keeps_about_the_share_asked_and_is_the_same_for_an_id() -> None:
