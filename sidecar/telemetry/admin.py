@@ -7,6 +7,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -28,6 +29,9 @@ HistoryLookup = Callable[[str, Mapping[str, str]], Awaitable[Answer]]  # (model,
 PredictionLookup = Callable[[str], Awaitable[Answer]]  # (prediction id)
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes answer without the token
 _TRUE = {"1", "true", "yes"}
+# /metrics is encoded on the proxying event loop: scrapes within this many seconds (open monitoring pages, several
+# Prometheus servers) share one encoding.
+METRICS_CACHE_SECONDS = 1.0
 
 
 def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
@@ -49,9 +53,15 @@ def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
                                      headers={"WWW-Authenticate": 'Bearer realm="sidecar-admin"'})
         return await handler(request)
 
+    encoded: dict[str, tuple[float, bytes]] = {}  # content type -> (when, body): see METRICS_CACHE_SECONDS
+
     async def metrics(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
+        now = time.monotonic()
+        cached = encoded.get(content_type)
+        if cached is None or now - cached[0] >= METRICS_CACHE_SECONDS:
+            cached = encoded[content_type] = (now, encoder(registry))
+        return web.Response(body=cached[1], headers={"Content-Type": content_type})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})

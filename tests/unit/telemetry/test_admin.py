@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from sidecar.telemetry.admin import AdminServer, build_admin_app, json_safe
+from sidecar.telemetry.admin import METRICS_CACHE_SECONDS, AdminServer, build_admin_app, json_safe
 from sidecar.telemetry.health import UpstreamHealth, tcp_http_probe
 from sidecar.telemetry.metrics import RequestMetrics, new_registry
 
@@ -37,6 +37,29 @@ async def test_metrics_in_prometheus_text_and_openmetrics() -> None:
                                    headers={"Accept": "application/openmetrics-text; version=1.0.0"}) as response:
                 assert response.headers["Content-Type"].startswith("application/openmetrics-text")
                 assert (await response.text()).rstrip().endswith("# EOF")
+    finally:
+        await server.stop()
+
+
+async def test_scrapes_within_a_second_share_one_encoding() -> None:
+    registry = new_registry()
+    metrics = RequestMetrics()
+    registry.register(metrics)
+    server = AdminServer(build_admin_app(registry, None), "127.0.0.1", 0)
+    await server.start()
+    line = 'sidecar_requests_total{code="200",method="predict",model="iris",protocol="rest",version=""}'
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def scrape() -> str:
+                async with session.get(f"http://127.0.0.1:{server.port}/metrics") as response:
+                    return await response.text()
+
+            metrics.record("iris", "", "rest", "predict", "200", 0.01, 0.005, 100, 50)
+            assert f"{line} 1.0" in await scrape()
+            metrics.record("iris", "", "rest", "predict", "200", 0.01, 0.005, 100, 50)
+            assert f"{line} 1.0" in await scrape()  # the same encoding, not encoded again
+            await asyncio.sleep(METRICS_CACHE_SECONDS)
+            assert f"{line} 2.0" in await scrape()
     finally:
         await server.stop()
 
