@@ -19,7 +19,7 @@ from aiohttp import web
 from sidecar.app import Sidecar
 from sidecar.config import from_mapping
 from sidecar.telemetry.admin import AdminServer, build_admin_app
-from sidecar.telemetry.metrics import new_registry
+from sidecar.telemetry.metrics import RequestMetrics, new_registry
 from sidecar.telemetry.tracing import disabled
 from tests.support.browser import console_errors, headless_chromium
 from tests.support.testbed import TestbedProcess, running_testbed
@@ -229,5 +229,29 @@ async def test_history_buckets_are_drawn_when_the_history_route_answers(tmp_path
             assert dashed["chart-outliers"] == [6] and dashed["chart-quality"] == [6], dashed
             assert console_errors(driver) == []
         assert "from" in asked[0] and "to" in asked[0] and asked[1]["cursor"] == "page-2"
+    finally:
+        await server.stop()
+
+
+HOSTILE = '<img src=x onerror="document.title=1">'
+
+
+async def test_a_hostile_model_name_is_shown_as_text_and_a_malformed_fragment_does_not_stop_the_page() -> None:
+    registry = new_registry()
+    metrics = RequestMetrics()
+    registry.register(metrics)
+    metrics.record(HOSTILE, "", "rest", "predict", "200", 0.01, 0.005, 100, 50)
+    app = build_admin_app(registry, None, lambda model, extremes: {"model": model}, lambda: [HOSTILE])
+    server = AdminServer(app, "127.0.0.1", 0)
+    await server.start()
+    try:
+        with headless_chromium() as driver:
+            await asyncio.to_thread(driver.get, f"http://127.0.0.1:{server.port}/?interval=1#%E0")
+            rows = await until(script(driver, MODELS), "the model list")
+            assert rows[0][0] == HOSTILE and HOSTILE in rows[0][1]
+            assert driver.execute_script("return document.querySelectorAll('#models img').length") == 0
+            assert driver.title != "1"
+            errors = console_errors(driver)  # the history route is off here (404); nothing else may fail
+            assert [line for line in errors if "/history?" not in line] == [], errors
     finally:
         await server.stop()

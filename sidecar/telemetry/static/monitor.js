@@ -12,10 +12,19 @@ const TIMELINE_POINTS = 1200;         // points kept per live series (an hour at
 const DISTRIBUTIONS_SHOWN = 6;
 const TOKEN_KEY = 'sidecar-admin-token';
 
+// The model named in the address's #fragment; a malformed one (such as #%E0) selects none instead of stopping the page.
+function hashModel() {
+  try {
+    return decodeURIComponent(location.hash.slice(1)) || null;
+  } catch (error) {
+    return null;
+  }
+}
+
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
   models: [],
-  selected: decodeURIComponent(location.hash.slice(1)) || null,
+  selected: hashModel(),
   previous: null,            // {time, figures: Map(model -> figures)}
   timelines: new Map(),      // model -> {traffic, errors, p50, p95, drift: {detector: points}, outliers, quality}
   latest: new Map(),         // model -> {figures, rates}
@@ -385,7 +394,7 @@ function start() {
     schedule();  // nothing is fetched while the tab is hidden
   });
   window.addEventListener('hashchange', () => {
-    state.selected = decodeURIComponent(location.hash.slice(1)) || null;
+    state.selected = hashModel();
     state.drill = null;
     poll();
   });
