@@ -26,7 +26,8 @@ class DrillDown:
     A model with shadows gets, per shadow, the sender's numbers under `calls` (outcomes, both sides' error rates
     and latencies on the mirrored calls) next to the analysis's comparison, and under `quality` the feedback
     quality of the primary and of the shadow on the same instances; each version compared with its baseline gets
-    its feedback quality too."""
+    its feedback quality too. The sender counts calls per served model: a version (`iris@1`) shows its model's
+    calls, marked `of_model`; with the analysis off, a model with shadow calls still has a drill-down."""
 
     def __init__(self, analysis: AnalysisView | None, quality: QualityView | None,
                  shadows: ShadowView | None = None) -> None:
@@ -39,15 +40,16 @@ class DrillDown:
         `extremes`: feature summaries keep their min and max (single raw input values)."""
         snapshot = self.analysis.monitor(name, extremes) if self.analysis is not None else None
         quality = self.quality.quality_snapshot(name) if self.quality is not None else None
-        if snapshot is None and quality is None:
+        served = name.rpartition("@")[0] or name  # the sender counts a served model's calls, all versions together
+        calls = self.shadows.snapshot(served) if self.shadows is not None else None
+        if snapshot is None and quality is None and calls is None:
             return None
         merged: dict[str, Any] = dict(snapshot or {"model": name})
         if quality is not None:
             merged["quality"] = quality
-        calls = self.shadows.snapshot(name) if self.shadows is not None else None
         shadows: dict[str, Any] = {shadow: dict(entry) for shadow, entry in merged.get("shadows", {}).items()}
         for shadow, entry in (calls or {}).items():
-            shadows.setdefault(shadow, {})["calls"] = entry
+            shadows.setdefault(shadow, {})["calls"] = entry if served == name else {**entry, "of_model": served}
         for shadow, entry in shadows.items():
             entry["quality"] = {"primary": quality, "shadow": self._quality(f"{name}~{shadow}")}
         if shadows:
