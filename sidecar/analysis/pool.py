@@ -200,7 +200,10 @@ class AnalysisPool:
         """Capture one exchange for the analysis: on the request path, so it only copies the record into the ring
         of the worker owning its model (`shards`). A record that does not fit is dropped and counted."""
         shards = self.shards
-        shards.appended += 1
+        if record.shadow:
+            shards.shadow_appended += 1
+        else:
+            shards.appended += 1
         owner = shards.owner(record.model)
         if self._stopping:
             self.metrics.records_lost(owner, "shutdown", 1)
@@ -214,6 +217,10 @@ class AnalysisPool:
     @property
     def appended(self) -> int:
         return self.shards.appended
+
+    @property
+    def shadow_appended(self) -> int:
+        return self.shards.shadow_appended
 
     @property
     def dropped(self) -> dict[str, int]:

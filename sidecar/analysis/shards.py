@@ -31,7 +31,8 @@ class CaptureShards:
         self.max_bytes = capture.capture_max_bytes
         self.rings = [SharedRingWriter(max(1024, self.max_bytes // workers), max(1, self.max_records // workers),
                                        self.batch_records) for _ in range(workers)]
-        self.appended = 0
+        self.appended = 0  # exchanges
+        self.shadow_appended = 0  # shadow answers paired with an exchange's (CaptureRecord.shadow)
         self.dropped: dict[str, int] = {}
         self._owners: dict[str, int] = {}
 

@@ -40,7 +40,8 @@ class CaptureRing:
         self.batch_size = batch_size
         self._records: deque[CaptureRow] = deque()  # plain tuples: see the module docstring
         self.bytes_waiting = 0
-        self.appended = 0
+        self.appended = 0  # exchanges
+        self.shadow_appended = 0  # shadow answers paired with an exchange's (CaptureRecord.shadow)
         self.dropped: dict[str, int] = {}
         self._wake: asyncio.Event | None = None
 
@@ -53,7 +54,10 @@ class CaptureRing:
         records = self._records
         records.append(tuple(record))
         self.bytes_waiting += size
-        self.appended += 1
+        if record.shadow:
+            self.shadow_appended += 1
+        else:
+            self.appended += 1
         while len(records) > self.max_records or (self.bytes_waiting > self.max_bytes and records):
             old = records.popleft()
             self.bytes_waiting -= len(_REQUEST(old)) + len(_RESPONSE(old))

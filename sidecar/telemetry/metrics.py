@@ -233,6 +233,9 @@ class CaptureRingStats(Protocol):
     def appended(self) -> int: ...
 
     @property
+    def shadow_appended(self) -> int: ...
+
+    @property
     def dropped(self) -> dict[str, int]: ...
 
     def __len__(self) -> int: ...
@@ -266,6 +269,11 @@ class CaptureMetrics(Collector):
         appended = CounterMetricFamily("sidecar_capture_records", "Exchanges captured (appended to the ring).")
         appended.add_metric([], self.ring.appended)
         yield appended
+        shadowed = CounterMetricFamily("sidecar_capture_shadow_records", "Shadow answers paired with the primary's, "
+                                       "appended to the ring for comparison (not exchanges: not in "
+                                       "sidecar_capture_records).")
+        shadowed.add_metric([], self.ring.shadow_appended)
+        yield shadowed
         drained = CounterMetricFamily("sidecar_capture_drained_records", "Records handed to the analysis stage.")
         drained.add_metric([], self.drained())
         yield drained

@@ -79,6 +79,18 @@ def test_capture_metrics_report_ring_state_and_drops() -> None:
     assert values[("sidecar_capture_dropped_total", (("model", OTHER_MODELS),))] == 1
 
 
+def test_shadow_answers_are_counted_apart_from_the_exchanges_captured() -> None:
+    registry = new_registry()
+    ring = CaptureRing(max_records=10, max_bytes=10**6)
+    registry.register(CaptureMetrics(ring, lambda: 0, ModelLabels(5)))
+    exchange = CaptureRecord("1", 0.0, "iris", "", "", "rest", "tfserving", "predict", b"xx", b"y", 200, 0.0)
+    ring.append(exchange)
+    ring.append(exchange._replace(shadow="next", primary_response=b"y"))
+    values = samples(registry)
+    assert values[("sidecar_capture_records_total", ())] == 1
+    assert values[("sidecar_capture_shadow_records_total", ())] == 1
+
+
 def test_process_metrics_are_the_standard_process_and_python_ones() -> None:
     registry = add_process_metrics(new_registry())
     assert (registry.get_sample_value("process_resident_memory_bytes") or 0) > 0
