@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 
+def lower_priority(priority: str) -> None:
+    """An explainer process's initializer: yield the CPU to the proxy as the analysis workers do."""
+    from sidecar.worker.process import lower_priority as lower
+
+    lower(priority)
+
+
 class ExplainError(Exception):
     """A failure the client is told about: `status` and a message for `{"error": ...}`."""
 

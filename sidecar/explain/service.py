@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from sidecar.explain.kernel import ExplainError, Job, explain
+from sidecar.explain.kernel import ExplainError, Job, explain, lower_priority
 from sidecar.explain.settings import ExplainSettings
 from sidecar.messages.records import API_TFSERVING
 from sidecar.proxy.rest.local import LocalHandler, LocalRequest, LocalResponse
@@ -58,12 +58,14 @@ class ExplainService:
         if not self.settings.any_enabled:
             return
         which = "every model" if self.settings.explain_enabled else ", ".join(self.settings.explain_models)
-        log.info("explain: the sidecar answers :explain for %s (KernelSHAP, %d explainer process(es), at most %d "
-                 "predict calls per explanation)", which, self.settings.explain_concurrency,
+        log.info("explain: the sidecar answers :explain for %s (KernelSHAP, %d explainer process(es) at %s CPU "
+                 "priority, at most %d predict calls per explanation)", which, self.settings.explain_concurrency,
+                 self.settings.explain_priority,
                  self.settings.explain_max_model_calls)
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.settings.explain_concurrency, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(self.settings.explain_concurrency, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=lower_priority, initargs=(self.settings.explain_priority,))
 
     async def stop(self) -> None:
         if self._pool is not None:
