@@ -37,6 +37,7 @@ from sidecar.telemetry.tracing import Tracing, disabled
 
 if TYPE_CHECKING:  # each part's module is imported only when the settings ask for the part
     from sidecar.analysis.pool import AnalysisPool
+    from sidecar.explain.importance import FeatureImportance
     from sidecar.explain.service import ExplainService
     from sidecar.export.payload_log import PayloadLog
     from sidecar.feedback.api import FeedbackService
@@ -89,6 +90,7 @@ class Sidecar:
         self.admin: AdminServer | None = None
         self.fleet: ProxyFleet | None = None
         self.explainer: ExplainService | None = None
+        self.importance: FeatureImportance | None = None
         self.drilldown = DrillDown(None, None)
         self.limit_metrics = LimitMetrics()
         self.registry.register(self.limit_metrics)
@@ -255,11 +257,11 @@ class Sidecar:
     async def _start_proxies(self) -> None:
         proxy = self.settings.proxy
         capture = self.tee.append if self.tee.rings else None
+        explainer = await self._start_explainer()
         if proxy.listen_rest is not None:
             from sidecar.proxy.rest.proxy import RestProxy
 
             local_routes = {"/v1/feedback": self.feedback.handle} if self.feedback is not None else None
-            explainer = await self._start_explainer()
             rest = self.rest = RestProxy(proxy, capture=capture, metrics=self.request_metrics, tracing=self.tracing,
                                          health=self.health, local_routes=local_routes,
                                          route_handlers=explainer.handler_for if explainer is not None else None)
@@ -284,7 +286,9 @@ class Sidecar:
     async def _start_explainer(self) -> ExplainService | None:
         """The explain endpoint's service, when any model is to be explained by the sidecar."""
         settings = self.settings
-        if not settings.explain.any_enabled or settings.proxy.upstream_rest is None:
+        importance = self._importance_wanted()
+        explain = settings.explain.any_enabled and settings.proxy.listen_rest is not None
+        if not (explain or importance) or settings.proxy.upstream_rest is None:
             return None
         from sidecar.explain.service import ExplainService
 
@@ -294,7 +298,28 @@ class Sidecar:
                                                     settings.telemetry.model_label_cap)
         explainer.start()
         self._on_stop("explainer", explainer.stop)
-        return explainer
+        if importance and self.pool is not None:
+            from sidecar.explain.importance import FeatureImportance
+
+            found = self.importance = FeatureImportance(settings.analysis, explainer, self.pool.models,
+                                                        self.registry, settings.telemetry.model_label_cap)
+            found.start()
+            self._on_stop("feature importance", found.stop)
+        return explainer if explain else None
+
+    def _importance_wanted(self) -> bool:
+        """Whether the feature importance can run as asked; when it cannot, says why once."""
+        settings = self.settings
+        if not settings.analysis.importance_enabled:
+            return False
+        missing = ("analysis_enabled is off (the workers keep the recent rows)"
+                   if not settings.analysis.analysis_enabled or self.pool is None else
+                   "no REST upstream (the model is called through its REST predict route)"
+                   if settings.proxy.upstream_rest is None else None)
+        if missing is not None:
+            log.warning("feature importance: importance_enabled is on but it cannot run: %s", missing)
+            return False
+        return True
 
     async def _start_fleet(self, capture: Callable[[CaptureRecord], None] | None) -> None:
         """The other proxy processes, told the ports this one bound (settings may ask for port 0)."""
@@ -313,7 +338,7 @@ class Sidecar:
         self._on_stop("proxy processes", fleet.stop)
 
     async def _start_admin(self) -> None:
-        self.drilldown = DrillDown(self.pool, self.feedback, self.shadow)
+        self.drilldown = DrillDown(self.pool, self.feedback, self.shadow, self.importance)
         listen = self.settings.telemetry.listen_admin
         if listen is None:
             return

@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 
+def lower_priority(priority: str) -> None:
+    """An explainer process's initializer: yield the CPU to the proxy as the analysis workers do."""
+    from sidecar.worker.process import lower_priority as lower
+
+    lower(priority)
+
+
 class ExplainError(Exception):
     """A failure the client is told about: `status` and a message for `{"error": ...}`."""
 
@@ -98,7 +105,8 @@ class _Model:
         return np.concatenate(parts, axis=0)
 
 
-def _background(job: Job, width: int) -> Any:
+def _reference(job: Job | ImportanceJob) -> Any:
+    """The complete rows of the model's saved reference."""
     import numpy as np
 
     from sidecar.worker.reference import model_dir
@@ -110,48 +118,148 @@ def _background(job: Job, width: int) -> Any:
     except (OSError, KeyError, ValueError):
         raise ExplainError(409, f"model {job.model!r} has no reference yet (the analysis saves one once it has "
                                 "collected reference_size instances); explanations are measured against it") from None
+    if reference.ndim != 2:
+        raise ExplainError(400, f"model {job.model!r}'s reference is not a matrix of numbers")
     reference = reference[np.all(np.isfinite(reference), axis=1)]
-    if reference.ndim != 2 or reference.shape[1] != width:
-        raise ExplainError(400, f"instances have {width} features but the model's reference has "
-                                f"{reference.shape[1] if reference.ndim == 2 else 0} numeric columns")
     if reference.shape[0] == 0:
         raise ExplainError(409, f"model {job.model!r}'s reference has no complete row")
-    rows = np.linspace(0, reference.shape[0] - 1, min(job.background, reference.shape[0])).round().astype(int)
-    return reference[np.unique(rows)]
+    return reference
 
 
-def explain(job: Job) -> dict[str, Any]:
-    """The explanation of `job.instances`, as the JSON answer; raises `ExplainError`."""
+def _evenly(rows: Any, count: int) -> Any:
+    """At most `count` rows spread evenly over `rows`."""
+    import numpy as np
+
+    picked = np.linspace(0, rows.shape[0] - 1, min(count, rows.shape[0])).round().astype(int)
+    return rows[np.unique(picked)]
+
+
+def _background(job: Job, width: int) -> Any:
+    reference = _reference(job)
+    if reference.shape[1] != width:
+        raise ExplainError(400, f"instances have {width} features but the model's reference has "
+                                f"{reference.shape[1]} numeric columns")
+    return _evenly(reference, job.background)
+
+
+class _Attributions(NamedTuple):
+    outputs: Any  # (n, k) the model's outputs for the instances
+    explained: Any  # (n,) the output explained per instance
+    values: Any  # (n, d) the attributions to the explained output
+    base: Any  # (k,) the outputs' mean over the background
+    coalitions: int
+
+
+def _attributions(model: _Model, background: Any, instances: Any, samples: int) -> _Attributions:
     import numpy as np
 
     try:
         import shap
     except ImportError:
         raise ExplainError(501, "explanations need the shap library: pip install 'tfs-sidecar[explain]'") from None
-    instances = np.asarray(job.instances, dtype=np.float64)
-    background = _background(job, instances.shape[1])
-    model = _Model(job)
     outputs = model(instances)
     explained = outputs.argmax(axis=1) if outputs.shape[1] > 1 else np.zeros(len(instances), dtype=int)
     explainer = shap.KernelExplainer(model, background, link="identity")
     width = instances.shape[1]
-    samples = min(job.samples, 2 ** width - 2 if width < 30 else job.samples)
-    values = explainer.shap_values(instances, nsamples=max(samples, 2), silent=True)
-    values = np.asarray(values, dtype=np.float64)
+    samples = min(samples, 2 ** width - 2 if width < 30 else samples)
+    values = np.asarray(explainer.shap_values(instances, nsamples=max(samples, 2), silent=True), dtype=np.float64)
     if values.ndim == 2:
         values = values[:, :, None]
     base = np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))
+    chosen = values[np.arange(len(instances)), :, explained]
+    return _Attributions(outputs, explained, chosen, base,
+                         int(2 ** width - 2 if samples >= 2 ** width - 2 else samples))
+
+
+def explain(job: Job) -> dict[str, Any]:
+    """The explanation of `job.instances`, as the JSON answer; raises `ExplainError`."""
+    import numpy as np
+
+    instances = np.asarray(job.instances, dtype=np.float64)
+    background = _background(job, instances.shape[1])
+    model = _Model(job)
+    found = _attributions(model, background, instances, job.samples)
+    outputs = found.outputs
     explanations = []
-    for row, output in enumerate(explained.tolist()):
-        attributions = values[row, :, output]
+    for row, output in enumerate(found.explained.tolist()):
         explanations.append({
             "prediction": outputs[row].tolist() if outputs.shape[1] > 1 else float(outputs[row, 0]),
             "explained_output": int(output), "output_value": float(outputs[row, output]),
-            "base_value": float(base[output]), "attributions": [_finite(value) for value in attributions.tolist()]})
+            "base_value": float(found.base[output]),
+            "attributions": [_finite(value) for value in found.values[row].tolist()]})
     return {"method": "kernel_shap", "explanations": explanations,
             "background": {"source": "reference", "rows": int(background.shape[0])},
-            "coalitions": int(2 ** width - 2 if samples >= 2 ** width - 2 else samples),
-            "model_calls": model.calls}
+            "coalitions": found.coalitions, "model_calls": model.calls}
+
+
+class ImportanceJob(NamedTuple):
+    model: str
+    upstream: tuple[str, int]
+    state_dir: str
+    rows: int  # rows explained from each sample
+    background: int
+    samples: int
+    max_model_calls: int  # what is left of the period's budget
+    batch_rows: int
+    timeout: float
+
+
+class ImportanceError(ExplainError):
+    """An importance run that failed after it had made `model_calls` predict calls (they count all the same)."""
+
+    def __init__(self, status: int, message: str, model_calls: int) -> None:
+        super().__init__(status, message)
+        self.model_calls = model_calls
+
+    def __reduce__(self) -> tuple[type[ExplainError], tuple[int, str, int]]:  # type: ignore[override]
+        return ImportanceError, (self.status, str(self), self.model_calls)
+
+
+def importance(job: ImportanceJob) -> dict[str, Any]:
+    """Mean absolute attribution per feature over a sample of the model's recent rows (`recent.npz`, kept by its
+    worker) and over as many reference rows, both against the same background; raises `ImportanceError`."""
+    import json as json_module
+
+    import numpy as np
+
+    from sidecar.worker.features import InputFeatures
+    from sidecar.worker.recent import RECENT_FILE
+    from sidecar.worker.reference import model_dir
+
+    directory = model_dir(Path(job.state_dir), job.model)
+    model = _Model(Job(job.model, "", [], job.upstream, job.state_dir, job.background, job.samples,
+                       job.max_model_calls, job.batch_rows, job.timeout))
+    try:
+        reference = _reference(job)
+        try:
+            with np.load(directory / RECENT_FILE, allow_pickle=False) as data:
+                recent = np.asarray(data["inputs"], dtype=np.float64)
+                saved = float(data["saved"])
+        except (OSError, KeyError, ValueError):
+            raise ExplainError(409, "no recent traffic sample yet (the analysis keeps one once the reference is "
+                                    "complete)") from None
+        if recent.ndim != 2 or recent.shape[1] != reference.shape[1] or recent.shape[0] == 0:
+            raise ExplainError(409, "the recent traffic sample does not match the reference's columns")
+        try:
+            meta = json_module.loads((directory / "reference.json").read_text(encoding="utf-8"))
+            names = InputFeatures.from_meta(meta["features"]).names
+        except (OSError, ValueError, KeyError):
+            names = []
+        if len(names) != reference.shape[1]:
+            names = [f"x[{index}]" for index in range(reference.shape[1])]
+        background = _evenly(reference, job.background)
+        explained = _evenly(reference[::-1], job.rows)  # from the other end: not only the background's own rows
+        sample = recent[-job.rows:]
+        found = {side: _attributions(model, background, rows, job.samples)
+                 for side, rows in (("reference", explained), ("recent", sample))}
+    except ExplainError as exc:
+        raise ImportanceError(exc.status, str(exc), model.calls) from None
+    return {"features": list(names),
+            "reference": [_finite(float(value)) for value in np.abs(found["reference"].values).mean(axis=0)],
+            "recent": [_finite(float(value)) for value in np.abs(found["recent"].values).mean(axis=0)],
+            "rows": {"reference": int(explained.shape[0]), "recent": int(sample.shape[0]),
+                     "background": int(background.shape[0])},
+            "recent_saved": saved, "model_calls": model.calls}
 
 
 def _finite(value: float) -> float | None:

@@ -14,15 +14,16 @@ import json
 import logging
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from math import isfinite
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from sidecar.explain.kernel import ExplainError, Job, explain
+from sidecar.explain.kernel import ExplainError, Job, explain, lower_priority
 from sidecar.explain.settings import ExplainSettings
 from sidecar.messages.records import API_TFSERVING
 from sidecar.proxy.rest.local import LocalHandler, LocalRequest, LocalResponse
@@ -30,6 +31,7 @@ from sidecar.proxy.rest.routes import Route
 from sidecar.telemetry.metrics import ModelLabels
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 EXPLAIN_METHOD = "explain"
 
 
@@ -53,13 +55,17 @@ class ExplainService:
 
     def start(self) -> None:
         self._pool = self._new_pool()
+        if not self.settings.any_enabled:
+            return
         which = "every model" if self.settings.explain_enabled else ", ".join(self.settings.explain_models)
-        log.info("explain: the sidecar answers :explain for %s (KernelSHAP, %d explainer process(es), at most %d "
-                 "predict calls per explanation)", which, self.settings.explain_concurrency,
+        log.info("explain: the sidecar answers :explain for %s (KernelSHAP, %d explainer process(es) at %s CPU "
+                 "priority, at most %d predict calls per explanation)", which, self.settings.explain_concurrency,
+                 self.settings.explain_priority,
                  self.settings.explain_max_model_calls)
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.settings.explain_concurrency, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(self.settings.explain_concurrency, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=lower_priority, initargs=(self.settings.explain_priority,))
 
     async def stop(self) -> None:
         if self._pool is not None:
@@ -104,24 +110,32 @@ class ExplainService:
                   settings.explain_timeout)
         self._admitted += 1
         try:
-            future = asyncio.get_running_loop().run_in_executor(self._pool, explain, job)
-            try:
-                return await asyncio.wait_for(future, settings.explain_timeout)
-            except TimeoutError:
-                raise ExplainError(504, f"the explanation took longer than {settings.explain_timeout:g}s "
-                                        "(explain_timeout)") from None
-            except ExplainError:
-                raise
-            except BrokenProcessPool:  # an explainer process died (out of memory?): the next request gets new ones
-                log.warning("an explainer process died while explaining model %s; starting new ones", model)
-                broken, self._pool = self._pool, self._new_pool()
-                broken.shutdown(wait=False, cancel_futures=True)
-                raise ExplainError(500, "the explainer process died; try again") from None
-            except Exception as exc:  # a broken explainer process, or a bug: this request fails, nothing else
-                log.exception("explaining model %s failed", model)
-                raise ExplainError(500, f"the explanation failed: {type(exc).__name__}: {exc}"[:300]) from None
+            return await self.run(explain, job)
         finally:
             self._admitted -= 1
+
+    async def run(self, function: Callable[[T], dict[str, Any]], job: T) -> dict[str, Any]:
+        """`function(job)` in an explainer process, within explain_timeout; every failure is an `ExplainError`."""
+        if self._pool is None:
+            raise ExplainError(503, "the explainer is not running")
+        model = getattr(job, "model", "?")
+        future = asyncio.get_running_loop().run_in_executor(self._pool, function, job)
+        try:
+            return await asyncio.wait_for(future, self.settings.explain_timeout)
+        except TimeoutError:
+            raise ExplainError(504, f"the explanation took longer than {self.settings.explain_timeout:g}s "
+                                    "(explain_timeout)") from None
+        except ExplainError:
+            raise
+        except BrokenProcessPool:  # an explainer process died (out of memory?): the next request gets new ones
+            log.warning("an explainer process died while explaining model %s; starting new ones", model)
+            broken, self._pool = self._pool, self._new_pool()
+            if broken is not None:
+                broken.shutdown(wait=False, cancel_futures=True)
+            raise ExplainError(500, "the explainer process died; try again") from None
+        except Exception as exc:  # a broken explainer process, or a bug: this request fails, nothing else
+            log.exception("explaining model %s failed", model)
+            raise ExplainError(500, f"the explanation failed: {type(exc).__name__}: {exc}"[:300]) from None
 
     def _instances(self, request: LocalRequest) -> list[list[float]]:
         """The instances of a predict body, as rows of numbers; raises a 4xx `ExplainError` for anything else."""

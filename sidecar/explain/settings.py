@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.options import option, parse_bool, parse_duration, parse_int, parse_str_list
+from sidecar.options import option, parse_bool, parse_choice, parse_duration, parse_int, parse_str_list
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class ExplainSettings:
     explain_batch_rows: int = option(2048, "rows per predict call an explanation makes", parse_int(1, 1_000_000))
     explain_concurrency: int = option(1, "explanations computed at once (each in its own process, with its own "
                                       "connection to the model server)", parse_int(1, 64))
+    explain_priority: str = option("idle", "CPU priority of the explainer processes: idle (Linux SCHED_IDLE: only CPU "
+                                   "the proxy leaves), low (nice 10) or normal", parse_choice("idle", "low", "normal"))
     explain_queue: int = option(8, "explanations waiting beyond those computed (503 beyond)", parse_int(0, 10_000))
     explain_timeout: float = option(60.0, "longest one explanation may take (504 beyond)", parse_duration(0.1))
 

@@ -20,6 +20,10 @@ class ShadowView(Protocol):
     def snapshot(self, model: str) -> dict[str, Any] | None: ...
 
 
+class ImportanceView(Protocol):
+    def snapshot(self, model: str) -> dict[str, Any] | None: ...
+
+
 class DrillDown:
     """Either side may be absent (analysis or feedback turned off); `shadows` is the shadow sender, when one runs.
 
@@ -30,10 +34,11 @@ class DrillDown:
     calls, marked `of_model`; with the analysis off, a model with shadow calls still has a drill-down."""
 
     def __init__(self, analysis: AnalysisView | None, quality: QualityView | None,
-                 shadows: ShadowView | None = None) -> None:
+                 shadows: ShadowView | None = None, importance: ImportanceView | None = None) -> None:
         self.analysis = analysis
         self.quality = quality
         self.shadows = shadows
+        self.importance = importance
 
     def model(self, name: str, extremes: bool = False) -> dict[str, Any] | None:
         """The analysis snapshot with the feedback quality under `quality`; None when neither knows the model.
@@ -56,6 +61,10 @@ class DrillDown:
             merged["shadows"] = shadows
         for version, entry in merged.get("versions", {}).items():
             entry["quality"] = {"version": self._quality(version), "baseline": self._quality(entry["baseline"])}
+        importance = self.importance.snapshot(name) if self.importance is not None else None
+        if importance is not None:
+            importance["drifted"] = drifted_by_importance(merged.get("detectors", {}), importance.get("features", []))
+            merged["feature_importance"] = importance
         return merged
 
     def _quality(self, name: str) -> dict[str, Any] | None:
@@ -63,3 +72,21 @@ class DrillDown:
 
     def models(self) -> list[str]:
         return sorted(self.analysis.models()) if self.analysis is not None else []
+
+
+def drifted_by_importance(detectors: dict[str, Any], importance: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The features the latest windows found drifted, with their importance to the predictions (recent traffic and
+    reference), the most important first: a drifted feature the model hardly uses matters less than one it leans on."""
+    known = {item["feature"]: item for item in importance}
+    drifted: dict[str, dict[str, Any]] = {}
+    for detector, window in sorted(detectors.items()):
+        for feature in window.get("features", []):
+            if not feature.get("drift"):
+                continue
+            entry = drifted.setdefault(feature["name"], {
+                "feature": feature["name"], "detectors": [], "p_value": feature.get("adjusted_p_value"),
+                "importance_recent": known.get(feature["name"], {}).get("recent"),
+                "importance_reference": known.get(feature["name"], {}).get("reference")})
+            entry["detectors"].append(detector)
+    return sorted(drifted.values(), key=lambda item: -max(item["importance_recent"] or 0.0,
+                                                         item["importance_reference"] or 0.0))

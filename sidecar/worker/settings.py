@@ -199,6 +199,16 @@ class AnalysisSettings:
                                                parse_int(10))
     estimation_memory: int = option(50_000, "latest instances per model whose confidence is kept for labels that "
                                     "arrive later", parse_int(100))
+    importance_enabled: bool = option(False, "periodically explain a sample of each model's recent traffic and of "
+                                      "its reference (KernelSHAP through the model server, needs the `explain` "
+                                      "extra) and report which features drive the model in /v1/monitor/{model} "
+                                      "and sidecar_feature_importance", parse_bool)
+    importance_interval: float = option(300.0, "how often the feature importance is computed", parse_duration(1.0))
+    importance_rows: int = option(20, "rows explained per model from its recent traffic, and as many from its "
+                                  "reference (the workers keep this many of the latest rows)", parse_int(2, 1000))
+    importance_max_model_calls: int = option(200, "predict calls the feature importance may make per interval, all "
+                                             "models together (models beyond wait for the next interval)",
+                                             parse_int(1, 1_000_000))
     models: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
         "help": "per-model settings (YAML mapping model -> {reference, reference_size, window_size, window_mode, "
                 "window_step, window_seconds, task, output, autoencoder, kinds: {feature or input: numeric|"

@@ -69,6 +69,7 @@ from sidecar.worker.features import (
 )
 from sidecar.worker.images import IMAGE_SIZE
 from sidecar.worker.layout import Layout
+from sidecar.worker.recent import RecentSample
 from sidecar.worker.reference import (
     SOURCE_FILE,
     SOURCE_TRAFFIC,
@@ -285,6 +286,10 @@ class ModelState:
         self._pending: list[Result] = []  # errors found outside a batch, reported with the next one
         self.batch_outputs: np.ndarray | None = None  # the latest batch's analysed outputs (version comparisons)
         self.estimator: QualityEstimator | None = None  # once the model shows probabilities
+        self.recent: RecentSample | None = None  # the latest rows, for the feature importance (when it is on)
+        if settings.importance_enabled:
+            self.recent = RecentSample(self.directory, settings.importance_rows,
+                                       min(30.0, settings.importance_interval / 2))
         saved = Reference.load(self.directory)
         if saved is not None and self._reusable(saved):
             self.restored = True
@@ -434,6 +439,11 @@ class ModelState:
         for window in windows:  # before the buckets close, so a verdict finds the bucket its window ended in
             results.extend(self._evaluate(window))
         results.extend(self.buckets.poll(now))
+        if self.recent is not None:
+            try:
+                self.recent.save_if_due()
+            except OSError as exc:
+                results.append(self._error("importance_sample", exc))
         if windows:
             results.append(self.status())
         return results
@@ -499,6 +509,8 @@ class ModelState:
         self._file_tried = False
         self.collector = ReferenceCollector(self.config.reference_size)
         self.windows = make_windows(self.config, self.settings.window_min_instances)
+        if self.recent is not None:
+            self.recent.clear()
         self.output_names, self.output_kinds = [], []
         if self.config.task == "auto":
             self.task, self.task_source, self._task_votes = None, None, {}
@@ -608,6 +620,8 @@ class ModelState:
             outputs = None if outputs is None else outputs[taken:]
         if self.detectors is None or inputs.shape[0] == 0:
             return results, {}
+        if self.recent is not None:
+            self.recent.add(inputs)
         outliers, verdicts = self._outliers(inputs)
         results.extend(outliers)
         if taken:  # the rows taken into the reference were not scored

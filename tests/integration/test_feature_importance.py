@@ -1,0 +1,169 @@
+"""Which features drive the model now: a real sidecar in front of the numpy testbed explains a sample of recent
+traffic and of the reference every interval (KernelSHAP in its explainer processes) and shows both in
+/v1/monitor/{model} and /metrics; nothing of it runs when it is off."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import ClientSession
+
+from sidecar import config
+from sidecar.app import Sidecar
+from sidecar.testbed import data
+from sidecar.worker.recent import RECENT_FILE
+from sidecar.worker.reference import model_dir
+from tests.support.testbed import TestbedProcess, running_testbed
+
+pytest.importorskip("shap")
+
+REFERENCE = 60
+StartSidecar = Callable[..., Awaitable[Sidecar]]
+
+
+@pytest.fixture(scope="module")
+def numpy_testbed() -> Iterator[TestbedProcess]:
+    with running_testbed("--backend", "numpy") as process:
+        yield process
+
+
+@pytest.fixture
+async def start_sidecar(numpy_testbed: TestbedProcess, tmp_path: Path) -> AsyncIterator[StartSidecar]:
+    started: list[Sidecar] = []
+
+    async def start(**overrides: str) -> Sidecar:
+        settings = config.from_mapping({
+            "listen_rest": "127.0.0.1:0", "upstream_rest": numpy_testbed.rest_url, "listen_grpc": "off",
+            "upstream_grpc": "off", "listen_admin": "127.0.0.1:0", "state_dir": str(tmp_path / "state"),
+            "capture_flush_interval": "0.05", "reference_size": str(REFERENCE), "window_size": "40",
+            "result_interval": "0", "explain_background": "30", "explain_samples": "100", **overrides})
+        sidecar = Sidecar(settings)
+        await sidecar.start()
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        await sidecar.stop()
+
+
+async def predict(session: ClientSession, sidecar: Sidecar, rows: np.ndarray) -> None:
+    url = f"http://127.0.0.1:{sidecar.rest_port}/v1/models/regressor:predict"
+    for start in range(0, len(rows), 10):
+        async with session.post(url, json={"instances": rows[start:start + 10].tolist()}) as response:
+            assert response.status == 200
+
+
+async def monitor(session: ClientSession, sidecar: Sidecar) -> dict[str, Any]:
+    """The regressor's drill-down; {} while the analysis has not reported the model yet."""
+    async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/regressor") as response:
+        if response.status == 404:
+            return {}
+        assert response.status == 200
+        answer: dict[str, Any] = await response.json()
+        return answer
+
+
+async def metrics(session: ClientSession, sidecar: Sidecar) -> str:
+    async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/metrics") as response:
+        return await response.text()
+
+
+async def wait_for(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+def shifted_rows(count: int, seed: int) -> np.ndarray:
+    """Regressor inputs whose first feature (weight 1.5) is spread four times wider; the others as before."""
+    features, _ = data.regressor_batch(count, seed=seed)
+    features[:, 0] *= 4.0
+    return features
+
+
+@pytest.mark.slow
+async def test_a_shift_in_a_feature_that_matters_raises_its_recent_importance(start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(importance_enabled="true", importance_interval="1", importance_rows="20")
+    async with ClientSession() as session:
+        reference, _ = data.regressor_batch(REFERENCE, seed=4)
+        await predict(session, sidecar, reference)
+        await predict(session, sidecar, shifted_rows(80, seed=5))
+
+        async def explained() -> dict[str, Any] | None:
+            section = (await monitor(session, sidecar)).get("feature_importance")
+            ready = section is not None and section["outcome"] == "ok" and section["rows"]["recent"] == 20
+            return section if ready and section["drifted"] else None
+
+        section = await wait_for(explained, "the feature importance of the shifted traffic")
+        by_feature = {item["feature"]: item for item in section["features"]}
+        assert len(by_feature) == 4 and section["rows"]["reference"] == 20 and section["model_calls"] >= 2
+        first = next(name for name in by_feature if name.endswith("0]") or name.endswith("_0") or name == "0")
+        assert by_feature[first]["recent"] > 2.5 * by_feature[first]["reference"]
+        for name, item in by_feature.items():
+            if name != first:  # the other features' importance stays near the reference's
+                assert item["recent"] < 2.0 * item["reference"] + 0.1, (name, item)
+        assert section["features"][0]["feature"] == first  # ranked: the most important first
+        drifted = {item["feature"]: item for item in section["drifted"]}
+        assert first in drifted and drifted[first]["importance_recent"] == by_feature[first]["recent"]
+
+        text = await metrics(session, sidecar)
+        assert f'sidecar_feature_importance{{feature="{first}",model="regressor",sample="recent"}}' in text
+        calls = [line for line in text.splitlines()
+                 if line.startswith('sidecar_feature_importance_model_calls_total{model="regressor"}')]
+        assert calls and float(calls[0].rsplit(" ", 1)[1]) >= section["model_calls"]
+
+
+@pytest.mark.slow
+async def test_the_budget_of_model_calls_stops_a_run_and_says_so(start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(importance_enabled="true", importance_interval="1",
+                                  importance_max_model_calls="1")
+    async with ClientSession() as session:
+        reference, _ = data.regressor_batch(REFERENCE, seed=4)
+        await predict(session, sidecar, reference)
+        await predict(session, sidecar, shifted_rows(20, seed=5))
+
+        async def refused() -> dict[str, Any] | None:
+            section = (await monitor(session, sidecar)).get("feature_importance")
+            return section if section is not None and section["outcome"] == "422" else None
+
+        section = await wait_for(refused, "a run stopped by the budget")
+        assert "importance_max_model_calls" in section["error"] and "features" not in section
+        text = await metrics(session, sidecar)
+        runs = [line for line in text.splitlines() if line.startswith("sidecar_feature_importance_runs_total{")
+                and 'outcome="422"' in line]
+        calls = [line for line in text.splitlines()
+                 if line.startswith('sidecar_feature_importance_model_calls_total{model="regressor"}')]
+        assert runs and calls
+        assert float(calls[0].rsplit(" ", 1)[1]) <= float(runs[0].rsplit(" ", 1)[1])  # at most 1 call per run
+
+
+@pytest.mark.slow
+async def test_nothing_runs_when_it_is_off(start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(explain_models="regressor")
+    assert sidecar.importance is None
+    async with ClientSession() as session:
+        reference, _ = data.regressor_batch(REFERENCE, seed=4)
+        await predict(session, sidecar, reference)
+        await predict(session, sidecar, shifted_rows(80, seed=5))
+        directory = model_dir(sidecar.settings.state_path, "regressor")
+
+        async def analysed() -> bool:
+            return (await monitor(session, sidecar)).get("analysed_instances", 0) >= REFERENCE + 80
+        await wait_for(analysed, "the traffic analysed")
+        await asyncio.sleep(2.5)  # the workers tick every second: time enough to have saved a sample
+        assert (directory / "reference.npz").exists() and not (directory / RECENT_FILE).exists()
+        assert "feature_importance" not in await monitor(session, sidecar)
+        text = await metrics(session, sidecar)
+        assert "sidecar_feature_importance_runs_total{" not in text
+        assert "sidecar_feature_importance{" not in text
