@@ -189,6 +189,7 @@ def main() -> int:
     parser.add_argument("--explain-samples", type=int, default=256, help="the sidecar's --explain-samples")
     parser.add_argument("--explain-concurrency", type=int, default=1, help="the sidecar's --explain-concurrency")
     parser.add_argument("--explain-priority", default="idle", help="the sidecar's --explain-priority")
+    parser.add_argument("--explain-batch-rows", type=int, default=2048, help="the sidecar's --explain-batch-rows")
     parser.add_argument("--reference-size", type=int, default=100)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -205,6 +206,7 @@ def main() -> int:
         options = ["--reference-size", str(args.reference_size), "--explain-models", MODEL, "--explain-background",
                    str(min(50, args.reference_size)), "--explain-samples", str(args.explain_samples),
                    "--explain-concurrency", str(args.explain_concurrency), "--explain-priority", args.explain_priority,
+                   "--explain-batch-rows", str(args.explain_batch_rows),
                    "--capture-flush-interval", "0.05"]
         with testbed(directory) as upstream, bench_rest.sidecar_run(state, upstream, *options) as (port, admin, _):
             fill_reference(port, state, args.reference_size)
@@ -229,7 +231,8 @@ def main() -> int:
           f"{args.reference_size}); {args.rounds} alternating rounds of {args.duration:g} s per mode, medians; wrk "
           f"-c{args.connections} 1-instance regressor predictions{pacing}; burst: {args.explainers} client loops of "
           f"`:explain` with {args.explain_instances} instances each, --explain-samples {args.explain_samples}, "
-          f"--explain-concurrency {args.explain_concurrency}, --explain-priority {args.explain_priority}. "
+          f"--explain-concurrency {args.explain_concurrency}, --explain-priority {args.explain_priority}, "
+          f"--explain-batch-rows {args.explain_batch_rows}. "
           f"{idle_note()}.\n")
     print("| mode | p50 ms | p99 ms | req/s | errors |\n|---|---:|---:|---:|---:|")
     p99: dict[str, float] = {}

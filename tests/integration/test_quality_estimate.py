@@ -95,4 +95,7 @@ async def test_estimate_moves_before_labels_then_calibrates_on_feedback(sidecar:
             await predict(session, sidecar, features[start:start + 10])
         calibrated = await estimate_of(session, sidecar, lambda e: e["calibration"] == "isotonic")
         assert "isotonic" in calibrated["calibration_note"] and calibrated["labelled_pairs"] >= 2 * WINDOW
-        assert await metric(session, sidecar, "sidecar_quality_estimation_calibrated", model="classifier") == 1
+        deadline = time.monotonic() + 5  # /metrics is rendered at most once a second
+        while await metric(session, sidecar, "sidecar_quality_estimation_calibrated", model="classifier") != 1:
+            assert time.monotonic() < deadline, "sidecar_quality_estimation_calibrated stayed 0"
+            await asyncio.sleep(0.2)
