@@ -189,7 +189,7 @@ def main() -> int:
     parser.add_argument("--explain-samples", type=int, default=256, help="the sidecar's --explain-samples")
     parser.add_argument("--explain-concurrency", type=int, default=1, help="the sidecar's --explain-concurrency")
     parser.add_argument("--explain-priority", default="idle", help="the sidecar's --explain-priority")
-    parser.add_argument("--explain-batch-rows", type=int, default=2048, help="the sidecar's --explain-batch-rows")
+    parser.add_argument("--explain-batch-rows", type=int, default=64, help="the sidecar's --explain-batch-rows")
     parser.add_argument("--reference-size", type=int, default=100)
     args = parser.parse_args()
     if shutil.which("wrk") is None:

@@ -22,7 +22,9 @@ class ExplainSettings:
                                         parse_int(1, 10_000))
     explain_max_model_calls: int = option(64, "predict calls to the model one explanation may make (422 beyond)",
                                           parse_int(1, 100_000))
-    explain_batch_rows: int = option(2048, "rows per predict call an explanation makes", parse_int(1, 1_000_000))
+    explain_batch_rows: int = option(64, "rows per predict call an explanation makes (short calls keep clients' "
+                                     "predictions from queueing long behind them at the model server)",
+                                     parse_int(1, 1_000_000))
     explain_concurrency: int = option(1, "explanations computed at once (each in its own process, with its own "
                                       "connection to the model server)", parse_int(1, 64))
     explain_priority: str = option("idle", "CPU priority of the explainer processes: idle (Linux SCHED_IDLE: only CPU "

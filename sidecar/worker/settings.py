@@ -206,7 +206,8 @@ class AnalysisSettings:
     importance_interval: float = option(300.0, "how often the feature importance is computed", parse_duration(1.0))
     importance_rows: int = option(20, "rows explained per model from its recent traffic, and as many from its "
                                   "reference (the workers keep this many of the latest rows)", parse_int(2, 1000))
-    importance_max_model_calls: int = option(200, "predict calls the feature importance may make per interval, all "
+    importance_max_model_calls: int = option(2000, "predict calls (of --explain-batch-rows rows) the feature "
+                                             "importance may make per interval, all "
                                              "models together (models beyond wait for the next interval)",
                                              parse_int(1, 1_000_000))
     models: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
