@@ -14,3 +14,10 @@ def testbed() -> Iterator[TestbedProcess]:
     """One testbed process (real Keras models behind TF Serving's REST and gRPC APIs) for the whole session."""
     with running_testbed() as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def numpy_testbed() -> Iterator[TestbedProcess]:
+    """The testbed's numpy backend (no TensorFlow: starts in about a second), for the whole session."""
+    with running_testbed("--backend", "numpy") as process:
+        yield process

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,41 +16,21 @@ import pytest
 import shap
 from aiohttp import ClientSession
 
-from sidecar import config
 from sidecar.app import Sidecar
 from sidecar.testbed import data
 from sidecar.worker.reference import model_dir
-from tests.support.testbed import TestbedProcess, running_testbed
+from tests.support.sidecars import StartSidecar, rest_only, sidecar_factory
+from tests.support.testbed import TestbedProcess
 
 REFERENCE = 50
-StartSidecar = Callable[..., Awaitable[Sidecar]]
-
-
-@pytest.fixture(scope="module")
-def numpy_testbed() -> Iterator[TestbedProcess]:
-    with running_testbed("--backend", "numpy") as process:
-        yield process
 
 
 @pytest.fixture
 async def start_sidecar(numpy_testbed: TestbedProcess, tmp_path: Path) -> AsyncIterator[StartSidecar]:
-    started: list[Sidecar] = []
-
-    async def start(**overrides: str) -> Sidecar:
-        settings = config.from_mapping({
-            "listen_rest": "127.0.0.1:0", "upstream_rest": numpy_testbed.rest_url, "listen_grpc": "off",
-            "upstream_grpc": "off", "listen_admin": "127.0.0.1:0", "state_dir": str(tmp_path / "state"),
-            "capture_flush_interval": "0.05", "reference_size": str(REFERENCE),
-            "explain_models": "regressor,classifier,missing", "explain_background": str(REFERENCE),
-            "explain_samples": "1000", **overrides})
-        sidecar = Sidecar(settings)
-        await sidecar.start()
-        started.append(sidecar)
-        return sidecar
-
-    yield start
-    for sidecar in started:
-        await sidecar.stop()
+    async with sidecar_factory(rest_only(numpy_testbed.rest_url, tmp_path / "state"), reference_size=str(REFERENCE),
+                               explain_models="regressor,classifier,missing", explain_background=str(REFERENCE),
+                               explain_samples="1000") as start:
+        yield start
 
 
 async def post(session: ClientSession, url: str, body: Any) -> tuple[int, Any]:

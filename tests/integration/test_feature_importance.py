@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,43 +14,24 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession
 
-from sidecar import config
 from sidecar.app import Sidecar
 from sidecar.testbed import data
 from sidecar.worker.recent import RECENT_FILE
 from sidecar.worker.reference import model_dir
-from tests.support.testbed import TestbedProcess, running_testbed
+from tests.support.sidecars import StartSidecar, rest_only, sidecar_factory
+from tests.support.testbed import TestbedProcess
 
 pytest.importorskip("shap")
 
 REFERENCE = 60
-StartSidecar = Callable[..., Awaitable[Sidecar]]
-
-
-@pytest.fixture(scope="module")
-def numpy_testbed() -> Iterator[TestbedProcess]:
-    with running_testbed("--backend", "numpy") as process:
-        yield process
 
 
 @pytest.fixture
 async def start_sidecar(numpy_testbed: TestbedProcess, tmp_path: Path) -> AsyncIterator[StartSidecar]:
-    started: list[Sidecar] = []
-
-    async def start(**overrides: str) -> Sidecar:
-        settings = config.from_mapping({
-            "listen_rest": "127.0.0.1:0", "upstream_rest": numpy_testbed.rest_url, "listen_grpc": "off",
-            "upstream_grpc": "off", "listen_admin": "127.0.0.1:0", "state_dir": str(tmp_path / "state"),
-            "capture_flush_interval": "0.05", "reference_size": str(REFERENCE), "window_size": "40",
-            "result_interval": "0", "explain_background": "30", "explain_samples": "100", **overrides})
-        sidecar = Sidecar(settings)
-        await sidecar.start()
-        started.append(sidecar)
-        return sidecar
-
-    yield start
-    for sidecar in started:
-        await sidecar.stop()
+    async with sidecar_factory(rest_only(numpy_testbed.rest_url, tmp_path / "state"), reference_size=str(REFERENCE),
+                               window_size="40", result_interval="0", explain_background="30",
+                               explain_samples="100") as start:
+        yield start
 
 
 async def predict(session: ClientSession, sidecar: Sidecar, rows: np.ndarray) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,33 +17,19 @@ from aiohttp import ClientSession
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import accuracy_score, confusion_matrix
 
-from sidecar import config
 from sidecar.app import Sidecar
 from sidecar.testbed import data
+from tests.support.sidecars import StartSidecar, rest_only, sidecar_factory
 from tests.support.testbed import TestbedProcess
 from tests.unit.feedback.redis_server import running_redis
 
-StartSidecar = Callable[..., Awaitable[Sidecar]]
 WAIT_SECONDS = 60.0
 
 
 @pytest.fixture
 async def start_sidecar(testbed: TestbedProcess, tmp_path: Path) -> AsyncIterator[StartSidecar]:
-    started: list[Sidecar] = []
-
-    async def start(state_dir: Path | None = None, **overrides: Any) -> Sidecar:
-        settings = config.from_mapping({
-            "listen_rest": "127.0.0.1:0", "upstream_rest": testbed.rest_url, "listen_grpc": "off",
-            "upstream_grpc": "off", "listen_admin": "127.0.0.1:0", "state_dir": str(state_dir or tmp_path / "state"),
-            "capture_flush_interval": "0.05", "pending_timeout": "30s", **overrides})
-        sidecar = Sidecar(settings)
-        await sidecar.start()
-        started.append(sidecar)
-        return sidecar
-
-    yield start
-    for sidecar in started:
-        await sidecar.stop()
+    async with sidecar_factory(rest_only(testbed.rest_url, tmp_path / "state"), pending_timeout="30s") as start:
+        yield start
 
 
 async def predict(session: ClientSession, sidecar: Sidecar, features: np.ndarray) -> tuple[str, np.ndarray]:
@@ -120,7 +106,7 @@ async def test_the_feedback_token_is_required_on_the_rest_port_when_set(start_si
 async def test_feedback_joins_predictions_analysed_before_a_restart(start_sidecar: StartSidecar,
                                                                    tmp_path: Path) -> None:
     state = tmp_path / "kept-state"
-    first = await start_sidecar(state_dir=state)
+    first = await start_sidecar(state_dir=str(state))
     features, truth = data.classifier_batch(5, seed=3)
     async with ClientSession() as session:
         prediction_id, _ = await predict(session, first, features)
@@ -133,7 +119,7 @@ async def test_feedback_joins_predictions_analysed_before_a_restart(start_sideca
             await asyncio.sleep(0.2)
         await first.stop()
 
-        second = await start_sidecar(state_dir=state)
+        second = await start_sidecar(state_dir=str(state))
         status, answer = await feedback(session, second, {"prediction_id": prediction_id, "truth": truth.tolist()})
         assert status == 200
         assert answer == {"joined": 4, "duplicate": 1, "pending": 0}
@@ -142,8 +128,8 @@ async def test_feedback_joins_predictions_analysed_before_a_restart(start_sideca
 async def test_two_replicas_sharing_redis_join_feedback_posted_to_either(start_sidecar: StartSidecar,
                                                                         tmp_path: Path) -> None:
     with running_redis(tmp_path) as url:
-        one = await start_sidecar(state_dir=tmp_path / "one", store=url)
-        two = await start_sidecar(state_dir=tmp_path / "two", store=url)
+        one = await start_sidecar(state_dir=str(tmp_path / "one"), store=url)
+        two = await start_sidecar(state_dir=str(tmp_path / "two"), store=url)
         features, truth = data.classifier_batch(10, seed=11)
         async with ClientSession() as session:
             prediction_id, _ = await predict(session, one, features)

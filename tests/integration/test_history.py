@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,35 +15,21 @@ import aiohttp
 import numpy as np
 import pytest
 
-from sidecar import config
 from sidecar.app import Sidecar
 from sidecar.testbed.data import classifier_batch
 from tests.support.helpers import eventually, metric
+from tests.support.sidecars import StartSidecar, rest_only, sidecar_factory
 from tests.support.testbed import TestbedProcess
 
 pytestmark = pytest.mark.slow
-StartSidecar = Callable[..., Awaitable[Sidecar]]
 FEATURES = [f"features[{i}]" for i in range(4)]  # the signature names the input
 
 
 @pytest.fixture
 async def start_sidecar(testbed: TestbedProcess, tmp_path: Path) -> AsyncIterator[StartSidecar]:
-    started: list[Sidecar] = []
-
-    async def start(**overrides: Any) -> Sidecar:
-        settings = config.from_mapping({
-            "listen_rest": "127.0.0.1:0", "upstream_rest": testbed.rest_url, "listen_grpc": "off",
-            "upstream_grpc": "off", "listen_admin": "127.0.0.1:0", "state_dir": str(tmp_path / "state"),
-            "capture_flush_interval": "0.05", "result_interval": "0.1", "reference_size": 100, "window_size": 100,
-            **overrides})
-        sidecar = Sidecar(settings)
-        await sidecar.start()
-        started.append(sidecar)
-        return sidecar
-
-    yield start
-    for sidecar in started:
-        await sidecar.stop()
+    async with sidecar_factory(rest_only(testbed.rest_url, tmp_path / "state"), result_interval="0.1",
+                               reference_size=100, window_size=100) as start:
+        yield start
 
 
 async def predict(session: aiohttp.ClientSession, sidecar: Sidecar, rows: np.ndarray) -> tuple[str, np.ndarray]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,34 +14,20 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession
 
-from sidecar import config
 from sidecar.app import Sidecar
 from sidecar.testbed import data
 from tests.integration.test_feedback import feedback, metric, predict
-from tests.support.testbed import TestbedProcess, running_testbed
+from tests.support.sidecars import rest_only, sidecar_factory
+from tests.support.testbed import TestbedProcess
 
 WINDOW = 100
 
 
-@pytest.fixture(scope="module")
-def numpy_testbed() -> Iterator[TestbedProcess]:
-    with running_testbed("--backend", "numpy") as process:
-        yield process
-
-
 @pytest.fixture
 async def sidecar(numpy_testbed: TestbedProcess, tmp_path: Path) -> AsyncIterator[Sidecar]:
-    settings = config.from_mapping({
-        "listen_rest": "127.0.0.1:0", "upstream_rest": numpy_testbed.rest_url, "listen_grpc": "off",
-        "upstream_grpc": "off", "listen_admin": "127.0.0.1:0", "state_dir": str(tmp_path / "state"),
-        "capture_flush_interval": "0.05", "result_interval": "0.1", "reference_size": "100",
-        "window_size": str(WINDOW), "estimation_min_labels": "50"})
-    started = Sidecar(settings)
-    await started.start()
-    try:
-        yield started
-    finally:
-        await started.stop()
+    async with sidecar_factory(rest_only(numpy_testbed.rest_url, tmp_path / "state"), result_interval="0.1",
+                               reference_size="100", window_size=str(WINDOW), estimation_min_labels="50") as start:
+        yield await start()
 
 
 async def estimate_of(session: ClientSession, sidecar: Sidecar, condition: Any, timeout: float = 30.0) -> dict[
