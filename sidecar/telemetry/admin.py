@@ -53,6 +53,18 @@ def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
                                      headers={"WWW-Authenticate": 'Bearer realm="sidecar-admin"'})
         return await handler(request)
 
+    @web.middleware
+    async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """aiohttp's own errors (no such route, wrong method) as JSON, like every other answer here."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400 or exc.content_type == "application/json":
+                raise
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return web.json_response({"error": f"{exc.reason}: {request.method} {request.path}"}, status=exc.status,
+                                     headers=allow)
+
     encoded: dict[str, tuple[float, bytes]] = {}  # content type -> (when, body): see METRICS_CACHE_SECONDS
 
     async def metrics(request: web.Request) -> web.Response:
@@ -109,7 +121,7 @@ def build_admin_app(registry: CollectorRegistry, health: UpstreamHealth | None,
         status, body = await prediction(request.match_info["prediction_id"])
         return _json(status, body)
 
-    app = web.Application(middlewares=[authorize])
+    app = web.Application(middlewares=[json_errors, authorize])
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

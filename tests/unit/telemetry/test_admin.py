@@ -116,6 +116,21 @@ async def test_monitor_drill_down_is_json_and_unknown_models_are_404() -> None:
         await server.stop()
 
 
+async def test_unknown_routes_and_wrong_methods_answer_json_errors() -> None:
+    server = await start_admin(None, lambda model, extremes: None)
+    try:
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{server.port}"
+            async with session.get(f"{base}/v1/nothing") as response:
+                assert response.status == 404
+                assert await response.json() == {"error": "Not Found: GET /v1/nothing"}
+            async with session.post(f"{base}/metrics") as response:
+                assert response.status == 405 and "GET" in response.headers["Allow"]
+                assert (await response.json())["error"] == "Method Not Allowed: POST /metrics"
+    finally:
+        await server.stop()
+
+
 async def test_the_drill_down_keeps_raw_extremes_only_when_asked() -> None:
     asked: list[bool] = []
 
