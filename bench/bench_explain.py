@@ -190,6 +190,7 @@ def main() -> int:
     parser.add_argument("--explain-concurrency", type=int, default=1, help="the sidecar's --explain-concurrency")
     parser.add_argument("--explain-priority", default="idle", help="the sidecar's --explain-priority")
     parser.add_argument("--explain-batch-rows", type=int, default=64, help="the sidecar's --explain-batch-rows")
+    parser.add_argument("--explain-model-share", type=float, default=1.0, help="the sidecar's --explain-model-share")
     parser.add_argument("--reference-size", type=int, default=100)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -207,6 +208,7 @@ def main() -> int:
                    str(min(50, args.reference_size)), "--explain-samples", str(args.explain_samples),
                    "--explain-concurrency", str(args.explain_concurrency), "--explain-priority", args.explain_priority,
                    "--explain-batch-rows", str(args.explain_batch_rows),
+                   "--explain-model-share", str(args.explain_model_share),
                    "--capture-flush-interval", "0.05"]
         with testbed(directory) as upstream, bench_rest.sidecar_run(state, upstream, *options) as (port, admin, _):
             fill_reference(port, state, args.reference_size)
@@ -232,7 +234,7 @@ def main() -> int:
           f"-c{args.connections} 1-instance regressor predictions{pacing}; burst: {args.explainers} client loops of "
           f"`:explain` with {args.explain_instances} instances each, --explain-samples {args.explain_samples}, "
           f"--explain-concurrency {args.explain_concurrency}, --explain-priority {args.explain_priority}, "
-          f"--explain-batch-rows {args.explain_batch_rows}. "
+          f"--explain-batch-rows {args.explain_batch_rows}, --explain-model-share {args.explain_model_share:g}. "
           f"{idle_note()}.\n")
     print("| mode | p50 ms | p99 ms | req/s | errors |\n|---|---:|---:|---:|---:|")
     p99: dict[str, float] = {}

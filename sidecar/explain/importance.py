@@ -93,7 +93,7 @@ class FeatureImportance:
         explain = self.explainer.settings
         job = ImportanceJob(model, self.explainer.upstream, str(self.explainer.state_dir),
                             self.settings.importance_rows, explain.explain_background, explain.explain_samples,
-                            budget, explain.explain_batch_rows, explain.explain_timeout)
+                            budget, explain.explain_batch_rows, explain.explain_timeout, explain.explain_model_share)
         try:
             answer = await self.explainer.run(importance, job)
         except ImportanceError as exc:

@@ -107,7 +107,7 @@ class ExplainService:
             raise ExplainError(503, f"too many explanations in progress ({self._admitted}); try again later")
         job = Job(model, version, instances, self.upstream, str(self.state_dir), settings.explain_background,
                   settings.explain_samples, settings.explain_max_model_calls, settings.explain_batch_rows,
-                  settings.explain_timeout)
+                  settings.explain_timeout, settings.explain_model_share)
         self._admitted += 1
         try:
             return await self.run(explain, job)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.options import option, parse_bool, parse_choice, parse_duration, parse_int, parse_str_list
+from sidecar.options import (
+    option,
+    parse_bool,
+    parse_choice,
+    parse_duration,
+    parse_float,
+    parse_int,
+    parse_str_list,
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,10 @@ class ExplainSettings:
     explain_batch_rows: int = option(64, "rows per predict call an explanation makes (short calls keep clients' "
                                      "predictions from queueing long behind them at the model server)",
                                      parse_int(1, 1_000_000))
+    explain_model_share: float = option(1.0, "most of the time an explanation keeps the model server busy with its "
+                                        "predict calls (it waits between them; below 1 leaves gaps for clients' "
+                                        "predictions on a model server that answers one call at a time)",
+                                        parse_float(0.01, 1.0))
     explain_concurrency: int = option(1, "explanations computed at once (each in its own process, with its own "
                                       "connection to the model server)", parse_int(1, 64))
     explain_priority: str = option("idle", "CPU priority of the explainer processes: idle (Linux SCHED_IDLE: only CPU "

@@ -1,0 +1,50 @@
+"""The explainer's model calls: batched by `batch_rows`, counted against the budget, and paced by `model_share`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+import pytest
+
+from sidecar.explain.kernel import ExplainError, Job, _Model
+from tests.support.rest_upstreams import Received, Reply, ScriptedUpstream, json_reply
+
+SERVICE = 0.05  # seconds the scripted model server takes per predict call
+
+
+def doubled(request: Received) -> Reply:
+    rows = json.loads(request.body)["instances"]
+    reply = json_reply(json.dumps({"predictions": [[2 * row[0]] for row in rows]}).encode())
+    reply.delay = SERVICE
+    return reply
+
+
+def job(port: int, share: float, budget: int = 100) -> Job:
+    return Job("m", "", [], ("127.0.0.1", port), "", 10, 16, budget, 4, 10.0, share)
+
+
+async def test_rows_go_in_batches_and_come_back_in_order() -> None:
+    async with ScriptedUpstream(doubled) as upstream:
+        model = _Model(job(upstream.port, 1.0))
+        values = await asyncio.to_thread(model, np.arange(10.0).reshape(10, 1))
+    assert values[:, 0].tolist() == [2.0 * n for n in range(10)]
+    assert model.calls == 3 and [len(json.loads(r.body)["instances"]) for r in upstream.received] == [4, 4, 2]
+
+
+async def test_a_model_share_below_one_leaves_the_model_server_idle_between_calls() -> None:
+    async with ScriptedUpstream(doubled) as upstream:
+        started = time.monotonic()
+        await asyncio.to_thread(_Model(job(upstream.port, 0.25)), np.zeros((12, 1)))
+        paced = time.monotonic() - started
+    # three calls of at least SERVICE each; before the 2nd and 3rd, a wait of three times the previous call's time
+    assert paced >= 3 * SERVICE + 2 * 3 * SERVICE
+
+
+async def test_the_budget_stops_an_explanation_with_a_422() -> None:
+    async with ScriptedUpstream(doubled) as upstream:
+        with pytest.raises(ExplainError) as caught:
+            await asyncio.to_thread(_Model(job(upstream.port, 1.0, budget=2)), np.zeros((12, 1)))
+    assert caught.value.status == 422 and "explain_max_model_calls" in str(caught.value)
