@@ -16,6 +16,7 @@ import zlib
 from typing import NamedTuple
 from urllib.parse import quote
 
+from sidecar.messages.protowire import MalformedMessage, read_varint
 from sidecar.messages.records import API_TFSERVING, API_V2
 
 MAX_FIELDS = 1_000_000  # top-level fields of a request walked before giving up
@@ -147,15 +148,10 @@ def _varint(value: int) -> bytes:
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while pos < len(data) and shift < 70:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-    raise Unsupported("malformed protobuf request (a varint runs past the end)")
+    try:
+        return read_varint(data, pos)
+    except MalformedMessage as exc:
+        raise Unsupported(f"malformed protobuf request ({exc})") from None
 
 
 def _fields(data: bytes) -> list[tuple[int, int, int]]:

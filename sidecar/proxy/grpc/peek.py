@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from sidecar.messages.protowire import MalformedMessage, read_varint
+
 MAX_FIELDS = 64  # fields examined per message level before giving up
 MAX_NAME_BYTES = 1024  # longer names are not plausible model names; they are ignored rather than copied
 
@@ -40,26 +42,6 @@ class ModelRef(NamedTuple):
 NO_MODEL = ModelRef("", "", "")
 
 
-class _Malformed(Exception):
-    """Internal: the bytes are not a well-formed protobuf message."""
-
-
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """Decode a base-128 varint at `pos`; returns (value, position after it)."""
-    result = 0
-    shift = 0
-    while pos < end:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            break
-    raise _Malformed
-
-
 def _iter_fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
     """Top-level fields of the message in data[pos:end] as (number, wire type, start, stop), lazily.
 
@@ -69,25 +51,25 @@ def _iter_fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, in
     for _ in range(MAX_FIELDS):
         if pos >= end:
             return
-        key, pos = _varint(data, pos, end)
+        key, pos = read_varint(data, pos, end)
         number, wire_type = key >> 3, key & 7
         if number == 0:
-            raise _Malformed
+            raise MalformedMessage
         if wire_type == _VARINT:
-            value, pos = _varint(data, pos, end)
+            value, pos = read_varint(data, pos, end)
             yield number, wire_type, value, -1
             continue
         if wire_type == _LENGTH_DELIMITED:
-            length, pos = _varint(data, pos, end)
+            length, pos = read_varint(data, pos, end)
             stop = pos + length
         elif wire_type == _FIXED64:
             stop = pos + 8
         elif wire_type == _FIXED32:
             stop = pos + 4
         else:  # groups (3, 4) are not used by these protocols; 6, 7 are invalid
-            raise _Malformed
+            raise MalformedMessage
         if stop > end:
-            raise _Malformed
+            raise MalformedMessage
         yield number, wire_type, pos, stop
         pos = stop
 
@@ -138,7 +120,7 @@ def peek_model_spec(message: bytes) -> ModelRef:
     try:
         bounds = _first_message(message, 0, len(message), 1)
         return _model_spec(message, *bounds) if bounds is not None else NO_MODEL
-    except _Malformed:
+    except MalformedMessage:
         return NO_MODEL
 
 
@@ -150,7 +132,7 @@ def peek_multi_inference(message: bytes) -> ModelRef:
             return NO_MODEL
         spec = _first_message(message, task[0], task[1], 1)
         return _model_spec(message, *spec) if spec is not None else NO_MODEL
-    except _Malformed:
+    except MalformedMessage:
         return NO_MODEL
 
 
@@ -169,6 +151,6 @@ def peek_v2_model(message: bytes) -> ModelRef:
                 name = _text(message, start, stop)
             elif wire_type == _LENGTH_DELIMITED and number == 2:
                 version = _text(message, start, stop)
-    except _Malformed:
+    except MalformedMessage:
         return NO_MODEL
     return ModelRef(name, version, "")
