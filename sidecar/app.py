@@ -179,7 +179,9 @@ class Sidecar:
                                             prediction_rules=feedback.rules if feedback is not None else None,
                                             upstreams=(self.settings.proxy.upstream_rest,
                                                        self.settings.proxy.upstream_grpc),
-                                            on_history=self.history.add_bucket if self.history is not None else None)
+                                            on_history=self.history.add_bucket if self.history is not None else None,
+                                            prediction_writer=feedback.store.row_writer() if feedback is not None
+                                            else None)
             await pool.start()
             self._on_stop("analysis", pool.stop)
             if feedback is not None:

@@ -52,6 +52,7 @@ from sidecar.messages.records import CaptureRecord
 from sidecar.messages.results import (
     BatchDone,
     PredictionReducer,
+    PredictionWriter,
     Result,
     WorkerStarted,
     WorkerStopped,
@@ -101,9 +102,10 @@ class AnalysisPool:
                  on_predictions: PredictionsHook | None = None, *, model_label_cap: int = 100,
                  capture: CaptureSettings | None = None, prediction_rules: PredictionReducer | None = None,
                  upstreams: tuple[tuple[str, int] | None, tuple[str, int] | None] = (None, None),
-                 on_history: HistoryHook | None = None) -> None:
+                 on_history: HistoryHook | None = None, prediction_writer: PredictionWriter | None = None) -> None:
         """`upstreams`: the model server's REST and gRPC addresses, which workers ask for model signatures;
-        `on_history` takes each closed history bucket (on the loop, so it must be quick)."""
+        `on_history` takes each closed history bucket (on the loop, so it must be quick); `prediction_writer`: the
+        store's writer with which the workers write their predictions before sending them to `on_predictions`."""
         settings.check()
         capture = capture or CaptureSettings()
         self.settings = settings
@@ -114,6 +116,7 @@ class AnalysisPool:
         if on_predictions is not None and prediction_rules is None:
             raise ValueError("on_predictions needs the prediction_rules that reduce what it receives")
         self.prediction_rules = None if on_predictions is None else prediction_rules
+        self.prediction_writer = None if on_predictions is None else prediction_writer
         self.batch_records = capture.capture_batch_size
         self.flush_interval = capture.capture_flush_interval
         self.shards = CaptureShards(settings.workers, capture)
@@ -318,7 +321,7 @@ class AnalysisPool:
     def _spawn(self, index: int, generation: int) -> tuple[BaseProcess, int, int]:
         return spawn_worker(self._context, index, (index, generation, self.settings, str(self.state_dir),
                                                    self._rings[index].handle, self._log_level, self.prediction_rules,
-                                                   self.upstreams, current_format()))
+                                                   self.upstreams, current_format(), self.prediction_writer))
 
     def _on_results(self, link: _Link) -> None:
         """The worker's result pipe is readable: queue the complete messages and apply the first; forget the pipe

@@ -187,13 +187,18 @@ class FeedbackService:
         put = PredictionColumns(stored.model, stored.ids, stored.instances, stored.tasks, stored.values, time.time(),
                                 stored.details)
         if self._loop is not None and threading.get_ident() != self._loop_thread:
-            self._loop.call_soon_threadsafe(self._accept, put)
+            self._loop.call_soon_threadsafe(self._accept, put, stored.written)
         else:
-            self._accept(put)
+            self._accept(put, stored.written)
 
-    def _accept(self, put: PredictionColumns) -> None:
-        """On the loop: queue the put for the store writer and join held feedback for its ids."""
-        if self._stopping or self.recent.queued_rows + len(put) > self.settings.store_queue_max:
+    def _accept(self, put: PredictionColumns, written: bool = False) -> None:
+        """On the loop: queue the put for the store writer (unless a worker `written` it already) and join held
+        feedback for its ids."""
+        if written:
+            self.recent.arrived_written(put)
+            self.store.written_elsewhere(len(put))
+            self.counts.stored["worker"] += len(put)
+        elif self._stopping or self.recent.queued_rows + len(put) > self.settings.store_queue_max:
             self.counts.store_dropped += len(put)
         else:
             self.recent.added(put)
@@ -215,6 +220,8 @@ class FeedbackService:
         """Called on the loop once the writer stored (or failed to store) `rows` rows."""
         if not ok:
             self.counts.store_error("write")
+        else:
+            self.counts.stored["main"] += rows
         self.recent.written(rows)
 
     # HTTP

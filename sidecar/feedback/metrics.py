@@ -26,6 +26,7 @@ class FeedbackCounts:
         self.outcomes: dict[tuple[str, str], int] = {}
         self.store_dropped = 0
         self.store_errors: dict[str, int] = {}
+        self.stored = {"worker": 0, "main": 0}  # rows written to the store, by who wrote them
 
     def outcome(self, model: str, outcome: str, instances: int = 1) -> None:
         if instances <= 0:
@@ -63,6 +64,12 @@ class FeedbackCollector(Collector):
                                       "they arrived while the service stopped.")
         dropped.add_metric([], self.counts.store_dropped)
         yield dropped
+        stored = CounterMetricFamily("sidecar_feedback_stored_rows", "Prediction instances written to the store, by "
+                                     "writer: an analysis worker (before sending them), or the main process's writer "
+                                     "thread (a worker's write failed, or they came another way).", labels=["writer"])
+        for writer, rows in self.counts.stored.items():
+            stored.add_metric([writer], rows)
+        yield stored
         errors = CounterMetricFamily("sidecar_feedback_store_errors", "Prediction store operations that failed.",
                                      labels=["operation"])
         for operation, failures in list(self.counts.store_errors.items()):

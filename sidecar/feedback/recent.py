@@ -41,6 +41,16 @@ class RecentPredictions:
         self._puts.append(put)
         self.queued_rows += len(put)
 
+    def arrived_written(self, put: PredictionColumns) -> None:
+        """`put` was in the store before it arrived (a worker wrote it): only lookups running now could have missed
+        it, so it stays only while they run."""
+        if not self._lookups:
+            return
+        self._latest.update(dict.fromkeys(put.ids, put))
+        self._written.append((self._epoch, put))
+        self._epoch += 1
+        self._forget()
+
     def written(self, rows: int) -> None:
         """The writer finished the oldest puts, `rows` rows in all (it never splits a put)."""
         while rows > 0 and self._puts:

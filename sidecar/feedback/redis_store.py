@@ -12,9 +12,10 @@ Keys (all expire `retention` seconds after the prediction, so Redis does the tri
   the claim that added the instance to `f:{id}`.
 Each operation is one Lua script call however many ids it covers (a write of every queued row, a batch of
 claims, a batch of lookups): one round trip and one reply to parse, which matters because redis-py parses replies
-in Python. The writer thread writes and claims; lookups run on a reader thread. Rows wait at most `flush_interval`
-for their write (see threads.py); once Redis has answered, how long they last is Redis's persistence setting
-(docs/durability.md).
+in Python. Each analysis worker writes its predictions with its own client (`RedisRowWriter`); the main
+process's writer thread claims and writes what no worker wrote; lookups run on a reader thread. Rows wait at most
+`flush_interval` for their write (see threads.py); once Redis has answered, how long they last is Redis's
+persistence setting (docs/durability.md).
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ from sidecar.feedback.store import (
     Row,
     StoredInstance,
     StoredPrediction,
+    rows_of,
     stored_instance,
 )
 from sidecar.feedback.threads import StoreThread, ThreadedStore
-from sidecar.messages.results import OUTLIER_CODES
+from sidecar.messages.results import OUTLIER_CODES, StoredPredictions
 
 SOCKET_TIMEOUT = 5.0
 Claim = tuple[str, int, Predicted | None]  # (prediction id, instance, truth)
@@ -122,6 +124,68 @@ def decode_outliers(text: str) -> tuple[str, list[float | None]]:
                                                   for detector in SCORED_DETECTORS]
 
 
+def _ttl(retention: float, since: float) -> int:
+    return max(1, math.ceil(since + retention - time.time()))
+
+
+def _write_rows(conn: _Connection, prefix: str, retention: float, rows: Iterable[Row]) -> None:
+    grouped: dict[str, tuple[float, list[str]]] = {}
+    for prediction_id, instance, model, task, predicted, when, version, outliers, issues, *scores in rows:
+        entry = grouped.get(prediction_id)
+        if entry is None:
+            entry = grouped[prediction_id] = (when, ["m", model, "k", task, "t", repr(when)])
+            if version is not None:
+                entry[1].extend(("v", version))
+        fields = entry[1]
+        fields.extend((f"i{instance}", encode_predicted(predicted)))
+        if outliers is not None:
+            fields.extend((f"o{instance}", encode_outliers(outliers, scores)))
+        if issues is not None:
+            fields.extend((f"q{instance}", issues))
+    items = list(grouped.items())
+    for start in range(0, len(items), CHUNK):
+        keys: list[str] = []
+        args: list[Any] = []
+        for prediction_id, (first_time, fields) in items[start:start + CHUNK]:
+            keys.append(f"{prefix}p:{prediction_id}")
+            args += (len(fields), _ttl(retention, first_time), *fields)
+        conn.write(keys=keys, args=args)
+
+
+def _open(url: str) -> _Connection:
+    client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT,
+                                  decode_responses=True)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        raise ConnectionError(f"cannot reach {_redact(url)}: {exc}") from None
+    return _Connection(client)
+
+
+class RedisRowWriter:
+    """The store's `row_writer`: an analysis worker's own client (connected on first use)."""
+
+    def __init__(self, url: str, retention: float, prefix: str) -> None:
+        self.url = url
+        self.retention = retention
+        self.prefix = prefix
+        self._conn: _Connection | None = None
+
+    def write(self, predictions: Sequence[StoredPredictions]) -> None:
+        if self._conn is None:
+            self._conn = _open(self.url)
+        _write_rows(self._conn, self.prefix, self.retention, rows_of(predictions, time.time()))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            _close(self._conn)
+            self._conn = None
+
+    def __getstate__(self) -> dict[str, Any]:  # crosses to the worker without a connection
+        return {**self.__dict__, "_conn": None}
+
+
 class RedisStore(ThreadedStore):
     shared = True
 
@@ -136,14 +200,7 @@ class RedisStore(ThreadedStore):
         self._reader: StoreThread[_Connection] = StoreThread("redis-reader", self._connect, _close)
 
     def _connect(self) -> _Connection:
-        client = redis.Redis.from_url(self.url, socket_timeout=SOCKET_TIMEOUT,
-                                      socket_connect_timeout=SOCKET_TIMEOUT, decode_responses=True)
-        try:
-            client.ping()
-        except redis.RedisError as exc:
-            client.close()
-            raise ConnectionError(f"cannot reach {_redact(self.url)}: {exc}") from None
-        return _Connection(client)
+        return _open(self.url)
 
     async def lookup(self, prediction_ids: Sequence[str]) -> dict[str, StoredPrediction]:
         return await self._reader.call_batched(self._read_many, list(prediction_ids))
@@ -157,30 +214,16 @@ class RedisStore(ThreadedStore):
         return await self._writer.call_batched(self._claim_many, claims)
 
     def _ttl(self, since: float) -> int:
-        return max(1, math.ceil(since + self.retention - time.time()))
+        return _ttl(self.retention, since)
 
     def _write(self, conn: _Connection, rows: Iterable[Row], count: int) -> None:
-        grouped: dict[str, tuple[float, list[str]]] = {}
-        for prediction_id, instance, model, task, predicted, when, version, outliers, issues, *scores in rows:
-            entry = grouped.get(prediction_id)
-            if entry is None:
-                entry = grouped[prediction_id] = (when, ["m", model, "k", task, "t", repr(when)])
-                if version is not None:
-                    entry[1].extend(("v", version))
-            fields = entry[1]
-            fields.extend((f"i{instance}", encode_predicted(predicted)))
-            if outliers is not None:
-                fields.extend((f"o{instance}", encode_outliers(outliers, scores)))
-            if issues is not None:
-                fields.extend((f"q{instance}", issues))
-        items = list(grouped.items())
-        for start in range(0, len(items), CHUNK):
-            keys: list[str] = []
-            args: list[Any] = []
-            for prediction_id, (first_time, fields) in items[start:start + CHUNK]:
-                keys.append(f"{self.prefix}p:{prediction_id}")
-                args += (len(fields), self._ttl(first_time), *fields)
-            conn.write(keys=keys, args=args)
+        _write_rows(conn, self.prefix, self.retention, rows)
+
+    def row_writer(self) -> RedisRowWriter:
+        return RedisRowWriter(self.url, self.retention, self.prefix)
+
+    def written_elsewhere(self, rows: int) -> None:
+        return None  # Redis expires the keys itself
 
     def _claim_many(self, conn: _Connection, claim_lists: list[list[Claim]]) -> list[list[bool]]:
         """Several calls' claims in one script call; SADD answers 1 only to the first to add an instance."""

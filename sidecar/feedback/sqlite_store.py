@@ -1,7 +1,9 @@
 """The default prediction store: one SQLite file in the state directory, surviving restarts.
 
-A writer thread owns the only writing connection (inserts, feedback claims, retention trimming); a reader thread
-owns a second connection for lookups. WAL journaling lets the reader run while the writer commits.
+A writer thread owns the main process's writing connection (feedback claims, retention trimming, the inserts no
+worker made); a reader thread owns a second connection for lookups; each analysis worker inserts its predictions
+through its own connection (`SqliteRowWriter`). WAL journaling lets the reader run while a writer commits, and
+writers wait for each other (`BUSY_TIMEOUT`).
 Durability: each write is one transaction, committed in WAL mode with `synchronous=NORMAL`: a commit survives the
 process being killed (the WAL is in the file system), and survives a power loss or kernel crash once the next
 checkpoint has synced it (docs/durability.md). Rows wait at most `flush_interval` for their write (see threads.py).
@@ -17,6 +19,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sidecar.feedback.store import (
     DEFAULT_FLUSH_INTERVAL,
@@ -27,9 +30,11 @@ from sidecar.feedback.store import (
     PredictionRecord,
     Row,
     StoredPrediction,
+    rows_of,
     stored_instance,
 )
 from sidecar.feedback.threads import StoreThread, ThreadedStore
+from sidecar.messages.results import StoredPredictions
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -59,6 +64,7 @@ ADDED_COLUMNS = {
 ROW_COLUMNS = ", ".join(("id", "instance", "model", "task", "predicted", "time", "version", "outliers", "issues",
                          *SCORE_COLUMNS))
 TRIM_INTERVAL = 2.0
+BUSY_TIMEOUT = 30.0  # seconds a writer waits for another's transaction
 LOW_WATER = 0.95
 LOOKUP_CHUNK = 500  # ids per query (SQLite's default limit on bound parameters is 32766)
 
@@ -66,16 +72,19 @@ LOOKUP_CHUNK = 500  # ids per query (SQLite's default limit on bound parameters 
 class _Writer:
     """State of the writer connection: an approximate row count so trimming rarely needs COUNT(*)."""
 
-    def __init__(self, conn: sqlite3.Connection, retention: float, max_rows: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, retention: float, max_rows: int,
+                 store: SqliteStore | None = None) -> None:
         self.conn = conn
+        self.store = store
         self.retention = retention
         self.max_rows = max_rows
         self.rows = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
         self.last_trim = 0.0
+        self.counted_elsewhere = 0  # of the store's `written_elsewhere` rows, those added to `rows`
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
@@ -94,13 +103,20 @@ class SqliteStore(ThreadedStore):
             idle_interval=TRIM_INTERVAL, flush_interval=flush_interval, flush_rows=flush_rows)
         self._reader: StoreThread[sqlite3.Connection] = StoreThread("sqlite-reader", self._open_reader,
                                                                      sqlite3.Connection.close)
+        self.rows_elsewhere = 0  # rows the workers wrote; changed on the event loop, read by the writer thread
+
+    def row_writer(self) -> SqliteRowWriter:
+        return SqliteRowWriter(self.path)
+
+    def written_elsewhere(self, rows: int) -> None:
+        self.rows_elsewhere += rows
 
     def _open_writer(self) -> _Writer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(self.path)
         conn.executescript(SCHEMA)
         _add_columns(conn)
-        writer = _Writer(conn, self.retention, self.max_rows)
+        writer = _Writer(conn, self.retention, self.max_rows, self)
         _trim(writer)
         return writer
 
@@ -129,7 +145,14 @@ def _add_columns(conn: sqlite3.Connection) -> None:
 
 
 def _insert(writer: _Writer, rows: Iterable[Row], count: int) -> None:
-    conn = writer.conn
+    _insert_rows(writer.conn, rows)
+    writer.rows += count
+    if writer.rows > writer.max_rows:
+        _trim(writer, force=True)
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:
+    """All `rows` in one transaction."""
     conn.execute("BEGIN")
     try:
         conn.executemany(f"INSERT OR REPLACE INTO predictions ({ROW_COLUMNS}) "
@@ -138,9 +161,29 @@ def _insert(writer: _Writer, rows: Iterable[Row], count: int) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    writer.rows += count
-    if writer.rows > writer.max_rows:
-        _trim(writer, force=True)
+
+
+class SqliteRowWriter:
+    """The store's `row_writer`: an analysis worker's own connection to the file (opened on first use; the main
+    process's writer thread has created the schema by then). Trimming stays with the main process, which counts
+    these rows as they arrive (`written_elsewhere`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def write(self, predictions: Sequence[StoredPredictions]) -> None:
+        if self._conn is None:
+            self._conn = _connect(self.path)
+        _insert_rows(self._conn, rows_of(predictions, time.time()))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __getstate__(self) -> dict[str, Any]:  # crosses to the worker without a connection
+        return {"path": self.path, "_conn": None}
 
 
 Claim = tuple[str, int, Predicted | None]  # (prediction id, instance, truth)
@@ -166,6 +209,10 @@ def _claim_many(writer: _Writer, claim_lists: list[list[Claim]]) -> list[list[bo
 
 def _trim(writer: _Writer, force: bool = False) -> None:
     """Delete rows past retention, then the oldest beyond `max_rows` (at most every TRIM_INTERVAL seconds)."""
+    if writer.store is not None:  # the workers' rows since the last look
+        elsewhere = writer.store.rows_elsewhere
+        writer.rows += elsewhere - writer.counted_elsewhere
+        writer.counted_elsewhere = elsewhere
     now = time.time()
     if not force and now - writer.last_trim < TRIM_INTERVAL:
         return

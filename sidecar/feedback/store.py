@@ -4,6 +4,13 @@ Two backends share this interface: SQLite in the state directory (default, one r
 replicas; feedback posted to any of them joins). Neither is ever touched from the event loop thread: writes go
 to a dedicated writer thread through a queue, reads run on a reader thread (see `threads.py`).
 
+Who writes the predictions: the analysis worker that reduced them, through the store's `row_writer` (its own
+connection), before it sends them to the main process marked `written`; the main process's writer thread only
+writes what a worker could not (`write` failed) and what reaches the service otherwise. Why: in the main process
+the writer thread shares the event loop's GIL, and `executemany` releases and takes it again for every row; at 16
+connections a sampling profile of `sidecar run` (perf) put 7% of the main process's CPU in the inserts and another
+9% in handing the GIL back and forth (futex waits, `pthread_cond_signal` wake-ups).
+
 Write-behind window (docs/durability.md): a put row is written at most `flush_interval` seconds after its put, or
 as soon as `flush_rows` rows are queued, whichever comes first, provided the writer keeps up; `stop` writes
 everything queued, within its deadline, and says what it wrote.
@@ -18,11 +25,11 @@ truth was kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from itertools import repeat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain, repeat
 from typing import NamedTuple, Protocol
 
-from sidecar.messages.results import OUTLIER_CODES, PredictionDetails
+from sidecar.messages.results import OUTLIER_CODES, PredictionDetails, PredictionWriter, StoredPredictions
 
 Predicted = str | float
 Key = tuple[str, int]
@@ -212,6 +219,18 @@ class PredictionStore(Protocol):
     async def describe(self, prediction_id: str) -> PredictionRecord | None:
         """Everything stored under one id, truths included; None when the id has no stored instance."""
 
+    def row_writer(self) -> PredictionWriter:
+        """A writer of this store that another process (an analysis worker) can take and use on its own."""
+
+    def written_elsewhere(self, rows: int) -> None:
+        """`rows` rows were written by a `row_writer` (counted toward the store's bounds)."""
+
     async def claim(self, keys: Sequence[Key], truths: Sequence[Predicted] | None = None) -> list[bool]:
         """Mark (id, instance) pairs as having received feedback: True where this call was the first, which also
         keeps its truth (`truths`, one per key, as compared: a class label or a number)."""
+
+
+def rows_of(predictions: Iterable[StoredPredictions], now: float) -> Iterator[Row]:
+    """The store's rows of reduced predictions, stored at `now`."""
+    return chain.from_iterable(PredictionColumns(stored.model, stored.ids, stored.instances, stored.tasks,
+                                                 stored.values, now, stored.details) for stored in predictions)

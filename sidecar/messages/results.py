@@ -274,6 +274,16 @@ class PredictionReducer(Protocol):
     def reduce(self, predictions: Predictions) -> StoredPredictions: ...
 
 
+class PredictionWriter(Protocol):
+    """Writes a worker's reduced predictions straight into the feedback store before they are sent (the store's
+    own writer, handed to the workers by the composition root; picklable, it connects on first use). `write` raises
+    when the store cannot take them; they are then sent unwritten and the main process stores them."""
+
+    def write(self, predictions: Sequence[StoredPredictions]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class StoredPredictions(NamedTuple):
     """One model's predictions as the feedback store keeps them: reduced in the worker
     (`sidecar.feedback.tasks.PredictionRules`), one column per field.
@@ -288,10 +298,12 @@ class StoredPredictions(NamedTuple):
     tasks: list[str]  # binary, multiclass, regression, or unusable (the prediction cannot meet a truth)
     values: list[Any]  # the stored value: a class label (str) or a number
     details: PredictionDetails | None = None  # row-aligned; None: not recorded
+    written: bool = False  # already in the store (a worker's `PredictionWriter` wrote them)
 
     def cut(self, start: int, end: int) -> StoredPredictions:
         return StoredPredictions(self.model, self.ids[start:end], self.instances[start:end], self.tasks[start:end],
-                                 self.values[start:end], None if self.details is None else self.details.cut(start, end))
+                                 self.values[start:end], None if self.details is None else self.details.cut(start, end),
+                                 self.written)
 
     def joined(self, other: StoredPredictions) -> StoredPredictions:
         """These rows, then `other`'s (under `other`'s model name)."""
@@ -300,7 +312,8 @@ class StoredPredictions(NamedTuple):
             details = ((self.details or PredictionDetails.unrecorded(len(self.ids)))
                        .joined(other.details or PredictionDetails.unrecorded(len(other.ids))))
         return StoredPredictions(other.model, self.ids + other.ids, self.instances + other.instances,
-                                 self.tasks + other.tasks, self.values + other.values, details)
+                                 self.tasks + other.tasks, self.values + other.values, details,
+                                 self.written and other.written)
 
 
 class HistoryBucket(NamedTuple):

@@ -33,6 +33,7 @@ from sidecar.messages.results import (
     BatchDone,
     PredictionReducer,
     Predictions,
+    PredictionWriter,
     Result,
     WorkerStarted,
     WorkerStopped,
@@ -41,6 +42,7 @@ from sidecar.messages.results import (
 from sidecar.telemetry.logs import configure as configure_logs
 from sidecar.worker.coalesce import ResultBuffer
 from sidecar.worker.settings import AnalysisSettings
+from sidecar.worker.storing import StoreWriting
 
 if TYPE_CHECKING:
     from sidecar.worker.state import AnalysisState
@@ -55,10 +57,10 @@ def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str
         tasks: Connection, results: Connection, log_level: int = logging.WARNING,
         prediction_rules: PredictionReducer | None = None,
         upstreams: tuple[tuple[str, int] | None, tuple[str, int] | None] = (None, None),
-        log_format: str = "text") -> None:
+        log_format: str = "text", prediction_writer: PredictionWriter | None = None) -> None:
     """Worker main loop (the spawn target). Records are read from `ring` as batches name them. Predictions are
-    reduced with `prediction_rules` and sent as `StoredPredictions`; without rules (nobody stores them) they are not
-    sent.
+    reduced with `prediction_rules` and sent as `StoredPredictions`, written into the store first with
+    `prediction_writer` when there is one (`storing`); without rules (nobody stores them) they are not sent.
 
     The worker starts at the priority it was spawned with and lowers it (`worker_priority`) only once it has
     analysed its first batch: at idle priority on a busy machine, a respawned worker's imports and first batch
@@ -73,14 +75,17 @@ def run(worker: int, generation: int, settings: AnalysisSettings, state_dir: str
     signatures = SignatureFetcher(*upstreams) if settings.signature_lookup else None
     state = AnalysisState(worker, settings, Path(state_dir), signatures)
     reader = SharedRingReader(ring)
+    storing = StoreWriting(prediction_writer) if prediction_writer is not None else None
     try:
         results.send([WorkerStarted(worker, generation, os.getpid())])
         _serve(worker, generation, state, reader, tasks, results, prediction_rules,
-               settle=lambda: lower_priority(settings.worker_priority))
+               settle=lambda: lower_priority(settings.worker_priority), storing=storing)
         results.send([WorkerStopped(worker, generation)])
     except (BrokenPipeError, EOFError, ConnectionResetError):
         pass  # the main process is gone: nothing left to report to
     finally:
+        if storing is not None:
+            storing.close()
         reader.close()
         tasks.close()
         results.close()
@@ -132,7 +137,7 @@ def lower_priority(priority: str) -> None:
 
 def _serve(worker: int, generation: int, state: AnalysisState, reader: SharedRingReader, tasks: Connection,
            results: Connection, rules: PredictionReducer | None = None,
-           settle: Callable[[], None] | None = None) -> None:
+           settle: Callable[[], None] | None = None, storing: StoreWriting | None = None) -> None:
     """Serve batches until STOP; `settle` is called once, after the first batch."""
     interval = state.settings.result_interval
     held = ResultBuffer()
@@ -143,7 +148,7 @@ def _serve(worker: int, generation: int, state: AnalysisState, reader: SharedRin
         if tasks.poll(max(0.0, due - time.monotonic())):
             message = tasks.recv_bytes()
             if message == batches.STOP:
-                _send_held(held, results)
+                _send_held(held, results, storing)
                 return
             model = batches.reset_model(message)
             if model is not None:
@@ -162,7 +167,7 @@ def _serve(worker: int, generation: int, state: AnalysisState, reader: SharedRin
                 settle()
                 settle = None
             if held and time.monotonic() - sent_at >= interval:
-                _send_held(held, results)
+                _send_held(held, results, storing)
                 sent_at = time.monotonic()
             _keep_cpu_share(time.process_time() - started, state.settings.worker_cpu_share)
         now = time.monotonic()
@@ -170,7 +175,7 @@ def _serve(worker: int, generation: int, state: AnalysisState, reader: SharedRin
             next_tick = now + TICK_SECONDS
             held.extend(_for_the_store(state.tick(time.time()), rules))
         if held and now - sent_at >= interval:
-            _send_held(held, results)
+            _send_held(held, results, storing)
             sent_at = now
 
 
@@ -181,8 +186,11 @@ def _for_the_store(found: list[Result], rules: PredictionReducer | None) -> list
     return [rules.reduce(result) if isinstance(result, Predictions) else result for result in found]
 
 
-def _send_held(held: ResultBuffer, results: Connection) -> None:
-    for part in held.take_parts():
+def _send_held(held: ResultBuffer, results: Connection, storing: StoreWriting | None = None) -> None:
+    parts = held.take_parts()
+    if storing is not None:
+        parts = storing.write(parts)
+    for part in parts:
         results.send(part)
 
 

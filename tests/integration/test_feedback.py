@@ -88,6 +88,9 @@ async def test_quality_metrics_follow_feedback_posted_on_the_rest_port(start_sid
         assert (again_status, again) == (200, {"joined": 0, "duplicate": 1, "pending": 0})
         status, error = await feedback(session, sidecar, {"prediction_id": prediction_id, "truth": [1, 2]})
         assert status == 400 and "40 instance(s) but 2 truth(s)" in error["error"]
+        # the analysis worker wrote the predictions into the store; the main process wrote none
+        assert await metric(session, sidecar, "sidecar_feedback_stored_rows_total", writer="worker") == 40
+        assert await metric(session, sidecar, "sidecar_feedback_stored_rows_total", writer="main") == 0
 
 
 async def test_the_feedback_token_is_required_on_the_rest_port_when_set(start_sidecar: StartSidecar) -> None:
@@ -139,3 +142,4 @@ async def test_two_replicas_sharing_redis_join_feedback_posted_to_either(start_s
             await wait_for_metric(session, two, 10, "sidecar_feedback_total", model="classifier", outcome="joined")
             status, again = await feedback(session, one, {"prediction_id": prediction_id, "truth": truth.tolist()})
             assert (status, again) == (200, {"joined": 0, "duplicate": 10, "pending": 0})
+            assert await metric(session, one, "sidecar_feedback_stored_rows_total", writer="worker") == 10

@@ -403,3 +403,24 @@ async def test_a_store_that_goes_away_answers_503_and_is_counted(start_service: 
     assert response.status == 503
     assert answer(response)["error"].startswith("the prediction store is unavailable: redis-reader:")
     assert metric(registry, "sidecar_feedback_store_errors_total", operation="read") == 1
+
+
+async def test_predictions_a_worker_already_wrote_are_not_queued_again_and_join_feedback(
+        start_service: StartService) -> None:
+    registry = new_registry()
+    service = await start_service(registry=registry, pending_timeout=30.0)
+    early, late = new_prediction_id(), new_prediction_id()
+    held = await service.handle(post({"prediction_id": early, "truth": [2]}))
+    assert answer(held)["pending"] == 1
+    writer = service.store.row_writer()  # what an analysis worker holds
+    stored = [service.rules.reduce(classified("iris", early, [2])), service.rules.reduce(classified("iris", late, [0]))]
+    writer.write(stored)
+    writer.close()
+    for one in stored:
+        service.add_stored(one._replace(written=True))
+    assert service.recent.queued_rows == 0  # nothing for the main process's writer
+    await service.flush()
+    assert metric(registry, "sidecar_feedback_total", model="iris", outcome="joined") == 1  # the held one
+    assert answer(await service.handle(post({"prediction_id": late, "truth": [1]}))) == {
+        "joined": 1, "duplicate": 0, "pending": 0}
+    assert metric(registry, "sidecar_quality_accuracy", model="iris") == 0.5

@@ -70,3 +70,28 @@ def test_a_put_adds_no_object_per_instance_for_the_garbage_collector() -> None:
         gc.enable()
     assert after - before < 20
     assert recent.get("id-1999") is not None
+
+
+def test_a_put_a_worker_wrote_stays_only_while_lookups_that_began_before_it_arrived_run() -> None:
+    recent = RecentPredictions()
+    recent.arrived_written(put("a"))  # no lookup running: every later one reads it in the store
+    assert recent.get("a") is None and len(recent) == 0
+    ticket = recent.begin_lookup()  # its read of the store may have come before the worker's commit
+    recent.arrived_written(put("b"))
+    assert recent.get("b") is not None and recent.queued_rows == 0
+    late = recent.begin_lookup()
+    recent.end_lookup(ticket)
+    assert recent.get("b") is None
+    recent.end_lookup(late)
+    assert len(recent) == 0
+
+
+def test_a_put_a_worker_wrote_leaves_the_queued_ones_in_their_order() -> None:
+    recent = RecentPredictions()
+    ticket = recent.begin_lookup()
+    recent.added(put("queued"))
+    recent.arrived_written(put("elsewhere"))
+    recent.written(1)  # the writer thread finished the queued put, not the worker's
+    assert recent.queued_rows == 0
+    recent.end_lookup(ticket)
+    assert len(recent) == 0

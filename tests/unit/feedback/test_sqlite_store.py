@@ -13,6 +13,7 @@ import pytest
 from sidecar.feedback import sqlite_store
 from sidecar.feedback.sqlite_store import SqliteStore
 from sidecar.feedback.store import PredictionRow
+from sidecar.messages.results import StoredPredictions
 
 
 def row(prediction_id: str, when: float, instance: int = 0, value: str | float = "1") -> PredictionRow:
@@ -62,6 +63,26 @@ async def test_beyond_max_rows_the_oldest_instances_go_first_down_to_95_percent(
         assert len(found) == 95
         assert min(found) == "id055"
     finally:
+        await store.stop()
+
+
+async def test_rows_the_workers_wrote_count_toward_max_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "TRIM_INTERVAL", 0.0)  # trim at every chance instead of every 2 s
+    store = SqliteStore(tmp_path / "p.sqlite3", retention=3600, max_rows=100)
+    await store.start()
+    writer = store.row_writer()
+    try:
+        older, newer = [f"old{index:02d}" for index in range(75)], [f"new{index:02d}" for index in range(75)]
+        for ids in (older, newer):  # two writes, two times: the oldest 55 to go take all of the first (a tie)
+            writer.write([StoredPredictions("m", ids, [0] * 75, ["multiclass"] * 75, ["1"] * 75)])
+            time.sleep(0.01)
+        assert len(await store.lookup(older + newer)) == 150  # written, not yet counted
+        store.written_elsewhere(150)
+        await store.flush()
+        await store.flush()  # runs after the trim that followed the first: that trim counted them
+        assert sorted(await store.lookup(older + newer)) == newer
+    finally:
+        writer.close()
         await store.stop()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ import pytest
 
 from sidecar.feedback.backends import open_store
 from sidecar.feedback.store import PredictionColumns, PredictionRow, PredictionStore, StoredInstance, StoreError
-from sidecar.messages.results import PredictionDetails
+from sidecar.messages.results import PredictionDetails, StoredPredictions
 
 from .redis_server import running_redis
 
@@ -168,3 +169,23 @@ def test_columns_describe_one_prediction_before_it_is_written() -> None:
 def test_details_of_another_length_are_refused() -> None:
     with pytest.raises(ValueError, match="as many rows"):
         PredictionColumns("m", ["a"], [0], ["binary"], [0.5], 0.0, PredictionDetails.unrecorded(2))
+
+
+async def test_a_row_writer_taken_elsewhere_writes_what_lookups_claims_and_descriptions_see(
+        store: PredictionStore) -> None:
+    writer = pickle.loads(pickle.dumps(store.row_writer()))  # as a worker process receives it: no connection yet
+    try:
+        nan = float("nan")
+        details = PredictionDetails(["2", "2"], ["M", ""], ["", "n"], {"mahalanobis": [30.5, nan],
+                                                                        "autoencoder": [nan, nan]})
+        writer.write([StoredPredictions("m", ["w", "w"], [0, 1], ["multiclass"] * 2, ["cat", "dog"], details),
+                      StoredPredictions("r", ["x"], [0], ["regression"], [2.5])])
+    finally:
+        writer.close()
+    found = await store.lookup(["w", "x"])
+    assert found["w"].instances == {0: "cat", 1: "dog"} and found["x"].instances == {0: 2.5}
+    assert found["w"].time == pytest.approx(time.time(), abs=5)
+    assert await store.claim([("w", 1)], ["dog"]) == [True]
+    record = await store.describe("w")
+    assert record is not None and record.version == "2" and record.truths == {1: "dog"}
+    assert record.instances[0] == StoredInstance("multiclass", "cat", "M", "", {"mahalanobis": 30.5})
