@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sidecar.explain.kernel import ExplainError, ImportanceError, ImportanceJob, importance
-from sidecar.explain.service import ExplainService
+from sidecar.explain.service import ExplainService, predict_path
 from sidecar.messages.names import SHADOW_SEPARATOR, served_model
 from sidecar.telemetry.metrics import ModelLabels
 from sidecar.worker.settings import AnalysisSettings
@@ -91,7 +91,7 @@ class FeatureImportance:
     async def _compute(self, model: str, budget: int) -> tuple[int, dict[str, Any] | None, str, str | None]:
         """(model calls made, the answer, outcome, error message) of one model's computation."""
         explain = self.explainer.settings
-        job = ImportanceJob(model, self.explainer.upstream, str(self.explainer.state_dir),
+        job = ImportanceJob(model, predict_path(model, ""), self.explainer.upstream, str(self.explainer.state_dir),
                             self.settings.importance_rows, explain.explain_background, explain.explain_samples,
                             budget, explain.explain_batch_rows, explain.explain_timeout, explain.explain_model_share)
         try:
