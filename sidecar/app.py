@@ -342,7 +342,8 @@ class Sidecar:
             listen_grpc=(proxy.listen_grpc[0], self.grpc_port or 0) if proxy.listen_grpc is not None else None)
         local_routes = {"/v1/feedback": self.feedback.handle} if self.feedback is not None else None
         fleet = self.fleet = ProxyFleet(replace(self.settings, proxy=bound), capture, self.request_metrics,
-                                        self.limit_metrics, local_routes)
+                                        self.limit_metrics, local_routes,
+                                        self.explainer.handler_for if self.explainer is not None else None)
         async with _starting("--proxy-processes", proxy.proxy_processes):
             await fleet.start()
         self._on_stop("proxy processes", fleet.stop)

@@ -73,9 +73,7 @@ class ExplainService:
 
     def handler_for(self, route: Route) -> LocalHandler | None:
         """The handler of an `:explain` route the sidecar answers itself, or None (forwarded as it is)."""
-        if route.method != EXPLAIN_METHOD or route.api != API_TFSERVING or route.label:
-            return None
-        if not self.settings.enabled_for(route.model):
+        if not answered_by_sidecar(self.settings, route):
             return None
         model, version = route.model, route.version
 
@@ -157,6 +155,13 @@ class ExplainService:
             raise ExplainError(400, f"{count} instances; one explain request may ask for at most "
                                     f"{self.settings.explain_max_instances} (explain_max_instances)")
         return body
+
+
+def answered_by_sidecar(settings: ExplainSettings, route: Route) -> bool:
+    """Whether the sidecar answers this route itself: `:explain` of a model it explains (every proxy process asks
+    the same question, `sidecar.fleet`)."""
+    return (route.method == EXPLAIN_METHOD and route.api == API_TFSERVING and not route.label
+            and settings.enabled_for(route.model))
 
 
 def _instance_count(body: dict[str, Any]) -> int:

@@ -194,3 +194,29 @@ async def test_inputs_that_are_not_numbers_are_refused_with_a_400_naming_them(st
         assert status == 400 and "exactly one of them" in body["error"]
         status, body = await post(session, f"{base}/pair:predict", {"instances": [{"a": [0.1, 0.2], "b": 1.0}]})
         assert status == 200 and len(body["predictions"]) == 1
+
+
+@pytest.mark.slow
+async def test_every_proxy_process_answers_explain_for_the_models_the_sidecar_explains(
+        start_sidecar: StartSidecar) -> None:
+    from aiohttp import TCPConnector
+
+    from tests.support.helpers import eventually, metric
+
+    sidecar = await start_sidecar(proxy_processes="2")
+    base = f"http://127.0.0.1:{sidecar.rest_port}/v1/models"
+    features, _ = data.regressor_batch(REFERENCE, seed=4)
+    async with ClientSession(connector=TCPConnector(force_close=True)) as session:  # a connection per call
+        await with_reference(session, sidecar, "regressor", features)
+        answers = [await post(session, f"{base}/regressor:explain", {"instances": features[:1].tolist()})
+                   for _ in range(30)]
+        for _ in range(30):  # predictions on as many connections: both processes get some
+            status, _ = await post(session, f"{base}/regressor:predict", {"instances": features[:1].tolist()})
+            assert status == 200
+    assert [status for status, _ in answers] == [200] * 30, [body for status, body in answers if status != 200]
+    assert all(body["method"] == "kernel_shap" and len(body["explanations"]) == 1 for _, body in answers)
+    assert metric(sidecar.registry, "sidecar_explain_requests_total", model="regressor", outcome="ok") == 30
+    metrics = sidecar.request_metrics  # the proxy processes report their counts every second
+    await eventually(lambda: sum(metrics.requests_by_process().values()) == REFERENCE // 10 + 30, timeout=10)
+    served = metrics.requests_by_process()
+    assert set(served) == {0, 1} and min(served.values()) > 0  # the kernel spread the connections over both
