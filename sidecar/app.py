@@ -37,7 +37,7 @@ from sidecar.telemetry.tracing import Tracing, disabled
 
 if TYPE_CHECKING:  # each part's module is imported only when the settings ask for the part
     from sidecar.analysis.pool import AnalysisPool
-    from sidecar.explain.importance import FeatureImportance
+    from sidecar.explain.importance import FeatureImportance, ShadowRoute
     from sidecar.explain.service import ExplainService
     from sidecar.export.payload_log import PayloadLog
     from sidecar.feedback.api import FeedbackService
@@ -304,10 +304,20 @@ class Sidecar:
             from sidecar.explain.importance import FeatureImportance
 
             found = self.importance = FeatureImportance(settings.analysis, explainer, self.pool.models,
-                                                        self.registry, settings.telemetry.model_label_cap)
+                                                        self.registry, settings.telemetry.model_label_cap,
+                                                        self._shadow_route)
             found.start()
             self._on_stop("feature importance", found.stop)
         return explainer if explain else None
+
+    def _shadow_route(self, model: str) -> ShadowRoute | None:
+        """Where `model`'s shadow answers over REST, as the feature importance asks it."""
+        target = self.settings.shadow.target(model)
+        if target is None:
+            return None
+        from sidecar.explain.importance import ShadowRoute
+
+        return ShadowRoute(target.name, target.rest, target.model or model, target.version)
 
     def _importance_wanted(self) -> bool:
         """Whether the feature importance can run as asked; when it cannot, says why once."""
@@ -334,7 +344,8 @@ class Sidecar:
             listen_grpc=(proxy.listen_grpc[0], self.grpc_port or 0) if proxy.listen_grpc is not None else None)
         local_routes = {"/v1/feedback": self.feedback.handle} if self.feedback is not None else None
         fleet = self.fleet = ProxyFleet(replace(self.settings, proxy=bound), capture, self.request_metrics,
-                                        self.limit_metrics, local_routes)
+                                        self.limit_metrics, local_routes,
+                                        self.explainer.handler_for if self.explainer is not None else None)
         async with _starting("--proxy-processes", proxy.proxy_processes):
             await fleet.start()
         self._on_stop("proxy processes", fleet.stop)

@@ -6,8 +6,15 @@ rest stays single, in the main process: the analysis pool and its workers, the f
 and the readiness probes. A proxy process keeps its own request metrics and capture list and sends the main
 process, over a pipe, its captured records every `capture_flush_interval` (appended to the main process's capture
 tee as if its own proxies had captured them), its cumulative request metrics and limit counts once a second
-(merged into `/metrics`), and the requests for the sidecar's own REST routes (`POST /v1/feedback`), answered by
-the main process. Records a busy main process cannot take fast enough are dropped in the proxy process (bounded
+(merged into `/metrics`), and the requests for the sidecar's own REST routes (`POST /v1/feedback`, and `:explain` of
+the models the sidecar explains), answered by the main process.
+
+Why `:explain` goes through that same pipe rather than a listener of its own: the explainer processes, their
+admission queue and their metrics belong to the main process, as the feedback store does, so a proxy process must
+hand the request over whole and relay the answer; the pipe already carries exactly that (a request in, its answer
+back by sequence number), is private to the two processes, and needs no port, socket file or authentication. An
+explain request waits for its answer as long as the explanation may take (`explain_timeout`) plus the relay's own
+margin. Records a busy main process cannot take fast enough are dropped in the proxy process (bounded
 by `capture_max_bytes` waiting in the pipe) and counted as `sidecar_limit_events_total{protocol="fleet",
 limit="capture_backlog"}`. A proxy process that exits is started again.
 """
@@ -30,7 +37,8 @@ from typing import Any
 from sidecar.analysis.pipes import FrameReader, FrameWriter
 from sidecar.config import Settings
 from sidecar.messages.records import CaptureRecord
-from sidecar.proxy.rest.local import LocalRequest, LocalResponse, LocalRoutes
+from sidecar.proxy.rest.local import LocalHandler, LocalRequest, LocalResponse, LocalRoutes
+from sidecar.proxy.rest.routes import Route
 from sidecar.telemetry.metrics import LimitMetrics, RequestMetrics
 
 log = logging.getLogger(__name__)
@@ -54,11 +62,13 @@ class ProxyFleet:
     """The main process's side: starts the extra proxy processes, takes in what they send, answers local routes."""
 
     def __init__(self, settings: Settings, capture: Callable[[CaptureRecord], None] | None, metrics: RequestMetrics,
-                 limits: LimitMetrics, local_routes: LocalRoutes | None) -> None:
+                 limits: LimitMetrics, local_routes: LocalRoutes | None,
+                 route_handlers: Callable[[Route], LocalHandler | None] | None = None) -> None:
         self.settings = settings
         self.capture = capture
         self.metrics = metrics
         self.local_routes = dict(local_routes or {})
+        self.route_handlers = route_handlers  # model routes the main process answers (`:explain`)
         self._children = [_Child(index) for index in range(1, settings.proxy.proxy_processes)]
         self._limits = {protocol: _ProtocolEvents(self._children, protocol) for protocol in ("rest", "grpc", "fleet")}
         for protocol, events in self._limits.items():
@@ -123,12 +133,16 @@ class ProxyFleet:
             self.metrics.absorb(child.index, message[1])
             child.limit_events = message[2]
         elif kind == _LOCAL:
-            task = asyncio.ensure_future(self._answer(child, message[1], message[2]))
+            route = message[3] if len(message) > 3 else None
+            task = asyncio.ensure_future(self._answer(child, message[1], message[2], route))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, child: _Child, sequence: int, request: LocalRequest) -> None:
-        handler = self.local_routes.get(request.path)
+    async def _answer(self, child: _Child, sequence: int, request: LocalRequest, route: Route | None) -> None:
+        if route is not None:
+            handler = self.route_handlers(route) if self.route_handlers is not None else None
+        else:
+            handler = self.local_routes.get(request.path)
         try:
             response = await handler(request) if handler is not None else LocalResponse.json(
                 404, {"error": f"no such route: {request.path}"})
@@ -276,12 +290,13 @@ async def _serve(index: int, settings: Settings, read_fd: int, write_fd: int) ->
     waiting: dict[int, asyncio.Future[LocalResponse]] = {}
     sequence = itertools.count()
 
-    async def relay(request: LocalRequest) -> LocalResponse:
+    async def relay(request: LocalRequest, route: Route | None = None,
+                    timeout: float = LOCAL_TIMEOUT) -> LocalResponse:
         number = next(sequence)
         answer = waiting[number] = loop.create_future()
-        writer.send(pickle.dumps((_LOCAL, number, request)))
+        writer.send(pickle.dumps((_LOCAL, number, request, route)))
         try:
-            return await asyncio.wait_for(answer, LOCAL_TIMEOUT)
+            return await asyncio.wait_for(answer, timeout)
         except TimeoutError:
             return LocalResponse.json(503, {"error": "sidecar: the main process did not answer in time"})
         finally:
@@ -301,9 +316,24 @@ async def _serve(index: int, settings: Settings, read_fd: int, write_fd: int) ->
     proxy_settings = settings.proxy
     listeners: list[Any] = []
     events: list[tuple[str, Mapping[str, int]]] = []
+    explain = settings.explain
+    explain_wait = explain.explain_timeout + LOCAL_TIMEOUT
+
+    def explain_routes(route: Route) -> LocalHandler | None:
+        """`:explain` of a model the sidecar explains: answered by the main process's explainer."""
+        from sidecar.explain.service import answered_by_sidecar
+
+        if not answered_by_sidecar(explain, route):
+            return None
+
+        async def handle(request: LocalRequest) -> LocalResponse:
+            return await relay(request, route, explain_wait)
+        return handle
+
+    explaining = explain.any_enabled and proxy_settings.upstream_rest is not None
     if proxy_settings.listen_rest is not None:
         rest = RestProxy(proxy_settings, capture=capture, metrics=metrics, tracing=tracing, health=None,
-                         local_routes={"/v1/feedback": relay})
+                         local_routes={"/v1/feedback": relay}, route_handlers=explain_routes if explaining else None)
         await rest.start()
         listeners.append(rest)
         events.append(("rest", rest.limit_events))

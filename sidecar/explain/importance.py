@@ -6,8 +6,14 @@ explainers' own connections, never the proxy's.
 The recent rows come from the analysis worker that owns the model: it keeps the latest `importance_rows` analysed
 rows and saves them as `recent.npz` beside `reference.npz` (`sidecar.worker.recent` says why a file). Models are
 explained one after another, each with what is left of the interval's budget of `importance_max_model_calls`
-predict calls; a model the budget does not reach waits for the next interval and says so. Analysis names that are
-not a served model (`model@version`, a shadow's `model~shadow`) are left out: their predict route is another one.
+predict calls; a model the budget does not reach waits for the next interval and says so.
+
+Analysis names that are not a served model's own are explained through the route that name watches: `model@version`
+(versions analysed apart) through `/v1/models/model/versions/version:predict` (or `/labels/label`) against its own
+reference and recent rows; a shadow's `model~shadow` through the shadow's REST address and its model name there,
+against the primary's rows (the shadow is asked the primary's requests), for every served model with a shadow
+configured. A shadow that cannot be asked so (gRPC only) is not explained, and says why: `outcome: "unsupported"` in
+`/v1/monitor/{name}` (and under the primary's `shadows`), in the runs metric and once in the log.
 """
 
 from __future__ import annotations
@@ -16,34 +22,58 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sidecar.explain.kernel import ExplainError, ImportanceError, ImportanceJob, importance
-from sidecar.explain.service import ExplainService
-from sidecar.messages.names import SHADOW_SEPARATOR, served_model
+from sidecar.explain.service import ExplainService, predict_path
+from sidecar.messages.names import shadow_name, split_shadow
 from sidecar.telemetry.metrics import ModelLabels
 from sidecar.worker.settings import AnalysisSettings
 
 log = logging.getLogger(__name__)
 SAMPLES = ("reference", "recent")
+UNSUPPORTED = "unsupported"
+
+Address = tuple[str, int]
+
+
+class ShadowRoute(NamedTuple):
+    """Where a model's shadow answers over REST: its name (the `shadow` label), REST address (None: gRPC only), the
+    model's name there and the version (or label) asked ("": the latest)."""
+
+    name: str
+    rest: Address | None
+    model: str
+    version: str
+
+
+class PredictRoute(NamedTuple):
+    """How one analysis name's model is called: the model server, the predict route, whose saved rows are used."""
+
+    upstream: Address
+    path: str
+    rows_of: str
 
 
 class FeatureImportance:
     def __init__(self, settings: AnalysisSettings, explainer: ExplainService, models: Callable[[], list[str]],
-                 registry: CollectorRegistry, model_label_cap: int = 100) -> None:
+                 registry: CollectorRegistry, model_label_cap: int = 100,
+                 shadows: Callable[[str], ShadowRoute | None] | None = None) -> None:
         self.settings = settings
         self.explainer = explainer
         self.models = models
+        self.shadows = shadows  # a model's shadow as configured
         self.labels = ModelLabels(model_label_cap)
         self._found: dict[str, dict[str, Any]] = {}  # model -> its latest importance (or why there is none)
         self._outcomes: dict[str, str] = {}  # model -> the latest outcome, to log changes only
         self._task: asyncio.Task[None] | None = None
         self.runs = Counter("sidecar_feature_importance_runs", "Feature importance computations, by outcome (ok, "
-                            "budget: left for the next interval, or the HTTP status of the error).",
+                            "budget: left for the next interval, unsupported: not reachable through a REST "
+                            "predict route, or the HTTP status of the error).",
                             ["model", "outcome"], registry=registry)
         self.model_calls = Counter("sidecar_feature_importance_model_calls", "Predict calls the feature importance "
                                    "made to the model (at most importance_max_model_calls per interval, all models "
@@ -74,26 +104,61 @@ class FeatureImportance:
     async def run_once(self) -> None:
         """One interval's computation: every served model, in name order, within the interval's call budget."""
         budget = self.settings.importance_max_model_calls
-        for model in sorted(self.models()):
-            if SHADOW_SEPARATOR in model or served_model(model) != model:
+        analysed = set(self.models())
+        for model in self.names(analysed):
+            route = self.route(model, analysed)
+            if isinstance(route, str):
+                self._record(model, UNSUPPORTED, None, route)
                 continue
             if budget <= 0:
                 spent = self.settings.importance_max_model_calls
                 self._record(model, "budget", None, f"the interval's budget of {spent} predict calls "
                              "(importance_max_model_calls) was spent on other models; next interval")
                 continue
-            calls, answer, outcome, error = await self._compute(model, budget)
+            calls, answer, outcome, error = await self._compute(model, route, budget)
             budget -= calls
             if calls:
                 self.model_calls.labels(self.labels(model)).inc(calls)
             self._record(model, outcome, answer, error)
 
-    async def _compute(self, model: str, budget: int) -> tuple[int, dict[str, Any] | None, str, str | None]:
+    def names(self, analysed: set[str]) -> list[str]:
+        """The analysis names, and for each served model with a shadow configured, the shadow's (`model~shadow`)."""
+        names = set(analysed)
+        if self.shadows is not None:
+            for name in analysed:
+                served = self.settings.served_name(name)
+                target = self.shadows(served)
+                if target is not None:
+                    names.add(shadow_name(served, target.name))
+        return sorted(names)
+
+    def route(self, name: str, analysed: set[str]) -> PredictRoute | str:
+        """How the model an analysis name watches is called, or why it cannot be."""
+        primary, shadow = split_shadow(name)
+        if shadow:
+            target = self.shadows(primary) if self.shadows is not None else None
+            if target is None or target.name != shadow:
+                return (f"shadow {shadow!r} of model {primary!r} is not configured now: its feature importance is not "
+                        "computed")
+            if target.rest is None:
+                return (f"shadow {shadow!r} of model {primary!r} has no REST address (gRPC only): the feature "
+                        "importance calls models through their REST predict route, so it is not computed")
+            # the primary's rows: its own name's, else a version's (versions analysed apart)
+            rows_of = primary if primary in analysed else next(
+                (known for known in sorted(analysed) if self.settings.served_name(known) == primary), primary)
+            return PredictRoute(target.rest, predict_path(target.model, target.version), rows_of)
+        served = self.settings.served_name(name)
+        version = name[len(served) + 1:] if served != name else ""
+        return PredictRoute(self.explainer.upstream, predict_path(served, version), name)
+
+    async def _compute(self, model: str, route: PredictRoute,
+                       budget: int) -> tuple[int, dict[str, Any] | None, str, str | None]:
         """(model calls made, the answer, outcome, error message) of one model's computation."""
         explain = self.explainer.settings
-        job = ImportanceJob(model, self.explainer.upstream, str(self.explainer.state_dir),
+        job = ImportanceJob(model, route.path, route.upstream, str(self.explainer.state_dir),
                             self.settings.importance_rows, explain.explain_background, explain.explain_samples,
-                            budget, explain.explain_batch_rows, explain.explain_timeout, explain.explain_model_share)
+                            budget, explain.explain_batch_rows, explain.explain_timeout, explain.explain_model_share,
+                            route.rows_of)
         try:
             answer = await self.explainer.run(importance, job)
         except ImportanceError as exc:

@@ -4,8 +4,9 @@ The model is a black box reached through the model server's own predict route, o
 explainer process (the explainer pool's size bounds the connections). The background is a sample of the model's
 reference as the analysis saved it (`<state_dir>/models/<model>/reference.npz`). Each instance is explained for one
 output: the class the model gave it (a probability vector) or the value (a scalar output), so the attributions sum
-to that output minus its mean over the background. numpy and shap are imported here, inside the calls, so importing
-this module (to name the function a process runs) loads neither.
+to that output minus its mean over the background. The rows KernelSHAP asks about are sent in the body shape the
+client used, and the attributions are per feature as the analysis names them (`bodies`). numpy and shap are
+imported here, inside the calls, so importing this module (to name the function a process runs) loads neither.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sidecar.explain.errors import ExplainError, ImportanceError
+
+if TYPE_CHECKING:
+    from sidecar.explain.bodies import BodyShape
+    from sidecar.worker.features import InputFeatures
+
+__all__ = ["ExplainError", "ImportanceError", "ImportanceJob", "Job", "explain", "importance", "lower_priority"]
 
 
 def lower_priority(priority: str) -> None:
@@ -25,21 +34,10 @@ def lower_priority(priority: str) -> None:
     lower(priority)
 
 
-class ExplainError(Exception):
-    """A failure the client is told about: `status` and a message for `{"error": ...}`."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-    def __reduce__(self) -> tuple[type[ExplainError], tuple[int, str]]:  # crosses the process boundary
-        return ExplainError, (self.status, str(self))
-
-
 class Job(NamedTuple):
-    model: str
-    version: str  # "" for the default version
-    instances: list[list[float]]
+    model: str  # the analysis name: whose saved reference (rows and input schema) the explanation uses
+    path: str  # the model's predict route at the model server
+    body: dict[str, Any]  # the client's predict body
     upstream: tuple[str, int]
     state_dir: str
     background: int
@@ -74,10 +72,11 @@ def _post(upstream: tuple[str, int], path: str, body: bytes, timeout: float) -> 
 class _Model:
     """The model as a function of rows, counting its predict calls against the budget."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job | ImportanceJob, shape: BodyShape, output: str | None) -> None:
         self.job = job
-        version = f"/versions/{job.version}" if job.version else ""
-        self.path = f"/v1/models/{job.model}{version}:predict"
+        self.path = job.path
+        self.shape = shape  # the body the client sent, rebuilt around each batch of rows
+        self.output = output  # the analysed output, when the model has several
         self.calls = 0
         self._busy = 0.0  # how long the latest predict call took
 
@@ -91,6 +90,8 @@ class _Model:
     def __call__(self, rows: Any) -> Any:
         import numpy as np
 
+        from sidecar.explain.bodies import answer_values
+
         parts = []
         for start in range(0, len(rows), self.job.batch_rows):
             if self.calls >= self.job.max_model_calls:
@@ -99,7 +100,7 @@ class _Model:
                                         "the budget")
             self.calls += 1
             chunk = rows[start:start + self.job.batch_rows]
-            body = json.dumps({"instances": np.asarray(chunk, dtype=np.float64).tolist()}).encode()
+            body = json.dumps(self.shape.body(np.asarray(chunk, dtype=np.float64))).encode()
             self._pace()
             started = time.monotonic()
             status, answer = _post(self.job.upstream, self.path, body, self.job.timeout)
@@ -108,25 +109,36 @@ class _Model:
                 raise ExplainError(502, f"the model server answered the explanation's predict call with HTTP "
                                         f"{status}: {answer[:200].decode('utf-8', 'replace')}")
             try:
-                predictions = json.loads(answer)["predictions"]
-            except (ValueError, KeyError, TypeError):
-                raise ExplainError(502, "the model server's answer holds no `predictions`") from None
-            if isinstance(predictions, dict) or (predictions and isinstance(predictions[0], dict)):
-                raise ExplainError(400, "models with several named outputs cannot be explained yet")
-            values = np.asarray(predictions, dtype=np.float64)
-            parts.append(values.reshape(len(chunk), -1))
+                document = json.loads(answer)
+            except ValueError:
+                document = None
+            if not isinstance(document, dict):
+                raise ExplainError(502, "the model server's answer to the explanation's predict call is not a JSON "
+                                        "object")
+            values = answer_values(document, self.output)
+            if values.shape[0] != len(chunk):
+                raise ExplainError(502, f"the model server answered {values.shape[0]} predictions for {len(chunk)} "
+                                        "instances")
+            parts.append(values)
         return np.concatenate(parts, axis=0)
 
 
-def _reference(job: Job | ImportanceJob) -> Any:
-    """The complete rows of the model's saved reference."""
+class _Saved(NamedTuple):
+    reference: Any  # (n, features) the complete rows of the model's saved reference
+    features: InputFeatures | None  # the input schema the analysis learned (None: an older or foreign reference)
+    output: str | None  # the output the analysis chose
+
+
+def _saved(job: Job | ImportanceJob) -> _Saved:
+    """The model's saved reference (rows, schema, analysed output); a 409 when there is none yet."""
     import numpy as np
 
+    from sidecar.worker.features import InputFeatures
     from sidecar.worker.reference import model_dir
 
-    path = model_dir(Path(job.state_dir), job.model) / "reference.npz"
+    directory = model_dir(Path(job.state_dir), job.model)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(directory / "reference.npz", allow_pickle=False) as data:
             reference = np.asarray(data["inputs"], dtype=np.float64)
     except (OSError, KeyError, ValueError):
         raise ExplainError(409, f"model {job.model!r} has no reference yet (the analysis saves one once it has "
@@ -136,7 +148,17 @@ def _reference(job: Job | ImportanceJob) -> Any:
     reference = reference[np.all(np.isfinite(reference), axis=1)]
     if reference.shape[0] == 0:
         raise ExplainError(409, f"model {job.model!r}'s reference has no complete row")
-    return reference
+    features: InputFeatures | None = None
+    output: str | None = None
+    try:
+        meta = json.loads((directory / "reference.json").read_text(encoding="utf-8"))
+        features = InputFeatures.from_meta(meta["features"])
+        output = (meta.get("output") or {}).get("name")
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        features = None
+    if features is not None and features.width != reference.shape[1]:
+        features = None
+    return _Saved(reference, features, output)
 
 
 def _evenly(rows: Any, count: int) -> Any:
@@ -145,14 +167,6 @@ def _evenly(rows: Any, count: int) -> Any:
 
     picked = np.linspace(0, rows.shape[0] - 1, min(count, rows.shape[0])).round().astype(int)
     return rows[np.unique(picked)]
-
-
-def _background(job: Job, width: int) -> Any:
-    reference = _reference(job)
-    if reference.shape[1] != width:
-        raise ExplainError(400, f"instances have {width} features but the model's reference has "
-                                f"{reference.shape[1]} numeric columns")
-    return _evenly(reference, job.background)
 
 
 class _Attributions(NamedTuple):
@@ -185,12 +199,21 @@ def _attributions(model: _Model, background: Any, instances: Any, samples: int) 
 
 
 def explain(job: Job) -> dict[str, Any]:
-    """The explanation of `job.instances`, as the JSON answer; raises `ExplainError`."""
-    import numpy as np
+    """The explanation of the instances of `job.body`, as the JSON answer; raises `ExplainError`."""
+    from sidecar.explain.bodies import request_rows
 
-    instances = np.asarray(job.instances, dtype=np.float64)
-    background = _background(job, instances.shape[1])
-    model = _Model(job)
+    try:
+        saved = _saved(job)
+    except ExplainError as missing:  # what is wrong with the body itself is said first
+        if missing.status == 409:
+            request_rows(job.body, None)
+        raise
+    instances, features, shape = request_rows(job.body, saved.features)
+    if instances.shape[1] != saved.reference.shape[1]:
+        raise ExplainError(400, f"instances have {instances.shape[1]} features but the model's reference has "
+                                f"{saved.reference.shape[1]} numeric columns")
+    background = _evenly(saved.reference, job.background)
+    model = _Model(job, shape, saved.output)
     found = _attributions(model, background, instances, job.samples)
     outputs = found.outputs
     explanations = []
@@ -200,14 +223,15 @@ def explain(job: Job) -> dict[str, Any]:
             "explained_output": int(output), "output_value": float(outputs[row, output]),
             "base_value": float(found.base[output]),
             "attributions": [_finite(value) for value in found.values[row].tolist()]})
-    return {"method": "kernel_shap", "explanations": explanations,
+    return {"method": "kernel_shap", "features": list(features.names), "explanations": explanations,
             "background": {"source": "reference", "rows": int(background.shape[0])},
             "coalitions": found.coalitions, "model_calls": model.calls}
 
 
 class ImportanceJob(NamedTuple):
-    model: str
-    upstream: tuple[str, int]
+    model: str  # the analysis name: whose reference and recent rows are explained
+    path: str  # the predict route of the model that analysis name watches
+    upstream: tuple[str, int]  # the model server answering it (a shadow's own, for a shadow)
     state_dir: str
     rows: int  # rows explained from each sample
     background: int
@@ -216,64 +240,52 @@ class ImportanceJob(NamedTuple):
     batch_rows: int
     timeout: float
     model_share: float = 1.0
-
-
-class ImportanceError(ExplainError):
-    """An importance run that failed after it had made `model_calls` predict calls (they count all the same)."""
-
-    def __init__(self, status: int, message: str, model_calls: int) -> None:
-        super().__init__(status, message)
-        self.model_calls = model_calls
-
-    def __reduce__(self) -> tuple[type[ExplainError], tuple[int, str, int]]:  # type: ignore[override]
-        return ImportanceError, (self.status, str(self), self.model_calls)
+    rows_of: str = ""  # the analysis name whose saved rows are used ("": `model`'s own; a shadow: its primary's)
 
 
 def importance(job: ImportanceJob) -> dict[str, Any]:
     """Mean absolute attribution per feature over a sample of the model's recent rows (`recent.npz`, kept by its
     worker) and over as many reference rows, both against the same background; raises `ImportanceError`."""
-    import json as json_module
-
     import numpy as np
 
-    from sidecar.worker.features import InputFeatures
+    from sidecar.codec import DEFAULT_INPUT
+    from sidecar.explain.bodies import BodyShape, check_explainable
+    from sidecar.worker.features import InputFeatures, TensorSpec
     from sidecar.worker.recent import RECENT_FILE
     from sidecar.worker.reference import model_dir
 
-    directory = model_dir(Path(job.state_dir), job.model)
-    model = _Model(Job(job.model, "", [], job.upstream, job.state_dir, job.background, job.samples,
-                       job.max_model_calls, job.batch_rows, job.timeout, job.model_share))
+    files = job._replace(model=job.rows_of or job.model)
+    directory = model_dir(Path(job.state_dir), files.model)
+    model: _Model | None = None
     try:
-        reference = _reference(job)
+        saved = _saved(files)
+        features = saved.features or InputFeatures([TensorSpec(DEFAULT_INPUT, "float64",
+                                                                (int(saved.reference.shape[1]),))])
+        check_explainable(features)
+        model = _Model(job, BodyShape.rows_for(features), saved.output)
+        reference = saved.reference
         try:
             with np.load(directory / RECENT_FILE, allow_pickle=False) as data:
                 recent = np.asarray(data["inputs"], dtype=np.float64)
-                saved = float(data["saved"])
+                recent_saved = float(data["saved"])
         except (OSError, KeyError, ValueError):
             raise ExplainError(409, "no recent traffic sample yet (the analysis keeps one once the reference is "
                                     "complete)") from None
         if recent.ndim != 2 or recent.shape[1] != reference.shape[1] or recent.shape[0] == 0:
             raise ExplainError(409, "the recent traffic sample does not match the reference's columns")
-        try:
-            meta = json_module.loads((directory / "reference.json").read_text(encoding="utf-8"))
-            names = InputFeatures.from_meta(meta["features"]).names
-        except (OSError, ValueError, KeyError):
-            names = []
-        if len(names) != reference.shape[1]:
-            names = [f"x[{index}]" for index in range(reference.shape[1])]
         background = _evenly(reference, job.background)
         explained = _evenly(reference[::-1], job.rows)  # from the other end: not only the background's own rows
         sample = recent[-job.rows:]
         found = {side: _attributions(model, background, rows, job.samples)
                  for side, rows in (("reference", explained), ("recent", sample))}
     except ExplainError as exc:
-        raise ImportanceError(exc.status, str(exc), model.calls) from None
-    return {"features": list(names),
+        raise ImportanceError(exc.status, str(exc), model.calls if model is not None else 0) from None
+    return {"features": list(features.names),
             "reference": [_finite(float(value)) for value in np.abs(found["reference"].values).mean(axis=0)],
             "recent": [_finite(float(value)) for value in np.abs(found["recent"].values).mean(axis=0)],
             "rows": {"reference": int(explained.shape[0]), "recent": int(sample.shape[0]),
                      "background": int(background.shape[0])},
-            "recent_saved": saved, "model_calls": model.calls}
+            "recent_saved": recent_saved, "model_calls": model.calls}
 
 
 def _finite(value: float) -> float | None:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from math import isfinite
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,9 +73,7 @@ class ExplainService:
 
     def handler_for(self, route: Route) -> LocalHandler | None:
         """The handler of an `:explain` route the sidecar answers itself, or None (forwarded as it is)."""
-        if route.method != EXPLAIN_METHOD or route.api != API_TFSERVING or route.label:
-            return None
-        if not self.settings.enabled_for(route.model):
+        if not answered_by_sidecar(self.settings, route):
             return None
         model, version = route.model, route.version
 
@@ -100,14 +97,14 @@ class ExplainService:
 
     async def _explain(self, model: str, version: str, request: LocalRequest) -> dict[str, Any]:
         settings = self.settings
-        instances = self._instances(request)
+        body = self._body(request)
         if self._pool is None:
             raise ExplainError(503, "the explainer is not running")
         if self._admitted >= settings.explain_concurrency + settings.explain_queue:
             raise ExplainError(503, f"too many explanations in progress ({self._admitted}); try again later")
-        job = Job(model, version, instances, self.upstream, str(self.state_dir), settings.explain_background,
-                  settings.explain_samples, settings.explain_max_model_calls, settings.explain_batch_rows,
-                  settings.explain_timeout, settings.explain_model_share)
+        job = Job(model, predict_path(model, version), body, self.upstream, str(self.state_dir),
+                  settings.explain_background, settings.explain_samples, settings.explain_max_model_calls,
+                  settings.explain_batch_rows, settings.explain_timeout, settings.explain_model_share)
         self._admitted += 1
         try:
             return await self.run(explain, job)
@@ -137,36 +134,49 @@ class ExplainService:
             log.exception("explaining model %s failed", model)
             raise ExplainError(500, f"the explanation failed: {type(exc).__name__}: {exc}"[:300]) from None
 
-    def _instances(self, request: LocalRequest) -> list[list[float]]:
-        """The instances of a predict body, as rows of numbers; raises a 4xx `ExplainError` for anything else."""
+    def _body(self, request: LocalRequest) -> dict[str, Any]:
+        """The predict body, checked as far as it can be without numpy (its tensors are read in the explainer
+        process); raises a 4xx `ExplainError`."""
         if request.method != "POST":
             raise ExplainError(405, "use POST for :explain")
         if len(request.body) > self.max_body_bytes:
             raise ExplainError(413, f"body larger than {self.max_body_bytes} bytes")
         try:
             body = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ExplainError(400, "the body is not JSON") from None
-        rows = body.get("instances", body.get("inputs")) if isinstance(body, dict) else None
-        if isinstance(rows, dict) and len(rows) == 1:
-            [rows] = rows.values()
-        if not isinstance(rows, list) or not rows:
-            raise ExplainError(400, "expected a predict body: {\"instances\": [[number, ...], ...]} (one numeric "
-                                    "input)")
-        if len(rows) > self.settings.explain_max_instances:
-            raise ExplainError(400, f"{len(rows)} instances; one explain request may ask for at most "
+        if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
+            raise ExplainError(400, "expected a predict body: {\"instances\": [...]} (row format) or {\"inputs\": "
+                                    "...} (columnar), exactly one of them")
+        count = _instance_count(body)
+        if count == 0:
+            raise ExplainError(400, "the body holds no instances")
+        if count > self.settings.explain_max_instances:
+            raise ExplainError(400, f"{count} instances; one explain request may ask for at most "
                                     f"{self.settings.explain_max_instances} (explain_max_instances)")
-        parsed: list[list[float]] = []
-        for index, row in enumerate(rows):
-            if isinstance(row, dict) and len(row) == 1:
-                [row] = row.values()
-            if not isinstance(row, list) or not row or not all(_number(value) for value in row):
-                raise ExplainError(400, f"instance {index} is not a flat list of numbers")
-            parsed.append([float(value) for value in row])
-        if len({len(row) for row in parsed}) != 1:
-            raise ExplainError(400, "instances have different lengths")
-        return parsed
+        return body
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and isfinite(value)
+def answered_by_sidecar(settings: ExplainSettings, route: Route) -> bool:
+    """Whether the sidecar answers this route itself: `:explain` of a model it explains (every proxy process asks
+    the same question, `sidecar.fleet`)."""
+    return (route.method == EXPLAIN_METHOD and route.api == API_TFSERVING and not route.label
+            and settings.enabled_for(route.model))
+
+
+def _instance_count(body: dict[str, Any]) -> int:
+    """Instances of a predict body: the rows of `instances`, or the first dimension of (each) `inputs` tensor."""
+    if "instances" in body:
+        rows = body["instances"]
+        return len(rows) if isinstance(rows, list) else 0
+    tensors = body["inputs"]
+    first = next(iter(tensors.values()), None) if isinstance(tensors, dict) else tensors
+    return len(first) if isinstance(first, list) else 0
+
+
+def predict_path(model: str, version: str) -> str:
+    """The TF Serving REST predict route of a model (a version number, or a label, when given)."""
+    if not version:
+        return f"/v1/models/{model}:predict"
+    where = "versions" if version.isdigit() else "labels"
+    return f"/v1/models/{model}/{where}/{version}:predict"

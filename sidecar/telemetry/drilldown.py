@@ -47,7 +47,8 @@ class DrillDown:
         quality = self.quality.quality_snapshot(name) if self.quality is not None else None
         served = name.rpartition("@")[0] or name  # the sender counts a served model's calls, all versions together
         calls = self.shadows.snapshot(served) if self.shadows is not None else None
-        if snapshot is None and quality is None and calls is None:
+        importance = self.importance.snapshot(name) if self.importance is not None else None
+        if snapshot is None and quality is None and calls is None and importance is None:
             return None
         merged: dict[str, Any] = dict(snapshot or {"model": name})
         if quality is not None:
@@ -57,11 +58,13 @@ class DrillDown:
             shadows.setdefault(shadow, {})["calls"] = entry if served == name else {**entry, "of_model": served}
         for shadow, entry in shadows.items():
             entry["quality"] = {"primary": quality, "shadow": self._quality(f"{name}~{shadow}")}
+            explained = self.importance.snapshot(f"{served}~{shadow}") if self.importance is not None else None
+            if explained is not None:  # the shadow model's own, on the primary's rows
+                entry["feature_importance"] = explained
         if shadows:
             merged["shadows"] = shadows
         for version, entry in merged.get("versions", {}).items():
             entry["quality"] = {"version": self._quality(version), "baseline": self._quality(entry["baseline"])}
-        importance = self.importance.snapshot(name) if self.importance is not None else None
         if importance is not None:
             importance["drifted"] = drifted_by_importance(merged.get("detectors", {}), importance.get("features", []))
             merged["feature_importance"] = importance

@@ -15,7 +15,7 @@ from sidecar.testbed.model import ModelRegistry, Servable
 
 log = logging.getLogger(__name__)
 
-MODELS = ("classifier", "regressor", "multi")
+MODELS = ("classifier", "regressor", "multi", "pair")
 VERSIONS = (1, 2)
 LABELS = {"stable": 1, "canary": 2}
 BACKENDS = ("auto", "tensorflow", "numpy")

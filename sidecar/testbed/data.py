@@ -5,6 +5,7 @@ The models are trained on these rules at start-up, so a client that draws inputs
   classes overlap a little (about 90-95% of rows are classifiable), like a real model's accuracy.
 - regressor: a linear target of 4 standard-normal features plus small noise.
 - multi: 3 features and a string tag; the score is high when x0 + x1 - x2 > 0.
+- pair: two named numeric inputs, `a` (2 values) and `b` (one value), and a linear target of the three plus noise.
 `drift` shifts the input distributions so a demo can make a drift detector fire.
 """
 
@@ -23,6 +24,8 @@ REGRESSION_WEIGHTS = np.array([1.5, -2.0, 0.5, 0.25], dtype=np.float32)
 REGRESSION_BIAS = 3.0
 REGRESSION_NOISE = 0.1
 MULTI_TAGS = (b"alpha", b"beta", b"gamma")
+PAIR_WEIGHTS = np.array([1.5, -2.0, 0.75], dtype=np.float32)  # a[0], a[1], b
+PAIR_BIAS = 1.0
 
 
 def _rng(seed: int | np.random.Generator) -> np.random.Generator:
@@ -65,3 +68,20 @@ def multi_batch(n: int, seed: int | np.random.Generator = 0, drift: float = 0.0)
     tags = np.empty(n, dtype=object)
     tags[:] = [MULTI_TAGS[i] for i in rng.integers(0, len(MULTI_TAGS), size=n)]
     return x, tags, multi_truth(x)
+
+
+def pair_batch(n: int, seed: int | np.random.Generator = 0, drift: float = 0.0) -> tuple[Array, Array, Array]:
+    """`a` float32 [n, 2], `b` float32 [n] and noisy targets float32 [n]."""
+    rng = _rng(seed)
+    a = (rng.normal(size=(n, 2)) + drift).astype(np.float32)
+    b = (rng.normal(size=n) + drift).astype(np.float32)
+    target = np.column_stack([a, b]) @ PAIR_WEIGHTS + PAIR_BIAS + rng.normal(scale=REGRESSION_NOISE, size=n)
+    return a, b, target.astype(np.float32)
+
+
+def fit_pair(version: int) -> tuple[Array, float]:
+    """Least-squares weights (a[0], a[1], b) and bias of the pair model, fitted on `pair_batch` (both backends)."""
+    a, b, target = pair_batch(1500, seed=version)
+    x = np.column_stack([a, b, np.ones(len(b), np.float32)])
+    solution = np.linalg.lstsq(x, target, rcond=None)[0].astype(np.float32)
+    return solution[:3], float(solution[3])

@@ -43,7 +43,8 @@ def export_model(name: str, version: int, path: Path) -> None:
 
     keras.utils.set_random_seed(1000 * version + sum(map(ord, name)))
     builders: dict[str, Callable[[Any, Any, int], Any]] = {
-        "classifier": _classifier_module, "regressor": _regressor_module, "multi": _multi_module}
+        "classifier": _classifier_module, "regressor": _regressor_module, "multi": _multi_module,
+        "pair": _pair_module}
     module, signatures = builders[name](tf, keras, version)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # a rename publishes a complete export atomically
     tf.saved_model.save(module, str(tmp), signatures=signatures)
@@ -114,6 +115,21 @@ def _multi_module(tf: Any, keras: Any, version: int) -> tuple[Any, dict[str, Any
 
     specs = [tf.TensorSpec([None, 3], tf.float32, name="x"), tf.TensorSpec([None], tf.string, name="tag")]
     return _module(tf, model), {"serving_default": tf.function(serve, input_signature=specs)}
+
+
+def _pair_module(tf: Any, keras: Any, version: int) -> tuple[Any, dict[str, Any]]:
+    """Two named numeric inputs; least-squares weights (the same fit as the numpy backend's) in TensorFlow."""
+    weights, bias = data.fit_pair(version)
+    module = tf.Module()
+    module.weights = tf.Variable(weights[:, None], name="weights")
+    module.bias = tf.Variable(bias, dtype=tf.float32, name="bias")
+
+    def serve(a: Any, b: Any) -> dict[str, Any]:
+        x = tf.concat([a, b[:, None]], axis=1)
+        return {"value": tf.squeeze(tf.matmul(x, module.weights), axis=-1) + module.bias}
+
+    specs = [tf.TensorSpec([None, 2], tf.float32, name="a"), tf.TensorSpec([None], tf.float32, name="b")]
+    return module, {"serving_default": tf.function(serve, input_signature=specs)}
 
 
 def _module(tf: Any, model: Any) -> Any:

@@ -155,7 +155,21 @@ def multi(version: int) -> Servable:
     return Servable("multi", version, signatures, run)
 
 
-BUILDERS: dict[str, Callable[[int], Servable]] = {"classifier": classifier, "regressor": regressor, "multi": multi}
+def pair(version: int) -> Servable:
+    weights, bias = data.fit_pair(version)
+
+    def run(key: str, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        x = np.column_stack([inputs["a"], inputs["b"]]).astype(np.float32)
+        return {"value": (x @ weights + np.float32(bias)).astype(np.float32)}
+
+    signatures = {"serving_default": _signature(
+        "serving_default", PREDICT_METHOD, [("a", DT.DT_FLOAT, (-1, 2)), ("b", DT.DT_FLOAT, (-1,))],
+        [("value", DT.DT_FLOAT, (-1,))])}
+    return Servable("pair", version, signatures, run)
+
+
+BUILDERS: dict[str, Callable[[int], Servable]] = {"classifier": classifier, "regressor": regressor, "multi": multi,
+                                                  "pair": pair}
 
 
 def build(name: str, version: int) -> Servable:

@@ -133,3 +133,90 @@ async def test_a_dead_model_server_fails_the_explanation_with_502(start_sidecar:
         status, body = await post(session, f"http://127.0.0.1:{sidecar.rest_port}/v1/models/regressor:explain",
                                   {"instances": [[1.0, 2.0, 3.0, 4.0]]})
         assert status == 502 and "did not answer" in body["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("columnar", [False, True], ids=["rows", "columns"])
+async def test_a_model_with_several_named_inputs_is_explained_per_feature_in_the_clients_body_shape(
+        start_sidecar: StartSidecar, numpy_testbed: TestbedProcess, columnar: bool) -> None:
+    sidecar = await start_sidecar(explain_models="pair")
+    a, b, _ = data.pair_batch(REFERENCE, seed=4)
+    url = f"http://127.0.0.1:{sidecar.rest_port}/v1/models/pair"
+    async with ClientSession() as session:
+        for start in range(0, REFERENCE, 10):  # named inputs, row format: {"a": [..], "b": ..} per instance
+            rows = [{"a": a[i].tolist(), "b": float(b[i])} for i in range(start, start + 10)]
+            status, _ = await post(session, f"{url}:predict", {"instances": rows})
+            assert status == 200
+        path = model_dir(sidecar.settings.state_path, "pair") / "reference.npz"
+        deadline = time.monotonic() + 30
+        while not (path.exists() and (path.parent / "reference.json").exists()):
+            assert time.monotonic() < deadline, "no reference saved"
+            await asyncio.sleep(0.05)
+        with np.load(path) as saved:
+            background = np.asarray(saved["inputs"], dtype=np.float64)  # columns a[0], a[1], b
+        direct = f"{numpy_testbed.rest_url}/v1/models/pair:predict"
+        _, answer = await post(session, direct, {"inputs": {"a": [[0, 0], [1, 0], [0, 1], [0, 0]],
+                                                            "b": [0, 0, 0, 1]}})
+        values = np.asarray(answer["outputs"], dtype=np.float64)
+        weights, bias = values[1:] - values[0], values[0]
+
+        x_a, x_b, _ = data.pair_batch(3, seed=9)
+        if columnar:
+            body: dict[str, Any] = {"inputs": {"a": x_a.tolist(), "b": x_b.tolist()}}
+        else:
+            body = {"instances": [{"a": x_a[i].tolist(), "b": float(x_b[i])} for i in range(3)]}
+        status, explained = await post(session, f"{url}:explain", body)
+        assert status == 200, explained
+        assert explained["features"] == ["a[0]", "a[1]", "b"]  # as the analysis names them
+        features = np.column_stack([x_a, x_b]).astype(np.float64)
+        exact = weights * (features - background.mean(axis=0))
+        for row, explanation in enumerate(explained["explanations"]):
+            np.testing.assert_allclose(explanation["attributions"], exact[row], atol=1e-4, rtol=1e-4)
+            assert explanation["output_value"] == pytest.approx(features[row] @ weights + bias, abs=1e-4)
+        assert explained["model_calls"] >= 2
+        async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/pair") as response:
+            monitored = await response.json()
+        assert monitored["features"]["inputs"] == explained["features"]
+
+
+@pytest.mark.slow
+async def test_inputs_that_are_not_numbers_are_refused_with_a_400_naming_them(start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(explain_models="multi,pair")
+    base = f"http://127.0.0.1:{sidecar.rest_port}/v1/models"
+    async with ClientSession() as session:
+        status, body = await post(session, f"{base}/multi:explain",
+                                  {"instances": [{"x": [0.1, 0.2, 0.3], "tag": "alpha"}]})
+        assert status == 400 and "input 'tag' holds strings" in body["error"]
+        status, body = await post(session, f"{base}/pair:explain",
+                                  {"instances": [{"a": [0.1, 0.2], "b": {"b64": "iVBORw0KGgo="}}]})
+        assert status == 400 and "input 'b' holds strings" in body["error"]
+        status, body = await post(session, f"{base}/pair:explain", {"instances": [1.0], "inputs": [1.0]})
+        assert status == 400 and "exactly one of them" in body["error"]
+        status, body = await post(session, f"{base}/pair:predict", {"instances": [{"a": [0.1, 0.2], "b": 1.0}]})
+        assert status == 200 and len(body["predictions"]) == 1
+
+
+@pytest.mark.slow
+async def test_every_proxy_process_answers_explain_for_the_models_the_sidecar_explains(
+        start_sidecar: StartSidecar) -> None:
+    from aiohttp import TCPConnector
+
+    from tests.support.helpers import eventually, metric
+
+    sidecar = await start_sidecar(proxy_processes="2")
+    base = f"http://127.0.0.1:{sidecar.rest_port}/v1/models"
+    features, _ = data.regressor_batch(REFERENCE, seed=4)
+    async with ClientSession(connector=TCPConnector(force_close=True)) as session:  # a connection per call
+        await with_reference(session, sidecar, "regressor", features)
+        answers = [await post(session, f"{base}/regressor:explain", {"instances": features[:1].tolist()})
+                   for _ in range(30)]
+        for _ in range(30):  # predictions on as many connections: both processes get some
+            status, _ = await post(session, f"{base}/regressor:predict", {"instances": features[:1].tolist()})
+            assert status == 200
+    assert [status for status, _ in answers] == [200] * 30, [body for status, body in answers if status != 200]
+    assert all(body["method"] == "kernel_shap" and len(body["explanations"]) == 1 for _, body in answers)
+    assert metric(sidecar.registry, "sidecar_explain_requests_total", model="regressor", outcome="ok") == 30
+    metrics = sidecar.request_metrics  # the proxy processes report their counts every second
+    await eventually(lambda: sum(metrics.requests_by_process().values()) == REFERENCE // 10 + 30, timeout=10)
+    served = metrics.requests_by_process()
+    assert set(served) == {0, 1} and min(served.values()) > 0  # the kernel spread the connections over both

@@ -148,3 +148,90 @@ async def test_nothing_runs_when_it_is_off(start_sidecar: StartSidecar) -> None:
         text = await metrics(session, sidecar)
         assert "sidecar_feature_importance_runs_total{" not in text
         assert "sidecar_feature_importance{" not in text
+
+
+async def section_of(session: ClientSession, sidecar: Sidecar, name: str, outcome: str) -> dict[str, Any] | None:
+    """`name`'s feature importance once its outcome is `outcome`."""
+    async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/{name}") as response:
+        if response.status != 200:
+            return None
+        section = (await response.json()).get("feature_importance")
+    return section if section is not None and section["outcome"] == outcome else None
+
+
+@pytest.mark.slow
+async def test_a_version_analysed_apart_is_explained_through_its_own_route(start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(importance_enabled="true", importance_interval="1", importance_rows="10",
+                                  analysis_by_version="true")
+    async with ClientSession() as session:
+        rows, _ = data.regressor_batch(REFERENCE + 20, seed=4)
+        for route in ("versions/1", "labels/canary"):
+            url = f"http://127.0.0.1:{sidecar.rest_port}/v1/models/regressor/{route}:predict"
+            for start in range(0, len(rows), 10):
+                async with session.post(url, json={"instances": rows[start:start + 10].tolist()}) as response:
+                    assert response.status == 200
+        for name in ("regressor@1", "regressor@canary"):
+            section = await wait_for(lambda name=name: section_of(session, sidecar, name, "ok"),  # type: ignore[misc]
+                                     f"the feature importance of {name}")
+            assert len(section["features"]) == 4 and section["model_calls"] >= 2
+        text = await metrics(session, sidecar)
+        assert 'sidecar_feature_importance_runs_total{model="regressor@canary",outcome="ok"}' in text
+
+
+@pytest.mark.slow
+async def test_a_shadow_is_explained_at_its_own_address_and_one_without_rest_says_why(
+        numpy_testbed: TestbedProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import grpc
+
+    from sidecar._proto import tf_pb2, tfs_pb2
+
+    testbed_grpc = f"127.0.0.1:{numpy_testbed.grpc_port}"
+    # the shadow is the regressor's version 1 (fitted on other rows than version 2, which clients get)
+    shadows = {"regressor": {"rest": numpy_testbed.rest_url, "version": "1", "name": "v1"},
+               "classifier": {"grpc": testbed_grpc, "name": "grpconly"}}
+    settings = {**rest_only(numpy_testbed.rest_url, tmp_path / "state"), "listen_grpc": "127.0.0.1:0",
+                "upstream_grpc": testbed_grpc}
+    async with sidecar_factory(settings, reference_size=str(REFERENCE), window_size="40", result_interval="0",
+                               explain_background="30", explain_samples="100", importance_enabled="true",
+                               importance_interval="1", importance_rows="10", shadow_models=shadows) as start:
+        sidecar = await start()
+        async with ClientSession() as session:
+            rows, _ = data.regressor_batch(REFERENCE + 20, seed=4)
+            await predict(session, sidecar, rows)
+            features, _ = data.classifier_batch(10, seed=3)
+            request = tfs_pb2.PredictRequest()
+            request.model_spec.name = "classifier"
+            tensor = request.inputs["features"]
+            tensor.dtype = tf_pb2.DT_FLOAT
+            tensor.tensor_shape.dim.add().size = 10
+            tensor.tensor_shape.dim.add().size = 4
+            tensor.float_val.extend(features.reshape(-1).tolist())
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel:
+                call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                           request_serializer=lambda message: message.SerializeToString(),
+                                           response_deserializer=lambda data: data)
+                for _ in range(8):
+                    await call(request, timeout=30)
+
+            shadow = await wait_for(lambda: section_of(session, sidecar, "regressor~v1", "ok"),
+                                    "the feature importance of the regressor's shadow")
+            assert len(shadow["features"]) == 4 and shadow["model_calls"] >= 2
+            refused = await wait_for(lambda: section_of(session, sidecar, "classifier~grpconly", "unsupported"),
+                                     "the gRPC-only shadow's reason", timeout=90)
+            assert "no REST address" in refused["error"] and "features" not in refused
+            async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/regressor") as response:
+                primary = await response.json()
+            assert primary["shadows"]["v1"]["feature_importance"]["outcome"] == "ok"
+            # the same reference rows and background, another model: the attributions differ (a little)
+            ours = {item["feature"]: item["reference"] for item in primary["feature_importance"]["features"]}
+            theirs = {item["feature"]: item["reference"] for item in shadow["features"]}
+            assert set(ours) == set(theirs)
+            assert not np.allclose([ours[name] for name in ours], [theirs[name] for name in ours], rtol=1e-7, atol=0)
+            await asyncio.sleep(2.5)  # more intervals: the reason is counted each time, logged once
+            text = await metrics(session, sidecar)
+            runs = [line for line in text.splitlines() if line.startswith(
+                'sidecar_feature_importance_runs_total{model="classifier~grpconly",outcome="unsupported"}')]
+            assert runs and float(runs[0].rsplit(" ", 1)[1]) >= 2
+            said = [record for record in caplog.records if "grpconly" in record.getMessage()
+                    and "no REST address" in record.getMessage()]
+            assert len(said) == 1

@@ -378,7 +378,7 @@ async def test_rest_v2_infer_and_metadata(testbed: TestbedProcess) -> None:
 # --- both backends agree -------------------------------------------------------------------------------------
 
 async def test_numpy_backend_declares_the_same_signatures_as_the_saved_models(testbed: TestbedProcess) -> None:
-    for name in ("classifier", "regressor", "multi"):
+    for name in ("classifier", "regressor", "multi", "pair"):
         _, meta = await get(testbed, f"/v1/models/{name}/metadata")
         exported = meta["metadata"]["signature_def"]["signature_def"]
         fallback = numpy_models.build(name, 1).signature_defs

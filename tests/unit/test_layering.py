@@ -26,7 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     "telemetry": {"options"},
     "shadow": {"messages", "options", "telemetry"},
     "history": {"messages", "telemetry", "options"},
-    "explain": {"messages", "options", "proxy", "telemetry", "worker"},  # worker: where the reference is saved
+    # worker: the saved reference and input schema; codec: predict bodies read as the analysis reads them
+    "explain": {"messages", "options", "proxy", "telemetry", "worker", "codec"},
 }
 
 

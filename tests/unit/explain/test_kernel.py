@@ -9,7 +9,9 @@ import time
 import numpy as np
 import pytest
 
+from sidecar.explain.bodies import ROWS, BodyShape
 from sidecar.explain.kernel import ExplainError, Job, _Model
+from sidecar.worker.features import TensorSpec
 from tests.support.rest_upstreams import Received, Reply, ScriptedUpstream, json_reply
 
 SERVICE = 0.05  # seconds the scripted model server takes per predict call
@@ -22,13 +24,16 @@ def doubled(request: Received) -> Reply:
     return reply
 
 
+ONE_COLUMN = BodyShape(ROWS, False, (TensorSpec("input", "float64", (1,)),))
+
+
 def job(port: int, share: float, budget: int = 100) -> Job:
-    return Job("m", "", [], ("127.0.0.1", port), "", 10, 16, budget, 4, 10.0, share)
+    return Job("m", "/v1/models/m:predict", {}, ("127.0.0.1", port), "", 10, 16, budget, 4, 10.0, share)
 
 
 async def test_rows_go_in_batches_and_come_back_in_order() -> None:
     async with ScriptedUpstream(doubled) as upstream:
-        model = _Model(job(upstream.port, 1.0))
+        model = _Model(job(upstream.port, 1.0), ONE_COLUMN, None)
         values = await asyncio.to_thread(model, np.arange(10.0).reshape(10, 1))
     assert values[:, 0].tolist() == [2.0 * n for n in range(10)]
     assert model.calls == 3 and [len(json.loads(r.body)["instances"]) for r in upstream.received] == [4, 4, 2]
@@ -37,7 +42,7 @@ async def test_rows_go_in_batches_and_come_back_in_order() -> None:
 async def test_a_model_share_below_one_leaves_the_model_server_idle_between_calls() -> None:
     async with ScriptedUpstream(doubled) as upstream:
         started = time.monotonic()
-        await asyncio.to_thread(_Model(job(upstream.port, 0.25)), np.zeros((12, 1)))
+        await asyncio.to_thread(_Model(job(upstream.port, 0.25), ONE_COLUMN, None), np.zeros((12, 1)))
         paced = time.monotonic() - started
     # three calls of at least SERVICE each; before the 2nd and 3rd, a wait of three times the previous call's time
     assert paced >= 3 * SERVICE + 2 * 3 * SERVICE
@@ -46,5 +51,5 @@ async def test_a_model_share_below_one_leaves_the_model_server_idle_between_call
 async def test_the_budget_stops_an_explanation_with_a_422() -> None:
     async with ScriptedUpstream(doubled) as upstream:
         with pytest.raises(ExplainError) as caught:
-            await asyncio.to_thread(_Model(job(upstream.port, 1.0, budget=2)), np.zeros((12, 1)))
+            await asyncio.to_thread(_Model(job(upstream.port, 1.0, budget=2), ONE_COLUMN, None), np.zeros((12, 1)))
     assert caught.value.status == 422 and "explain_max_model_calls" in str(caught.value)

@@ -20,7 +20,7 @@ def test_resolve_picks_latest_version_label_or_specific(registry: ModelRegistry)
     assert registry.resolve("classifier", version=1).version == 1
     assert registry.resolve("classifier", label="stable").version == 1
     assert registry.resolve("classifier", label="canary").version == 2
-    assert registry.model_names == ["classifier", "multi", "regressor"]
+    assert registry.model_names == ["classifier", "multi", "pair", "regressor"]
 
 
 @pytest.mark.parametrize(("kwargs", "code", "message"), [

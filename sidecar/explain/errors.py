@@ -1,0 +1,26 @@
+"""The failures an explanation reports to its client: a status and a message for `{"error": ...}`; they cross the
+explainer process's boundary intact."""
+
+from __future__ import annotations
+
+
+class ExplainError(Exception):
+    """A failure the client is told about: `status` and a message for `{"error": ...}`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self) -> tuple[type[ExplainError], tuple[int, str]]:  # crosses the process boundary
+        return ExplainError, (self.status, str(self))
+
+
+class ImportanceError(ExplainError):
+    """An importance run that failed after it had made `model_calls` predict calls (they count all the same)."""
+
+    def __init__(self, status: int, message: str, model_calls: int) -> None:
+        super().__init__(status, message)
+        self.model_calls = model_calls
+
+    def __reduce__(self) -> tuple[type[ExplainError], tuple[int, str, int]]:  # type: ignore[override]
+        return ImportanceError, (self.status, str(self), self.model_calls)
