@@ -297,7 +297,8 @@ class Sidecar:
         explainer = self.explainer = ExplainService(settings.explain, settings.proxy.upstream_rest,
                                                     settings.state_path, self.registry,
                                                     settings.proxy.max_body_bytes,
-                                                    settings.telemetry.model_label_cap)
+                                                    settings.telemetry.model_label_cap,
+                                                    settings.analysis.analysis_name)
         explainer.start()
         self._on_stop("explainer", explainer.stop)
         if importance and self.pool is not None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from sidecar.codec import DEFAULT_INPUT, DEFAULT_OUTPUT, DecodeError
 from sidecar.codec.tfserving_rest import predict_inputs, predict_outputs
-from sidecar.explain.errors import ExplainError
+from sidecar.explain.errors import ExplainError, UnexplainableError
 from sidecar.worker.features import IMAGE, RAW, InputFeatures, TensorSpec
 from sidecar.worker.signature import BOOL, INT
 
@@ -108,12 +108,12 @@ def request_rows(body: dict[str, Any], features: InputFeatures | None) -> tuple[
 
 
 def check_explainable(features: InputFeatures) -> None:
-    """A 400 when the model has an input that is not numbers (text or encoded images)."""
+    """An `UnexplainableError` (400) when the model has an input that is not numbers (text or encoded images)."""
     for spec in features.specs:
         if spec.is_string or spec.encoding != RAW:
             what = "encoded images" if spec.encoding == IMAGE else "strings"
-            raise ExplainError(400, f"input {_shown(spec.name)} holds {what}, not numbers: KernelSHAP explains "
-                                    "numeric inputs only")
+            raise UnexplainableError(400, f"input {_shown(spec.name)} holds {what}, not numbers: KernelSHAP "
+                                          "explains numeric inputs only")
 
 
 def answer_values(answer: dict[str, Any], output: str | None) -> np.ndarray:

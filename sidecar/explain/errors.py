@@ -16,11 +16,18 @@ class ExplainError(Exception):
 
 
 class ImportanceError(ExplainError):
-    """An importance run that failed after it had made `model_calls` predict calls (they count all the same)."""
+    """An importance run that failed after it had made `model_calls` predict calls (they count all the same);
+    `unsupported`: the model cannot be explained at all (inputs that are not numbers), so no later run can do better."""
 
-    def __init__(self, status: int, message: str, model_calls: int) -> None:
+    def __init__(self, status: int, message: str, model_calls: int, unsupported: bool = False) -> None:
         super().__init__(status, message)
         self.model_calls = model_calls
+        self.unsupported = unsupported
 
-    def __reduce__(self) -> tuple[type[ExplainError], tuple[int, str, int]]:  # type: ignore[override]
-        return ImportanceError, (self.status, str(self), self.model_calls)
+    def __reduce__(self) -> tuple[type[ExplainError], tuple[int, str, int, bool]]:  # type: ignore[override]
+        return ImportanceError, (self.status, str(self), self.model_calls, self.unsupported)
+
+
+class UnexplainableError(ExplainError):
+    """The model's inputs cannot be perturbed (strings, encoded images): a 400 for a request, and for the feature
+    importance a decision that holds for the model."""

@@ -13,7 +13,9 @@ Analysis names that are not a served model's own are explained through the route
 reference and recent rows; a shadow's `model~shadow` through the shadow's REST address and its model name there,
 against the primary's rows (the shadow is asked the primary's requests), for every served model with a shadow
 configured. A shadow that cannot be asked so (gRPC only) is not explained, and says why: `outcome: "unsupported"` in
-`/v1/monitor/{name}` (and under the primary's `shadows`), in the runs metric and once in the log.
+`/v1/monitor/{name}` (and under the primary's `shadows`), in the runs metric and once in the log. So does a model
+whose inputs are not numbers (strings, encoded images: nothing to perturb), decided by its first run's failure: no
+later run is started for it.
 """
 
 from __future__ import annotations
@@ -70,10 +72,11 @@ class FeatureImportance:
         self.labels = ModelLabels(model_label_cap)
         self._found: dict[str, dict[str, Any]] = {}  # model -> its latest importance (or why there is none)
         self._outcomes: dict[str, str] = {}  # model -> the latest outcome, to log changes only
+        self._unsupported: dict[str, str] = {}  # model -> why it cannot be explained (decided once)
         self._task: asyncio.Task[None] | None = None
         self.runs = Counter("sidecar_feature_importance_runs", "Feature importance computations, by outcome (ok, "
                             "budget: left for the next interval, unsupported: not reachable through a REST "
-                            "predict route, or the HTTP status of the error).",
+                            "predict route or inputs that are not numbers, or the HTTP status of the error).",
                             ["model", "outcome"], registry=registry)
         self.model_calls = Counter("sidecar_feature_importance_model_calls", "Predict calls the feature importance "
                                    "made to the model (at most importance_max_model_calls per interval, all models "
@@ -106,7 +109,7 @@ class FeatureImportance:
         budget = self.settings.importance_max_model_calls
         analysed = set(self.models())
         for model in self.names(analysed):
-            route = self.route(model, analysed)
+            route = self._unsupported.get(model) or self.route(model, analysed)
             if isinstance(route, str):
                 self._record(model, UNSUPPORTED, None, route)
                 continue
@@ -163,6 +166,10 @@ class FeatureImportance:
             answer = await self.explainer.run(importance, job)
         except ImportanceError as exc:
             message = str(exc)
+            if exc.unsupported:  # no later run can do better: decided once, no more runs spent on it
+                message = self._unsupported[model] = (f"{message}; its feature importance is not computed (until the "
+                                                      "sidecar restarts)")
+                return exc.model_calls, None, UNSUPPORTED, message
             if exc.status == 422:
                 message = (f"the interval's budget of predict calls ran out ({budget} left of "
                            f"importance_max_model_calls); explain fewer rows (importance_rows) or raise the budget")

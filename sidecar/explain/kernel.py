@@ -2,11 +2,13 @@
 
 The model is a black box reached through the model server's own predict route, on one keep-alive connection per
 explainer process (the explainer pool's size bounds the connections). The background is a sample of the model's
-reference as the analysis saved it (`<state_dir>/models/<model>/reference.npz`). Each instance is explained for one
-output: the class the model gave it (a probability vector) or the value (a scalar output), so the attributions sum
-to that output minus its mean over the background. The rows KernelSHAP asks about are sent in the body shape the
-client used, and the attributions are per feature as the analysis names them (`bodies`). numpy and shap are
-imported here, inside the calls, so importing this module (to name the function a process runs) loads neither.
+reference as the analysis saved it (`<state_dir>/models/<name>/reference.npz`, under the analysis name:
+`model@version` for a version analysed apart, else the model's, which is also the fallback, said in the answer,
+while the version has none). Each instance is explained for one output: the class the model gave it (a probability
+vector) or the value (a scalar output), so the attributions sum to that output minus its mean over the background.
+The rows KernelSHAP asks about are sent in the body shape the client used, and the attributions are per feature as
+the analysis names them (`bodies`). numpy and shap are imported here, inside the calls, so importing this module
+(to name the function a process runs) loads neither.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sidecar.explain.errors import ExplainError, ImportanceError
+from sidecar.explain.errors import ExplainError, ImportanceError, UnexplainableError
 
 if TYPE_CHECKING:
     from sidecar.explain.bodies import BodyShape
@@ -46,6 +48,7 @@ class Job(NamedTuple):
     batch_rows: int
     timeout: float
     model_share: float = 1.0  # the most of the time the explanation may keep the model server busy
+    fallback: str = ""  # the analysis name whose reference is used when `model` has none ("": none; a version's model)
 
 
 _connection: http.client.HTTPConnection | None = None  # this explainer process's connection to the model server
@@ -198,12 +201,33 @@ def _attributions(model: _Model, background: Any, instances: Any, samples: int) 
                          int(2 ** width - 2 if samples >= 2 ** width - 2 else samples))
 
 
+def _background_source(job: Job) -> tuple[_Saved, dict[str, Any]]:
+    """The saved reference the explanation is measured against: `job.model`'s, else (a version analysed apart with no
+    reference yet) `job.fallback`'s, and what the answer says of it."""
+    try:
+        return _saved(job), {"source": "reference", "reference": job.model}
+    except ExplainError as missing:
+        if missing.status != 409 or not job.fallback:
+            raise
+    try:
+        saved = _saved(job._replace(model=job.fallback))
+    except ExplainError as also:
+        if also.status != 409:
+            raise
+        raise ExplainError(409, f"neither {job.model!r} nor {job.fallback!r} has a reference yet (the analysis saves "
+                                "one once it has collected reference_size instances); explanations are measured "
+                                "against it") from None
+    said = (f"{job.model!r} has no reference yet (its version is analysed apart and has not collected "
+            f"reference_size instances): the explanation is measured against the reference of {job.fallback!r}")
+    return saved, {"source": "reference", "reference": job.fallback, "fallback_from": job.model, "fallback": said}
+
+
 def explain(job: Job) -> dict[str, Any]:
     """The explanation of the instances of `job.body`, as the JSON answer; raises `ExplainError`."""
     from sidecar.explain.bodies import request_rows
 
     try:
-        saved = _saved(job)
+        saved, source = _background_source(job)
     except ExplainError as missing:  # what is wrong with the body itself is said first
         if missing.status == 409:
             request_rows(job.body, None)
@@ -224,7 +248,7 @@ def explain(job: Job) -> dict[str, Any]:
             "base_value": float(found.base[output]),
             "attributions": [_finite(value) for value in found.values[row].tolist()]})
     return {"method": "kernel_shap", "features": list(features.names), "explanations": explanations,
-            "background": {"source": "reference", "rows": int(background.shape[0])},
+            "background": {**source, "rows": int(background.shape[0])},
             "coalitions": found.coalitions, "model_calls": model.calls}
 
 
@@ -279,7 +303,8 @@ def importance(job: ImportanceJob) -> dict[str, Any]:
         found = {side: _attributions(model, background, rows, job.samples)
                  for side, rows in (("reference", explained), ("recent", sample))}
     except ExplainError as exc:
-        raise ImportanceError(exc.status, str(exc), model.calls if model is not None else 0) from None
+        raise ImportanceError(exc.status, str(exc), model.calls if model is not None else 0,
+                              unsupported=isinstance(exc, UnexplainableError)) from None
     return {"features": list(features.names),
             "reference": [_finite(float(value)) for value in np.abs(found["reference"].values).mean(axis=0)],
             "recent": [_finite(float(value)) for value in np.abs(found["recent"].values).mean(axis=0)],

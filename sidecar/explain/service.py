@@ -36,8 +36,13 @@ EXPLAIN_METHOD = "explain"
 
 class ExplainService:
     def __init__(self, settings: ExplainSettings, upstream: tuple[str, int], state_dir: Path,
-                 registry: CollectorRegistry, max_body_bytes: int, model_label_cap: int = 100) -> None:
+                 registry: CollectorRegistry, max_body_bytes: int, model_label_cap: int = 100,
+                 analysis_name: Callable[[str, str], str] | None = None) -> None:
         self.settings = settings
+        # (model, version or label) -> the analysis name whose reference is the background (`model@version` when
+        # versions are analysed apart)
+        self.analysis_name = analysis_name or (lambda model, version: model)
+        self._fallbacks_said: set[str] = set()
         self.upstream = upstream
         self.state_dir = state_dir
         self.max_body_bytes = max_body_bytes
@@ -46,6 +51,9 @@ class ExplainService:
         self._admitted = 0
         self.requests = Counter("sidecar_explain_requests", "Explain requests the sidecar answered, by outcome (ok, "
                                 "or the HTTP status of the error).", ["model", "outcome"], registry=registry)
+        self.fallbacks = Counter("sidecar_explain_background_fallbacks", "Explanations of a version analysed apart "
+                                 "(model@version) measured against the model's reference, the version having none "
+                                 "yet.", ["model"], registry=registry)
         self.model_calls = Counter("sidecar_explain_model_calls", "Predict calls explanations made to the model.",
                                    ["model"], registry=registry)
         self.duration = Histogram("sidecar_explain_duration_seconds", "Time to answer an explain request.",
@@ -75,17 +83,18 @@ class ExplainService:
         """The handler of an `:explain` route the sidecar answers itself, or None (forwarded as it is)."""
         if not answered_by_sidecar(self.settings, route):
             return None
-        model, version = route.model, route.version
+        model, version, version_label = route.model, route.version, route.label
 
         async def handle(request: LocalRequest) -> LocalResponse:
-            return await self.handle(model, version, request)
+            return await self.handle(model, version, request, version_label)
         return handle
 
-    async def handle(self, model: str, version: str, request: LocalRequest) -> LocalResponse:
+    async def handle(self, model: str, version: str, request: LocalRequest, version_label: str = "") -> LocalResponse:
+        """Explain `request` for `model` (at a version number, or a version label of TF Serving, when given)."""
         started = time.monotonic()
         label = self.models(model)
         try:
-            answer = await self._explain(model, version, request)
+            answer = await self._explain(model, version, version_label, request)
         except ExplainError as exc:
             self.requests.labels(label, str(exc.status)).inc()
             return LocalResponse.json(exc.status, {"error": str(exc)})
@@ -93,18 +102,31 @@ class ExplainService:
             self.duration.labels(label).observe(time.monotonic() - started)
         self.requests.labels(label, "ok").inc()
         self.model_calls.labels(label).inc(answer.get("model_calls", 0))
+        self._said_fallback(answer.get("background", {}))
         return LocalResponse.json(200, answer)
 
-    async def _explain(self, model: str, version: str, request: LocalRequest) -> dict[str, Any]:
+    def _said_fallback(self, background: dict[str, Any]) -> None:
+        """Count an explanation measured against the model's reference instead of its version's; log it once."""
+        missing = background.get("fallback_from")
+        if not missing:
+            return
+        self.fallbacks.labels(self.models(missing)).inc()
+        if missing not in self._fallbacks_said:
+            self._fallbacks_said.add(missing)
+            log.warning("explain: %s", background.get("fallback"))
+
+    async def _explain(self, model: str, version: str, version_label: str, request: LocalRequest) -> dict[str, Any]:
         settings = self.settings
         body = self._body(request)
         if self._pool is None:
             raise ExplainError(503, "the explainer is not running")
         if self._admitted >= settings.explain_concurrency + settings.explain_queue:
             raise ExplainError(503, f"too many explanations in progress ({self._admitted}); try again later")
-        job = Job(model, predict_path(model, version), body, self.upstream, str(self.state_dir),
+        name = self.analysis_name(model, version or version_label)
+        job = Job(name, predict_path(model, version, version_label), body, self.upstream, str(self.state_dir),
                   settings.explain_background, settings.explain_samples, settings.explain_max_model_calls,
-                  settings.explain_batch_rows, settings.explain_timeout, settings.explain_model_share)
+                  settings.explain_batch_rows, settings.explain_timeout, settings.explain_model_share,
+                  fallback=model if name != model else "")
         self._admitted += 1
         try:
             return await self.run(explain, job)
@@ -160,8 +182,7 @@ class ExplainService:
 def answered_by_sidecar(settings: ExplainSettings, route: Route) -> bool:
     """Whether the sidecar answers this route itself: `:explain` of a model it explains (every proxy process asks
     the same question, `sidecar.fleet`)."""
-    return (route.method == EXPLAIN_METHOD and route.api == API_TFSERVING and not route.label
-            and settings.enabled_for(route.model))
+    return route.method == EXPLAIN_METHOD and route.api == API_TFSERVING and settings.enabled_for(route.model)
 
 
 def _instance_count(body: dict[str, Any]) -> int:
@@ -174,8 +195,11 @@ def _instance_count(body: dict[str, Any]) -> int:
     return len(first) if isinstance(first, list) else 0
 
 
-def predict_path(model: str, version: str) -> str:
-    """The TF Serving REST predict route of a model (a version number, or a label, when given)."""
+def predict_path(model: str, version: str, label: str = "") -> str:
+    """The TF Serving REST predict route of a model at a version number or a version label, when given (a `version`
+    that is not a number is taken for a label: analysis names hold either)."""
+    if label:
+        return f"/v1/models/{model}/labels/{label}:predict"
     if not version:
         return f"/v1/models/{model}:predict"
     where = "versions" if version.isdigit() else "labels"

@@ -220,3 +220,87 @@ async def test_every_proxy_process_answers_explain_for_the_models_the_sidecar_ex
     await eventually(lambda: sum(metrics.requests_by_process().values()) == REFERENCE // 10 + 30, timeout=10)
     served = metrics.requests_by_process()
     assert set(served) == {0, 1} and min(served.values()) > 0  # the kernel spread the connections over both
+
+
+async def weights_of(session: ClientSession, testbed: TestbedProcess, route: str) -> tuple[np.ndarray, float]:
+    """The linear regressor's weights and bias at a route of the testbed (`versions/1`, `labels/canary`)."""
+    _, answer = await post(session, f"{testbed.rest_url}/v1/models/regressor/{route}:predict",
+                           {"instances": np.vstack([np.zeros(4), np.eye(4)]).tolist()})
+    values = np.asarray(answer["predictions"], dtype=np.float64).reshape(-1)
+    return values[1:] - values[0], float(values[0])
+
+
+def assert_exact(body: dict[str, Any], instances: np.ndarray, weights: np.ndarray, background: np.ndarray) -> None:
+    """The answer's attributions are the linear model's exact Shapley values against `background`."""
+    exact = weights * (instances - background.mean(axis=0))
+    for row, explanation in enumerate(body["explanations"]):
+        np.testing.assert_allclose(explanation["attributions"], exact[row], atol=1e-4, rtol=1e-4)
+
+
+async def saved_reference(sidecar: Sidecar, name: str) -> np.ndarray:
+    path = model_dir(sidecar.settings.state_path, name) / "reference.npz"
+    deadline = time.monotonic() + 30
+    while not (path.exists() and (path.parent / "reference.json").exists()):
+        assert time.monotonic() < deadline, f"no reference saved for {name}"
+        await asyncio.sleep(0.05)
+    with np.load(path) as saved:
+        return np.asarray(saved["inputs"], dtype=np.float64)
+
+
+@pytest.mark.slow
+async def test_a_version_analysed_apart_is_explained_against_its_own_reference_else_the_models_and_says_which(
+        start_sidecar: StartSidecar, numpy_testbed: TestbedProcess, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.support.helpers import metric
+
+    sidecar = await start_sidecar(analysis_by_version="true")
+    base = f"http://127.0.0.1:{sidecar.rest_port}/v1/models/regressor"
+    instances, _ = data.regressor_batch(2, seed=9)
+    async with ClientSession() as session:
+        status, body = await post(session, f"{base}/versions/2:explain", {"instances": instances.tolist()})
+        assert status == 409 and "neither 'regressor@2' nor 'regressor'" in body["error"]
+
+        for route, seed in (("/versions/1", 4), ("", 5)):  # version 1's own reference; the model's (unversioned)
+            rows, _ = data.regressor_batch(REFERENCE, seed=seed)
+            for start in range(0, REFERENCE, 10):
+                status, _ = await post(session, f"{base}{route}:predict",
+                                       {"instances": rows[start:start + 10].tolist()})
+                assert status == 200
+        own, models = await saved_reference(sidecar, "regressor@1"), await saved_reference(sidecar, "regressor")
+        assert not np.allclose(own.mean(axis=0), models.mean(axis=0))
+
+        status, body = await post(session, f"{base}/versions/1:explain", {"instances": instances.tolist()})
+        assert status == 200, body
+        assert body["background"] == {"source": "reference", "reference": "regressor@1", "rows": REFERENCE}
+        assert_exact(body, instances, (await weights_of(session, numpy_testbed, "versions/1"))[0], own)
+
+        for _ in range(2):  # version 2 has no reference of its own: the model's, said in the answer, logged once
+            status, body = await post(session, f"{base}/versions/2:explain", {"instances": instances.tolist()})
+            assert status == 200, body
+            background = body["background"]
+            assert background["reference"] == "regressor" and background["fallback_from"] == "regressor@2"
+            assert "'regressor@2' has no reference yet" in background["fallback"]
+            assert_exact(body, instances, (await weights_of(session, numpy_testbed, "versions/2"))[0], models)
+    assert metric(sidecar.registry, "sidecar_explain_background_fallbacks_total", model="regressor@2") == 2
+    said = [record for record in caplog.records if "'regressor@2' has no reference yet" in record.getMessage()]
+    assert len(said) == 1
+
+
+@pytest.mark.slow
+async def test_explain_at_a_version_label_is_answered_by_the_sidecar_through_the_labels_predict_route(
+        start_sidecar: StartSidecar, numpy_testbed: TestbedProcess) -> None:
+    sidecar = await start_sidecar()
+    base = f"http://127.0.0.1:{sidecar.rest_port}/v1/models/regressor"
+    async with ClientSession() as session:
+        features, _ = data.regressor_batch(REFERENCE, seed=4)
+        background = await with_reference(session, sidecar, "regressor", features)
+        canary, _ = await weights_of(session, numpy_testbed, "labels/canary")
+        stable, _ = await weights_of(session, numpy_testbed, "labels/stable")
+        assert not np.allclose(canary, stable)  # the label decides which version's weights the attributions show
+        instances, _ = data.regressor_batch(2, seed=9)
+        for label, weights in (("canary", canary), ("stable", stable)):
+            status, body = await post(session, f"{base}/labels/{label}:explain", {"instances": instances.tolist()})
+            assert status == 200, body
+            assert body["method"] == "kernel_shap" and body["background"]["reference"] == "regressor"
+            assert_exact(body, instances, weights, background)
+        status, body = await post(session, f"{base}/labels/nosuch:explain", {"instances": instances.tolist()})
+        assert status == 502 and "HTTP 400" in body["error"] and "nosuch" in body["error"]  # the server's refusal

@@ -235,3 +235,41 @@ async def test_a_shadow_is_explained_at_its_own_address_and_one_without_rest_say
             said = [record for record in caplog.records if "grpconly" in record.getMessage()
                     and "no REST address" in record.getMessage()]
             assert len(said) == 1
+
+
+@pytest.mark.slow
+async def test_a_model_whose_inputs_are_not_numbers_is_decided_unsupported_once(
+        start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture) -> None:
+    from sidecar.explain.kernel import ImportanceJob
+
+    sidecar = await start_sidecar(importance_enabled="true", importance_interval="1", importance_rows="10")
+    assert sidecar.explainer is not None
+    jobs: list[str] = []  # the importance jobs handed to the explainer processes, by model
+    run = sidecar.explainer.run
+
+    async def counted(function: Any, job: Any) -> dict[str, Any]:
+        if isinstance(job, ImportanceJob):
+            jobs.append(job.model)
+        return await run(function, job)
+    sidecar.explainer.run = counted  # type: ignore[method-assign]
+    async with ClientSession() as session:
+        x, tags, _ = data.multi_batch(REFERENCE + 20, seed=4)
+        url = f"http://127.0.0.1:{sidecar.rest_port}/v1/models/multi:predict"
+        for start in range(0, len(x), 10):
+            rows = [{"x": x[i].tolist(), "tag": tags[i].decode()} for i in range(start, start + 10)]
+            async with session.post(url, json={"instances": rows}) as response:
+                assert response.status == 200
+        section = await wait_for(lambda: section_of(session, sidecar, "multi", "unsupported"),
+                                 "the multi model decided unsupported", timeout=90)
+        assert "input 'tag' holds strings" in section["error"] and "features" not in section
+        await asyncio.sleep(3.5)  # more intervals: counted each time, logged once, no more runs started
+        text = await metrics(session, sidecar)
+    runs = [line for line in text.splitlines()
+            if line.startswith('sidecar_feature_importance_runs_total{model="multi",outcome="unsupported"}')]
+    assert runs and float(runs[0].rsplit(" ", 1)[1]) >= 3
+    assert 'outcome="400"' not in text
+    assert 'sidecar_feature_importance_model_calls_total{model="multi"}' not in text
+    assert jobs.count("multi") == 1
+    said = [record for record in caplog.records if "multi" in record.getMessage()
+            and "holds strings" in record.getMessage()]
+    assert len(said) == 1
