@@ -352,7 +352,7 @@ class Sidecar:
         self._on_stop("proxy processes", fleet.stop)
 
     async def _start_admin(self) -> None:
-        self.drilldown = DrillDown(self.pool, self.feedback, self.shadow, self.importance)
+        self.drilldown = DrillDown(self.pool, self.feedback, self.shadow, self.importance, self.explainer)
         listen = self.settings.telemetry.listen_admin
         if listen is None:
             return

@@ -43,6 +43,7 @@ class ExplainService:
         # versions are analysed apart)
         self.analysis_name = analysis_name or (lambda model, version: model)
         self._fallbacks_said: set[str] = set()
+        self._backgrounds: dict[str, dict[str, Any]] = {}  # analysis name -> the latest answer's background
         self.upstream = upstream
         self.state_dir = state_dir
         self.max_body_bytes = max_body_bytes
@@ -102,18 +103,29 @@ class ExplainService:
             self.duration.labels(label).observe(time.monotonic() - started)
         self.requests.labels(label, "ok").inc()
         self.model_calls.labels(label).inc(answer.get("model_calls", 0))
-        self._said_fallback(answer.get("background", {}))
+        self._said_background(answer.get("background", {}))
         return LocalResponse.json(200, answer)
 
-    def _said_fallback(self, background: dict[str, Any]) -> None:
-        """Count an explanation measured against the model's reference instead of its version's; log it once."""
+    def _said_background(self, background: dict[str, Any]) -> None:
+        """Keep the background the latest answer used (for `/v1/monitor`); count an explanation measured against the
+        model's reference instead of its version's and log that once."""
         missing = background.get("fallback_from")
+        name = missing or background.get("reference")
+        if name:
+            self._backgrounds[name] = {"reference": background.get("reference"), "fallback": background.get("fallback"),
+                                       "at": time.time()}
         if not missing:
             return
         self.fallbacks.labels(self.models(missing)).inc()
         if missing not in self._fallbacks_said:
             self._fallbacks_said.add(missing)
             log.warning("explain: %s", background.get("fallback"))
+
+    def snapshot(self, name: str) -> dict[str, Any] | None:
+        """What `/v1/monitor/{name}` shows of the explanations: the reference the latest one was measured against,
+        and why when it is not the analysis name's own (`fallback`); None before any."""
+        background = self._backgrounds.get(name)
+        return {"background": dict(background)} if background is not None else None
 
     async def _explain(self, model: str, version: str, version_label: str, request: LocalRequest) -> dict[str, Any]:
         settings = self.settings

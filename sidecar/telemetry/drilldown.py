@@ -24,6 +24,10 @@ class ImportanceView(Protocol):
     def snapshot(self, model: str) -> dict[str, Any] | None: ...
 
 
+class ExplainView(Protocol):
+    def snapshot(self, name: str) -> dict[str, Any] | None: ...
+
+
 class DrillDown:
     """Either side may be absent (analysis or feedback turned off); `shadows` is the shadow sender, when one runs.
 
@@ -34,8 +38,10 @@ class DrillDown:
     calls, marked `of_model`; with the analysis off, a model with shadow calls still has a drill-down."""
 
     def __init__(self, analysis: AnalysisView | None, quality: QualityView | None,
-                 shadows: ShadowView | None = None, importance: ImportanceView | None = None) -> None:
+                 shadows: ShadowView | None = None, importance: ImportanceView | None = None,
+                 explanations: ExplainView | None = None) -> None:
         self.analysis = analysis
+        self.explanations = explanations
         self.quality = quality
         self.shadows = shadows
         self.importance = importance
@@ -68,6 +74,9 @@ class DrillDown:
         if importance is not None:
             importance["drifted"] = drifted_by_importance(merged.get("detectors", {}), importance.get("features", []))
             merged["feature_importance"] = importance
+        explained = self.explanations.snapshot(name) if self.explanations is not None else None
+        if explained is not None:  # `:explain`'s background, and why it is the model's when it is not this name's
+            merged["explain"] = explained
         return merged
 
     def _quality(self, name: str) -> dict[str, Any] | None:

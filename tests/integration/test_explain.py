@@ -280,6 +280,20 @@ async def test_a_version_analysed_apart_is_explained_against_its_own_reference_e
             assert background["reference"] == "regressor" and background["fallback_from"] == "regressor@2"
             assert "'regressor@2' has no reference yet" in background["fallback"]
             assert_exact(body, instances, (await weights_of(session, numpy_testbed, "versions/2"))[0], models)
+        status, _ = await post(session, f"{base}/versions/2:predict", {"instances": instances.tolist()})
+        assert status == 200  # version 2 is analysed (too few rows for a reference): it has a drill-down
+        admin = f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor"
+        async with session.get(f"{admin}/regressor@1") as response:
+            assert (await response.json())["explain"]["background"]["reference"] == "regressor@1"
+        deadline = time.monotonic() + 30
+        while True:
+            async with session.get(f"{admin}/regressor@2") as response:
+                if response.status == 200:
+                    shown = (await response.json())["explain"]["background"]
+                    break
+            assert time.monotonic() < deadline, "no drill-down of regressor@2"
+            await asyncio.sleep(0.1)
+        assert shown["reference"] == "regressor" and "'regressor@2' has no reference yet" in shown["fallback"]
     assert metric(sidecar.registry, "sidecar_explain_background_fallbacks_total", model="regressor@2") == 2
     said = [record for record in caplog.records if "'regressor@2' has no reference yet" in record.getMessage()]
     assert len(said) == 1
