@@ -90,6 +90,7 @@ class Sample:
     cpu_us: float
     cpu_all_us: float
     rss_mb: float
+    cpu_main_us: float  # the first proxy process alone (the sidecar's main process)
 
 
 def measure(target: Running, script: Path, seconds: float, warmup: float) -> Sample:
@@ -99,10 +100,11 @@ def measure(target: Running, script: Path, seconds: float, warmup: float) -> Sam
     before = [cpu_seconds(pid) for pid in target.proxy_pids]
     before_other = [cpu_seconds(pid) for pid in target.other_pids]
     requests, elapsed, _, p99, _ = run_wrk(script, target.port, 16, seconds)
-    cpu = sum(cpu_seconds(pid) for pid in target.proxy_pids) - sum(before)
+    after = [cpu_seconds(pid) for pid in target.proxy_pids]
+    cpu = sum(after) - sum(before)
     other = sum(cpu_seconds(pid) for pid in target.other_pids) - sum(before_other)
     return Sample(c1_p50, requests / elapsed, p99, cpu / requests * 1e6, (cpu + other) / requests * 1e6,
-                  sum(rss_mb(pid) for pid in target.proxy_pids[:1]))
+                  sum(rss_mb(pid) for pid in target.proxy_pids[:1]), (after[0] - before[0]) / requests * 1e6)
 
 
 @contextlib.contextmanager
@@ -193,15 +195,16 @@ def report(samples: dict[str, list[Sample]], idle: dict[str, float], args: argpa
           f"average {load_before:.2f} before / {os.getloadavg()[0]:.2f} after; {args.rounds} interleaved rounds of "
           f"{args.duration:g} s per measurement (wrk -t1, POST of a 1 KB JSON predict body, instant nginx upstream); "
           f"medians. {idle_note()}.\n")
-    print("| target | added c1 p50 us | c16 req/s | c16 p99 ms | CPU us/req (proxy) | CPU us/req (all) | RSS MB idle "
-          "/ after load |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| target | added c1 p50 us | c16 req/s | c16 p99 ms | CPU us/req (proxy) | of it the main process | "
+          "CPU us/req (all) | RSS MB idle / after load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, rows in samples.items():
         added = (median([s.c1_p50_ms for s in rows]) - direct_p50) * 1000
         idle_rss = f"{idle[name]:.0f} / " if name in idle else ""
         print(f"| {name} | {'-' if name == 'direct' else f'{added:.0f}'} | {median([s.c16_rps for s in rows]):.0f} "
               f"| {median([s.c16_p99_ms for s in rows]):.2f} | {median([s.cpu_us for s in rows]):.1f} | "
-              f"{median([s.cpu_all_us for s in rows]):.1f} | {idle_rss}{median([s.rss_mb for s in rows]):.0f} |")
+              f"{median([s.cpu_main_us for s in rows]):.1f} | {median([s.cpu_all_us for s in rows]):.1f} | "
+              f"{idle_rss}{median([s.rss_mb for s in rows]):.0f} |")
     print()
 
     def ratio(a: str, b: str, key: str) -> float | None:

@@ -161,6 +161,20 @@ def test_free_text_is_summarised_not_one_category_per_value() -> None:
     assert found.kinds == [EXCLUDED, NUMERIC, NUMERIC, NUMERIC, NUMERIC]
 
 
+def test_repeated_text_values_get_the_code_and_summary_each_one_gets_alone() -> None:
+    column = np.array(["red", None, "green", "red", b"red", "", "green", None, "gr\u00fcn"], dtype=object)
+    features = InputFeatures.from_arrays({"colour": column})
+    together = features.extract({"colour": column}, len(column)).values
+    alone = InputFeatures.from_arrays({"colour": column})  # same vocabulary, one cell at a time
+    one_by_one = np.vstack([alone.extract({"colour": column[row:row + 1]}, 1).values for row in range(len(column))])
+    np.testing.assert_array_equal(together, one_by_one)  # NaN summaries of None compare equal here
+    codes = together[:, 0]
+    assert codes[0] == codes[3] and codes[2] == codes[6] and codes[1] == codes[7]
+    assert len({codes[0], codes[1], codes[2], codes[5], codes[8]}) == 5
+    np.testing.assert_allclose(together[0, 1:], [3, 1, 0, 0])
+    assert np.isnan(together[1, 1:]).all()
+
+
 def test_encoded_images_become_pixel_columns() -> None:
     rng = np.random.default_rng(5)
     pixels = rng.integers(0, 256, size=(3, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
