@@ -38,6 +38,8 @@ CATEGORICAL = "categorical"
 EXCLUDED = "excluded"  # a column whose information another column carries (a text's code or its summary)
 PREDICTED_CLASS = "predicted_class"
 VOCABULARY_CAP = 1000  # distinct strings per column; later ones share the code VOCABULARY_CAP
+TEXT_CELLS_KEPT = 20_000  # text values whose code and summary are kept, over all text columns of a model
+TEXT_CELL_KEY_LENGTH = 256  # longest value kept
 _STRING_KEY_LENGTH = 64  # long strings (binary payloads) are keyed by their prefix
 _PROBABILITY_TOLERANCE = 1e-3
 MAX_SENT_PROBABILITIES = 32
@@ -140,6 +142,8 @@ class InputFeatures:
             column = self._positions.get(name, -1)
             if column in self._vocabularies:
                 self._vocabularies[column] = {value: code for code, value in enumerate(values)}
+        self._text_cells: dict[int, dict[Any, tuple[float, ...]]] = {}  # text column -> value -> its columns
+        self._text_cells_kept = 0
 
     def _layout(self, specs: list[TensorSpec]) -> None:
         self.specs = sorted(specs, key=lambda spec: spec.name)
@@ -228,37 +232,39 @@ class InputFeatures:
         return Extracted(values, issues)
 
     def _text_columns(self, flat: np.ndarray, first_column: int) -> np.ndarray:
-        """Per value: its code, then its summary, both worked out once per distinct value of a column.
+        """Per value: its code, then its summary; both are kept for the values seen before (`_text_cell`).
 
-        Why once: a text column's values repeat across requests (categories, templated strings), and coding and
-        summarising each cell in Python took 74% of a worker's time behind `sidecar run` with bench_product.py's
-        body (py-spy): 80 us per instance of its 84 string columns, 15 us this way (batches of 256 alike
-        instances); when every value differs it costs about 10% more than cell by cell.
+        Why cell by cell with what is known kept: exchanges come one request at a time, mostly one instance each,
+        and working column by column with numpy cost a worker about 420 us per instance of the 84 string columns
+        of bench/bench_product.py's body, 77% of its time behind `sidecar run` (py-spy); this way 44 us (a
+        value never seen before: 170 us, one at a time or in batches of 256 that took 120 us column by column).
         """
         per_value = 1 + len(images.TEXT_SUMMARY_NAMES)
-        out = np.empty((flat.shape[0], flat.shape[1] * per_value), dtype=np.float64)
-        for offset in range(flat.shape[1]):
-            start = offset * per_value
-            distinct, rows = _distinct(flat[:, offset].tolist())
-            codes, summaries = self._encode(distinct, first_column + start), images.summarise_text(distinct)
-            if len(distinct) < len(rows):
-                codes, summaries = codes[rows], summaries[rows]
-            out[:, start] = codes
-            out[:, start + 1:start + per_value] = summaries
-        return out
+        instances, width = flat.shape
+        columns = [first_column + offset * per_value for offset in range(width)]
+        known = [self._text_cells.setdefault(column, {}) for column in columns]
+        cells: list[tuple[float, ...]] = []
+        for row in flat.tolist():
+            for column, cache, value in zip(columns, known, row, strict=True):
+                key = value if type(value) is str else _cache_key(value)
+                cell = cache.get(key) if key is not None else None
+                cells.append(cell if cell is not None else self._text_cell(column, cache, key, value))
+        return np.array(cells, dtype=np.float64).reshape(instances, width * per_value)
+
+    def _text_cell(self, column: int, cache: dict[Any, tuple[float, ...]], key: Any, value: Any) -> tuple[float, ...]:
+        """A value's code and summary, kept when there is room (`TEXT_CELLS_KEPT` values, of at most
+        `TEXT_CELL_KEY_LENGTH` characters: long free text seldom repeats). Exact: a value's code never changes once
+        given, and its summary is a function of it."""
+        cell = (float(_code(self._vocabularies[column], value)), *images.text_summary(value))
+        if key is not None and self._text_cells_kept < TEXT_CELLS_KEPT and (
+                not isinstance(value, (str, bytes)) or len(value) <= TEXT_CELL_KEY_LENGTH):
+            cache[key] = cell
+            self._text_cells_kept += 1
+        return cell
 
     def _encode(self, values: Sequence[Any] | np.ndarray, column: int) -> np.ndarray:
         vocab = self._vocabularies[column]
-        codes = np.empty(len(values), dtype=np.float64)
-        for row, value in enumerate(values):
-            key = _string_key(value)
-            code = vocab.get(key)
-            if code is None:
-                code = len(vocab) if len(vocab) < VOCABULARY_CAP else VOCABULARY_CAP
-                if code < VOCABULARY_CAP:
-                    vocab[key] = code
-            codes[row] = code
-        return codes
+        return np.array([_code(vocab, value) for value in values], dtype=np.float64)
 
     def encode_strings(self, column: int, values: np.ndarray) -> np.ndarray:
         """Codes of raw string values of one string column (reference files)."""
@@ -307,21 +313,26 @@ def aligned(arrays: Mapping[str, np.ndarray], names: set[str], default: str) -> 
     return arrays
 
 
-def _distinct(values: list[Any]) -> tuple[list[Any], np.ndarray]:
-    """The distinct values in the order they first appear, and the position of each value among them (values of
-    different types never merge, 1 and True included; an unhashable value counts as distinct)."""
-    seen: dict[Any, int] = {}
-    distinct: list[Any] = []
-    rows: list[int] = []
-    for value in values:
-        try:
-            position = seen.setdefault(value if type(value) is str else (type(value), value), len(distinct))
-        except TypeError:
-            position = len(distinct)
-        if position == len(distinct):
-            distinct.append(value)
-        rows.append(position)
-    return distinct, np.array(rows, dtype=np.intp)
+def _code(vocab: dict[str, int], value: Any) -> int:
+    """A string value's code in its column's vocabulary, given it when new and there is room."""
+    key = _string_key(value)
+    code = vocab.get(key)
+    if code is None:
+        code = len(vocab) if len(vocab) < VOCABULARY_CAP else VOCABULARY_CAP
+        if code < VOCABULARY_CAP:
+            vocab[key] = code
+    return code
+
+
+def _cache_key(value: Any) -> Any:
+    """The key under which a text cell's value is kept: values of different types never share one (1 and True
+    included); None for a value that cannot be a key."""
+    try:
+        key = (type(value), value)
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _string_key(value: Any) -> str:

@@ -157,14 +157,15 @@ def summarise_text(values: Sequence[object] | np.ndarray) -> np.ndarray:
     a few milliseconds per megabyte and one temporary copy of its size; other strings go
     character by character.
     """
-    rows = [_summary(value) for value in values]
+    rows = [text_summary(value) for value in values]
     return np.array(rows, dtype=np.float64).reshape(len(rows), len(TEXT_SUMMARY_NAMES))
 
 
 _MISSING = (math.nan, math.nan, math.nan, math.nan)
 
 
-def _summary(value: object) -> tuple[float, float, float, float]:
+def text_summary(value: object) -> tuple[float, float, float, float]:
+    """One value's row of `summarise_text`."""
     if isinstance(value, str):
         if not value.isascii():  # non-empty
             length = len(value)

@@ -9,6 +9,7 @@ import pytest
 
 from sidecar.codec import Exchange
 from sidecar.messages.results import CLASSIFICATION, REGRESSION
+from sidecar.worker import features as features_module
 from sidecar.worker.features import (
     CATEGORICAL,
     EXCLUDED,
@@ -161,10 +162,15 @@ def test_free_text_is_summarised_not_one_category_per_value() -> None:
     assert found.kinds == [EXCLUDED, NUMERIC, NUMERIC, NUMERIC, NUMERIC]
 
 
-def test_repeated_text_values_get_the_code_and_summary_each_one_gets_alone() -> None:
+@pytest.mark.parametrize("kept", [0, 2, features_module.TEXT_CELLS_KEPT])
+def test_repeated_text_values_get_the_code_and_summary_each_one_gets_alone(kept: int,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(features_module, "TEXT_CELLS_KEPT", kept)  # none, some or all of the values kept
     column = np.array(["red", None, "green", "red", b"red", "", "green", None, "gr\u00fcn"], dtype=object)
     features = InputFeatures.from_arrays({"colour": column})
-    together = features.extract({"colour": column}, len(column)).values
+    first = features.extract({"colour": column}, len(column)).values
+    together = features.extract({"colour": column}, len(column)).values  # again, with what was kept
+    np.testing.assert_array_equal(first, together)
     alone = InputFeatures.from_arrays({"colour": column})  # same vocabulary, one cell at a time
     one_by_one = np.vstack([alone.extract({"colour": column[row:row + 1]}, 1).values for row in range(len(column))])
     np.testing.assert_array_equal(together, one_by_one)  # NaN summaries of None compare equal here
