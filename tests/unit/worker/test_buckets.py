@@ -17,7 +17,7 @@ from sidecar.worker.settings import AnalysisSettings
 from sidecar.worker.state import AnalysisState
 from tests.support.traffic import FEATURES, rest_record, softmax_model
 
-NUMERIC = BucketColumns(["a", "b"], [False, False], {})
+NUMERIC = BucketColumns.first(["a", "b"])
 
 
 def expected_numeric(values: np.ndarray) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def test_outputs_of_a_classifier_and_a_regressor() -> None:
     inputs = rng.normal(size=(300, FEATURES))
     probabilities = softmax_model(inputs)
     times = np.full(300, 1005.0)
-    columns = BucketColumns([f"x{i}" for i in range(FEATURES)], [False] * FEATURES, {})
+    columns = BucketColumns.first([f"x{i}" for i in range(FEATURES)])
     buckets = Buckets("m", {"kind": "time", "seconds": 10.0}, max_levels=10, sample_rows=1000)
     feed(buckets, inputs, times, columns=columns, outputs=BucketOutputs("classification", probabilities, False, None))
     [bucket] = buckets.poll(2000.0)
