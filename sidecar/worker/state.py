@@ -147,7 +147,7 @@ class Detectors:
                             else "fewer than 3 reference rows without a missing value")
         self.failures: list[str] = []  # optional detectors that could not be built (the others still run)
         self.mmd = None
-        spread = centre_spread(numeric_reference) if numeric_reference.shape[0] else None
+        spread = centre_spread(numeric_reference) if numeric_reference.size else None  # no rows or no columns
         self.center = None if spread is None else spread.centre
         self.scale = None if spread is None else spread.spread
         if not settings.mmd_enabled:
