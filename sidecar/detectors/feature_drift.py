@@ -7,6 +7,7 @@ ones), corrects the p-values for the number of features, and decides at level `a
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,11 +16,13 @@ import numpy.typing as npt
 
 from sidecar.detectors import two_sample as drift
 from sidecar.detectors.correction import correct
+from sidecar.detectors.summaries import OTHER
 from sidecar.detectors.two_sample import NUMERIC_TESTS, FloatArray, IntArray, SortedColumns
 
 FeatureKind = Literal["numeric", "categorical"]
-OTHER_CATEGORY = "__other__"
+OTHER_CATEGORY = OTHER
 TOP_CATEGORIES = 5
+SUMMARY_KEYS = frozenset(("count", "mean", "std", "min", "max", "p05", "p50", "p95"))
 
 
 @dataclass
@@ -29,7 +32,9 @@ class FeatureResult:
 
     `reference` / `current` summarise the two samples: count, mean, std, min, max, p05, p50, p95 for numeric features;
     count and the frequencies of the most common categories (at most 5, plus "__other__" for values outside
-    the known categories) for categorical ones.
+    the known categories) for categorical ones. A category is named by its number, or by its name when the detector
+    was given its column's names (coded strings); categories of one name are counted together, and a name that is
+    also a summary key (`count`, `min`, ...) is quoted (`'count'`) so that no key means two things.
     """
 
     name: str
@@ -64,7 +69,10 @@ class FeatureDriftDetector:
 
     def __init__(self, reference: npt.ArrayLike, names: list[str], categorical: dict[int, np.ndarray] | None = None,
                  test: str = "ks", correction: str = "bh", alpha: float = 0.05,
-                 detector_name: str = "feature_drift") -> None:
+                 detector_name: str = "feature_drift",
+                 category_names: Mapping[int, Sequence[str]] | None = None) -> None:
+        """`categorical`: per categorical column its known categories; `category_names`: per coded categorical
+        column the name of each code (`names[code]`), which the summaries show instead of the number."""
         ref = drift.as_matrix(reference)
         features = ref.shape[1]
         if len(names) != features:
@@ -85,6 +93,9 @@ class FeatureDriftDetector:
         self._numeric = np.array([i for i in range(features) if i not in categories], dtype=np.int64)
         self._categorical = np.array(sorted(categories), dtype=np.int64)
         self._categories = [np.unique(np.asarray(categories[int(i)], dtype=np.float64)) for i in self._categorical]
+        named = category_names or {}
+        self._labels = [[_category_label(value, named.get(int(i))) for value in known.tolist()]
+                        for i, known in zip(self._categorical, self._categories, strict=True)]
         self._slots: list[tuple[FeatureKind, int]] = [("numeric", 0)] * features
         for slot, index in enumerate(self._numeric):
             self._slots[index] = ("numeric", slot)
@@ -170,16 +181,15 @@ class FeatureDriftDetector:
 
     def _categorical_summaries(self, counts: FloatArray) -> list[dict[str, float]]:
         summaries = []
-        for row, known in zip(counts, self._categories, strict=True):
+        for row, known, labels in zip(counts, self._categories, self._labels, strict=True):
             total = float(row.sum())
             summary: dict[str, float] = {"count": total}
-            labels = [_category_label(v) for v in known]
             frequencies = row[:len(known)] / total if total else np.zeros(len(known))
             for slot in np.argsort(-row[:len(known)], kind="stable")[:TOP_CATEGORIES]:
                 if row[slot] > 0:
-                    summary[labels[slot]] = float(frequencies[slot])
+                    summary[labels[slot]] = summary.get(labels[slot], 0.0) + float(frequencies[slot])
             if row[-1] > 0:
-                summary[OTHER_CATEGORY] = float(row[-1] / total)
+                summary[OTHER_CATEGORY] = summary.get(OTHER_CATEGORY, 0.0) + float(row[-1] / total)
             summaries.append(summary)
         return summaries
 
@@ -225,5 +235,9 @@ def _numeric_summaries(columns: SortedColumns) -> list[dict[str, float]]:
     return summaries
 
 
-def _category_label(value: float) -> str:
+def _category_label(value: float, names: Sequence[str] | None = None) -> str:
+    """A category's key in a summary: its name (quoted when it is a summary key), else its number."""
+    if names is not None and float(value).is_integer() and 0 <= int(value) < len(names):
+        name = names[int(value)]
+        return repr(name) if name in SUMMARY_KEYS else name
     return str(int(value)) if float(value).is_integer() else repr(float(value))

@@ -12,11 +12,13 @@ missing. The standard deviation is the population one (numpy's default, ddof=0);
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 PERCENTILES = (5.0, 50.0, 95.0)
+OTHER = "__other__"  # the levels beyond a bound, and the values a coded column's vocabulary had no room for
 
 
 class NumericSummary:
@@ -97,7 +99,7 @@ class NumericSummary:
 class LevelCounts:
     """Exact level frequencies of one categorical column; at most `max_levels` levels keep their own name."""
 
-    OTHER = "__other__"
+    OTHER = OTHER
 
     def __init__(self, max_levels: int) -> None:
         self.max_levels = max_levels
@@ -114,19 +116,21 @@ class LevelCounts:
         for level, count in zip(levels.tolist(), counts.tolist(), strict=True):
             self.counts[level] = self.counts.get(level, 0) + count
 
-    def summary(self, names: list[str] | None = None) -> dict[str, Any]:
-        """Levels by frequency, the most frequent first; `names[code]` names a coded level (strings)."""
+    def summary(self, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """Levels by frequency, the most frequent first; `names[code]` names a coded level (strings). Levels of one
+        name (the codes a vocabulary named `OTHER`, and the levels beyond the bound) are counted together."""
         ordered = sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))
         levels: dict[str, int] = {}
         for level, count in ordered[:self.max_levels]:
-            levels[level_name(level, names)] = count
+            name = level_name(level, names)
+            levels[name] = levels.get(name, 0) + count
         rest = sum(count for _, count in ordered[self.max_levels:])
         if rest:
             levels[self.OTHER] = levels.get(self.OTHER, 0) + rest
         return {"kind": "categorical", "count": self.rows, "missing": self.missing, "levels": levels}
 
 
-def level_name(level: float, names: list[str] | None = None) -> str:
+def level_name(level: float, names: Sequence[str] | None = None) -> str:
     """A level as text: its string when `names` holds it, else the number (integers without a decimal point)."""
     if names is not None and level == int(level) and 0 <= int(level) < len(names):
         return names[int(level)]

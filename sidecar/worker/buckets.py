@@ -16,6 +16,7 @@ not sent when the worker stops (its rows are lost with the worker, as are window
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -28,13 +29,25 @@ BUCKET_GRACE_SECONDS = 2.0  # records of a time bucket may still be in the ring 
 MAX_WAITING_VERDICTS = 10_000
 
 
+def _unnamed(position: int) -> list[str] | None:
+    return None
+
+
 class BucketColumns(NamedTuple):
-    """Which input columns a bucket summarises: names, whether each is categorical, and the strings of coded
-    columns (column -> its levels in code order)."""
+    """Which input columns a bucket summarises: names, whether each is categorical, where each lies in the rows
+    `Buckets.add` gets, and the names of a coded column's levels (`level_names(position)`: its strings in code
+    order, or None). Levels are named when the bucket closes, so a value first seen during the bucket is named too.
+    """
 
     names: list[str]
     categorical: list[bool]
-    vocabularies: dict[int, list[str]]
+    positions: list[int]
+    level_names: Callable[[int], Sequence[str] | None] = _unnamed
+
+    @classmethod
+    def first(cls, names: list[str], categorical: list[bool] | None = None) -> BucketColumns:
+        """The first `len(names)` columns of the rows, none of them coded."""
+        return cls(list(names), categorical or [False] * len(names), list(range(len(names))))
 
 
 class BucketOutputs(NamedTuple):
@@ -131,15 +144,16 @@ class _Open:
         self.columns = columns
         self.max_levels = max_levels
         self.capacity = capacity
-        self.numeric_columns: np.ndarray | None = None
+        self.numeric_columns: np.ndarray | None = None  # positions in the rows of the numeric columns
         self.numeric: NumericSummary | None = None
-        self.levels: dict[int, LevelCounts] = {}
+        self.levels: dict[int, LevelCounts] = {}  # position in the rows -> its level counts
         if columns is not None:
-            self.numeric_columns = np.array([i for i, categorical in enumerate(columns.categorical)
+            self.numeric_columns = np.array([position for position, categorical
+                                             in zip(columns.positions, columns.categorical, strict=True)
                                              if not categorical], dtype=np.int64)
             self.numeric = NumericSummary(int(self.numeric_columns.size), capacity)
-            self.levels = {i: LevelCounts(max_levels) for i, categorical in enumerate(columns.categorical)
-                           if categorical}
+            self.levels = {position: LevelCounts(max_levels) for position, categorical
+                           in zip(columns.positions, columns.categorical, strict=True) if categorical}
         self.outputs: _Outputs | None = None
         self.drift: dict[str, dict[str, Any]] = {}
         self.outliers: dict[str, dict[str, int]] = {}
@@ -183,13 +197,13 @@ class _Open:
         if columns is None or self.numeric is None:
             return {}
         rendered: dict[str, dict[str, Any]] = {}
-        position = 0
-        for column, name in enumerate(columns.names):
-            if columns.categorical[column]:
-                rendered[name] = self.levels[column].summary(columns.vocabularies.get(column))
+        numeric = 0
+        for name, position, categorical in zip(columns.names, columns.positions, columns.categorical, strict=True):
+            if categorical:
+                rendered[name] = self.levels[position].summary(columns.level_names(position))
             else:
-                rendered[name] = self.numeric.summary(position)
-                position += 1
+                rendered[name] = self.numeric.summary(numeric)
+                numeric += 1
         return rendered
 
 
@@ -215,7 +229,8 @@ class Buckets:
             outputs: BucketOutputs | None = None,
             outliers: dict[str, OutlierRows] | None = None) -> list[HistoryBucket]:
         """Fold in a block of rows (inputs, capture times, whether each row is its request's first, outputs and
-        outlier verdicts, all row-aligned); returns the buckets it closed."""
+        outlier verdicts, all row-aligned); returns the buckets it closed. A bucket summarises the `columns` it
+        began with (the analysis's decisions may change while it is open)."""
         outliers = outliers or {}
         if self.size:
             return self._add_counted(inputs, times, starts, columns, outputs, outliers)

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sidecar.codec import DEFAULT_INPUT, DEFAULT_OUTPUT
+from sidecar.detectors.summaries import OTHER
 from sidecar.messages.results import CLASSIFICATION, REGRESSION
 from sidecar.worker import images
 from sidecar.worker.signature import BOOL, FLOAT, INT, STRING, Signature
@@ -37,7 +38,7 @@ NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 EXCLUDED = "excluded"  # a column whose information another column carries (a text's code or its summary)
 PREDICTED_CLASS = "predicted_class"
-VOCABULARY_CAP = 1000  # distinct strings per column; later ones share the code VOCABULARY_CAP
+VOCABULARY_CAP = 1000  # distinct strings per column; later ones share the code VOCABULARY_CAP, named OTHER
 TEXT_CELLS_KEPT = 20_000  # text values whose code and summary are kept, over all text columns of a model
 TEXT_CELL_KEY_LENGTH = 256  # longest value kept
 _STRING_KEY_LENGTH = 64  # long strings (binary payloads) are keyed by their prefix
@@ -181,8 +182,12 @@ class InputFeatures:
         return {self.names[column]: list(vocab) for column, vocab in self._vocabularies.items()}
 
     def categories(self, column: int) -> list[str] | None:
+        """The name of each code of a string column (`names[code]`), None for other columns: its strings, and once
+        the vocabulary is full `OTHER` for the code the later strings share (`VOCABULARY_CAP`)."""
         vocab = self._vocabularies.get(column)
-        return None if vocab is None else list(vocab)
+        if vocab is None:
+            return None
+        return [*vocab, OTHER] if len(vocab) >= VOCABULARY_CAP else list(vocab)
 
     def extract(self, arrays: Mapping[str, np.ndarray], instances: int) -> Extracted:
         """Feature matrix of one exchange; a broken schema gives `values=None` and the issues found.

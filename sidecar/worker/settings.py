@@ -177,8 +177,9 @@ class AnalysisSettings:
                                            "output, label, drift and outlier statistics", parse_duration(0.1))
     history_bucket_instances: int = option(0, "history buckets: instances per bucket instead (0: off; when set it "
                                            "wins over history_bucket_seconds)", parse_int(0))
-    history_max_features: int = option(256, "input columns with statistics in each history bucket (the first ones; "
-                                       "the log and /v1/monitor/{model} say when columns are left out)",
+    history_max_features: int = option(256, "input columns with statistics in each history bucket (the first of "
+                                       "those the analysis keeps; the log and /v1/monitor/{model} say when columns "
+                                       "are left out)",
                                        parse_int(1, 100_000))
     history_max_levels: int = option(50, "levels (and predicted or true classes) per feature in a history bucket, "
                                      "the most frequent first; the rest count as __other__", parse_int(1, 10_000))

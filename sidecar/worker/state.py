@@ -52,6 +52,7 @@ from sidecar.worker.estimation import QualityEstimator
 from sidecar.worker.features import (
     CATEGORICAL,
     CODE,
+    EXCLUDED,
     FROM_CONFIG,
     FROM_DATA,
     FROM_SIGNATURE,
@@ -121,7 +122,8 @@ class Detectors:
         if inputs.shape[1]:
             self.feature_drift = FeatureDriftDetector(
                 inputs, list(self.layout.names), categorical or None, test=settings.drift_test,
-                correction=settings.drift_correction, alpha=settings.drift_p_value, detector_name="feature_drift")
+                correction=settings.drift_correction, alpha=settings.drift_p_value, detector_name="feature_drift",
+                category_names=_category_names(reference.features, self.layout, categorical))
             self._built("feature_drift", f"{inputs.shape[1]} features")
         else:
             self._not_built("feature_drift", "no numeric or categorical input feature")
@@ -145,7 +147,7 @@ class Detectors:
                             else "fewer than 3 reference rows without a missing value")
         self.failures: list[str] = []  # optional detectors that could not be built (the others still run)
         self.mmd = None
-        spread = centre_spread(numeric_reference) if numeric_reference.shape[0] else None
+        spread = centre_spread(numeric_reference) if numeric_reference.size else None  # no rows or no columns
         self.center = None if spread is None else spread.centre
         self.scale = None if spread is None else spread.spread
         if not settings.mmd_enabled:
@@ -210,6 +212,18 @@ class Detectors:
 
 def _categories(column: np.ndarray) -> np.ndarray:
     return np.unique(column[np.isfinite(column)])
+
+
+def _category_names(features: InputFeatures, layout: Layout, categorical: Mapping[int, np.ndarray]
+                    ) -> dict[int, list[str]]:
+    """Per analysed categorical column that codes strings, the name of each code. The reference's codes were all
+    given before the detector is built, so the names known now name every category the drift test knows."""
+    names: dict[int, list[str]] = {}
+    for analysed in categorical:
+        found = features.categories(int(layout.columns[analysed]))  # categorical columns are kept, not projected
+        if found is not None:
+            names[analysed] = found
+    return names
 
 
 def _finite_rows(matrix: np.ndarray) -> np.ndarray:
@@ -281,7 +295,9 @@ class ModelState:
         self.windows: CountWindows | TimeWindows = make_windows(self.config, settings.window_min_instances)
         self.buckets = Buckets(model, settings.history_bucket(), settings.history_max_levels,
                                settings.history_sample_rows)
-        self._history_note: str | None = None
+        self._history_note: str | None = None  # when history_max_features leaves columns out
+        self._history_excluded: dict[str, Any] | None = None  # the columns left out because the analysis excludes them
+        self._bucket_layout: tuple[Reference | None, list[str], BucketColumns] | None = None  # and what it follows
         self._file_tried = False
         self._pending: list[Result] = []  # errors found outside a batch, reported with the next one
         self.batch_outputs: np.ndarray | None = None  # the latest batch's analysed outputs (version comparisons)
@@ -647,25 +663,51 @@ class ModelState:
         view = None
         if outputs is not None and self.output is not None and self.task in (CLASSIFICATION, REGRESSION):
             view = BucketOutputs(self.task, outputs, self.output.class_ids, self.output.labels)
-        width = len(columns.names)
-        return list(self.buckets.add(inputs[:, :width], times, starts, columns, view, verdicts))
+        return list(self.buckets.add(inputs, times, starts, columns, view, verdicts))
 
     def _bucket_columns(self) -> BucketColumns:
-        """The input columns the history summarises: the first `history_max_features`, each numeric or categorical
-        (the reference's kinds once it is complete; before, string columns are categorical)."""
+        """The input columns the history summarises, as the analysis reads them: once the reference is complete, its
+        kinds (numeric or categorical; the columns it excludes are left out, and the log and `/v1/monitor` say so
+        once); before, every column, string codes categorical. At most `history_max_features` of them, the first.
+        Coded levels are named by their strings (`InputFeatures.categories`). Worked out again when the reference
+        or the input schema changes."""
         features = self.features
         assert features is not None
-        width = min(features.width, self.settings.history_max_features)
-        if width < features.width and self._history_note is None:
-            self._history_note = (f"history buckets summarise the first {width} of {features.width} input columns "
-                                  "(history_max_features)")
-            log.info("model %s: %s", self.model, self._history_note)
-        kinds = self.reference.kinds if self.reference is not None else None
+        reference = self.reference
+        known = self._bucket_layout
+        if known is not None and known[0] is reference and known[1] is features.names:
+            return known[2]
+        kinds = reference.kinds if reference is not None else None
+        kept = [column for column in range(features.width) if kinds is None or kinds[column] != EXCLUDED]
+        self._note_history_excluded([features.names[column] for column in range(features.width)
+                                     if kinds is not None and kinds[column] == EXCLUDED])
+        shown = kept[:self.settings.history_max_features]
+        note = None
+        if len(shown) < len(kept):
+            note = (f"history buckets summarise the first {len(shown)} of {len(kept)} input columns "
+                    "(history_max_features)")
+            if note != self._history_note:
+                log.info("model %s: %s", self.model, note)
+        self._history_note = note
         categorical = [kinds[column] == CATEGORICAL if kinds is not None
-                       else features.columns[column].role == CODE for column in range(width)]
-        vocabularies = {column: names for column in range(width)
-                        if (names := features.categories(column)) is not None}
-        return BucketColumns(list(features.names[:width]), categorical, vocabularies)
+                       else features.columns[column].role == CODE for column in shown]
+        columns = BucketColumns([features.names[column] for column in shown], categorical, shown,
+                                features.categories)
+        self._bucket_layout = (reference, features.names, columns)
+        return columns
+
+    def _note_history_excluded(self, excluded: list[str]) -> None:
+        """Say once per reference which columns the history leaves out because the analysis excludes them."""
+        if not excluded:
+            self._history_excluded = None
+            return
+        self._history_excluded = {
+            "count": len(excluded), "columns": excluded[:MAX_STATUS_NAMES],
+            "reason": "excluded from the analysis (decisions.inputs): a text's category code when the reference has "
+                      f"more than {self.settings.categorical_max_values} levels (its text summary is analysed), "
+                      "else its text summary (its category code is analysed)"}
+        log.info("model %s: history buckets leave out the %d input columns the analysis excludes (%s%s)", self.model,
+                 len(excluded), ", ".join(excluded[:8]), ", ..." if len(excluded) > 8 else "")
 
     def _quality(self, inputs: np.ndarray, issues: dict[tuple[str, str], int], instances: int,
                  per_row: bool) -> tuple[QualityBatch, np.ndarray | None]:
@@ -755,7 +797,8 @@ class ModelState:
         target = reference.instances if reference is not None and reference.source == SOURCE_FILE else (
             self.config.reference_size)
         windows = dict(self.windows.describe())
-        windows["history"] = {**self.buckets.describe(), "note": self._history_note}
+        windows["history"] = {**self.buckets.describe(), "note": self._history_note,
+                              "excluded": self._history_excluded}
         return ModelStatus(
             model=self.model, worker=self.worker, task=self.task,
             reference=ReferenceStatus(source=source, file=self.config.reference, instances=collected, target=target,

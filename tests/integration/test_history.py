@@ -46,8 +46,9 @@ async def history(session: aiohttp.ClientSession, sidecar: Sidecar, **params: st
         return await response.json()  # type: ignore[no-any-return]
 
 
-async def wait_for_buckets(session: aiohttp.ClientSession, sidecar: Sidecar, count: int) -> list[dict[str, Any]]:
-    url = f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/classifier/history"
+async def wait_for_buckets(session: aiohttp.ClientSession, sidecar: Sidecar, count: int,
+                           model: str = "classifier") -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/{model}/history"
     deadline = time.monotonic() + 60.0
     while time.monotonic() < deadline:
         async with session.get(url) as response:  # 404 until the analysis has seen the model
@@ -154,3 +155,47 @@ async def test_time_buckets_hold_numpy_statistics_of_each_seconds_requests(start
         assert (bucket["start"], bucket["end"]) == (start, start + seconds)
         assert (bucket["instances"], bucket["requests"]) == (40, 1)
         assert_numpy_statistics(bucket["inputs"], part)
+
+
+async def test_a_text_input_is_named_by_its_strings_in_drift_windows_and_buckets_and_its_excluded_columns_left_out(
+        numpy_testbed: TestbedProcess, tmp_path: Path) -> None:
+    """The testbed's `multi` model (3 floats and a string `tag`): its tag is analysed by category, so the drill-down
+    and the history name the tags, a tag first seen after the reference included; the tag's text summary, which the
+    analysis excludes, is in no bucket."""
+    rng = np.random.default_rng(4)
+    old, new = ["gov", "private", "self-employed"], ["gov", "contract", "contract"]
+    tags = [old[i] for i in rng.integers(0, 3, size=200)] + [new[i] for i in rng.integers(0, 3, size=200)]
+    x = rng.normal(size=(400, 3))
+    url = "/v1/models/multi:predict"
+    async with sidecar_factory(rest_only(numpy_testbed.rest_url, tmp_path / "state"), result_interval="0.1",
+                               reference_size=200, window_size=200, history_bucket_instances=100) as start:
+        sidecar = await start()
+        async with aiohttp.ClientSession() as session:
+            for first in range(0, 400, 20):
+                rows = [{"x": x[i].tolist(), "tag": tags[i]} for i in range(first, first + 20)]
+                async with session.post(f"http://127.0.0.1:{sidecar.rest_port}{url}",
+                                        json={"instances": rows}) as response:
+                    assert response.status == 200, await response.text()
+            buckets = await wait_for_buckets(session, sidecar, 4, model="multi")
+            await eventually(lambda: metric(sidecar.registry, "sidecar_drift_checks_total", model="multi",
+                                            detector="feature_drift") == 1)
+            drill = {}
+            for extremes in ("false", "true"):
+                async with session.get(f"http://127.0.0.1:{sidecar.admin_port}/v1/monitor/multi",
+                                       params={"extremes": extremes}) as response:
+                    drill[extremes] = await response.json()
+    decisions = drill["false"]["decisions"]["inputs"]["tag"]
+    assert decisions["kinds"] == {"categorical": 1, "excluded": 4}
+    for snapshot in drill.values():
+        [tag] = [f for f in snapshot["detectors"]["feature_drift"]["features"] if f["name"] == "tag"]
+        assert tag["kind"] == "categorical" and tag["drift"]
+        reference_shares = {name: tags[:200].count(name) / 200 for name in old}
+        assert tag["reference"] == pytest.approx({"count": 200, **reference_shares})
+        assert tag["current"] == pytest.approx({"count": 200, "gov": tags[200:].count("gov") / 200,
+                                                "__other__": tags[200:].count("contract") / 200})
+    excluded = drill["false"]["windows"]["history"]["excluded"]
+    assert excluded["columns"] == ["tag#length", "tag#letters", "tag#digits", "tag#spaces"]
+    for number, bucket in enumerate(buckets):
+        part = tags[100 * number:100 * (number + 1)]
+        assert bucket["inputs"]["tag"]["levels"] == {name: part.count(name) for name in set(part)}
+    assert not any(name.startswith("tag#") for bucket in buckets[2:] for name in bucket["inputs"])  # after reference

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -44,3 +45,13 @@ def stream(model: str, records: int, per_record: int, seed: int, shift: float = 
         inputs = rng.normal(size=(per_record, FEATURES))
         inputs[:, feature] += shift
         yield rest_record(model, inputs, prediction_id=f"{prefix}-{seed}-{n}")
+
+
+def named_record(model: str, rows: list[dict[str, Any]], prediction_id: str = "p",
+                 captured: float | None = None) -> CaptureRecord:
+    """A REST predict exchange of named inputs in row format (`{"instances": [{"city": "oslo", ...}]}`), as a
+    scikit-learn pipeline with string columns is called; the answer is a constant two-class probability."""
+    request = json.dumps({"instances": rows}).encode()
+    response = json.dumps({"predictions": [[0.3, 0.7]] * len(rows)}).encode()
+    return CaptureRecord(prediction_id, time.time() if captured is None else captured, model, "", "", "rest",
+                         "tfserving", "predict", request, response, 200, 0.002)

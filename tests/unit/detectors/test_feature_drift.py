@@ -74,6 +74,20 @@ def test_categorical_columns_use_chi_squared_and_count_unknown_categories(refere
     assert 0 < feature.effect_size <= 1
 
 
+def test_coded_categories_are_summarised_by_the_names_given_for_them() -> None:
+    rng = np.random.default_rng(3)
+    reference = rng.choice([0.0, 1.0, 2.0, 3.0], size=(400, 1), p=[0.4, 0.3, 0.2, 0.1])
+    current = rng.choice([0.0, 3.0, 9.0], size=(300, 1), p=[0.5, 0.3, 0.2])
+    detector = FeatureDriftDetector(reference, ["city"], categorical={0: np.arange(4.0)},
+                                    category_names={0: ["oslo", "rome", "count", "__other__"]})
+    feature = detector.test(current).features[0]
+    share = {value: float(np.mean(current[:, 0] == value)) for value in (0.0, 3.0, 9.0)}
+    # code 3 is the name a vocabulary gives the code its overflow shares: counted with the unknown category 9
+    assert feature.current == pytest.approx({"count": 300.0, "oslo": share[0.0], "__other__": share[3.0] + share[9.0]})
+    assert feature.reference["'count'"] == pytest.approx(np.mean(reference[:, 0] == 2.0))  # not the summary's count
+    assert feature.reference["count"] == 400.0 and feature.reference["rome"] == pytest.approx(np.mean(reference == 1))
+
+
 def test_non_finite_values_are_left_out_of_tests_and_summaries(reference: np.ndarray) -> None:
     current = np.random.default_rng(5).normal(size=(500, 6))
     current[:50, 0] = np.nan

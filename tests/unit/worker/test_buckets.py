@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from sidecar.detectors.summaries import LevelCounts, NumericSummary
-from sidecar.messages.results import HistoryBucket
+from sidecar.messages.results import HistoryBucket, ModelStatus
 from sidecar.worker.buckets import BUCKET_GRACE_SECONDS, BucketColumns, BucketOutputs, Buckets, OutlierRows
 from sidecar.worker.settings import AnalysisSettings
 from sidecar.worker.state import AnalysisState
-from tests.support.traffic import FEATURES, rest_record, softmax_model
+from tests.support.traffic import FEATURES, named_record, rest_record, softmax_model
 
-NUMERIC = BucketColumns(["a", "b"], [False, False], {})
+NUMERIC = BucketColumns.first(["a", "b"])
 
 
 def expected_numeric(values: np.ndarray) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def test_outputs_of_a_classifier_and_a_regressor() -> None:
     inputs = rng.normal(size=(300, FEATURES))
     probabilities = softmax_model(inputs)
     times = np.full(300, 1005.0)
-    columns = BucketColumns([f"x{i}" for i in range(FEATURES)], [False] * FEATURES, {})
+    columns = BucketColumns.first([f"x{i}" for i in range(FEATURES)])
     buckets = Buckets("m", {"kind": "time", "seconds": 10.0}, max_levels=10, sample_rows=1000)
     feed(buckets, inputs, times, columns=columns, outputs=BucketOutputs("classification", probabilities, False, None))
     [bucket] = buckets.poll(2000.0)
@@ -185,3 +185,50 @@ def test_a_model_state_sends_buckets_of_what_it_decoded(tmp_path: Path) -> None:
             str(k): int(count) for k, count in zip(*np.unique(predicted, return_counts=True), strict=True)}
     assert "mahalanobis" in found[-1].outliers  # the reference completed at 100 instances
     assert found[0].outliers["mahalanobis"]["instances"] == 20
+
+
+def test_coded_levels_are_named_when_the_bucket_closes_so_values_new_to_it_are_named_too() -> None:
+    vocabulary = ["gov", "private"]
+    columns = BucketColumns(["workclass"], [True], [0], lambda position: vocabulary)
+    buckets = Buckets("m", {"kind": "count", "instances": 7}, max_levels=3, sample_rows=100)
+    assert feed(buckets, np.array([[0.0], [1.0], [0.0]]), np.arange(3.0), columns=columns) == []
+    vocabulary.append("contract")  # a value the vocabulary met after the bucket began
+    vocabulary.append("__other__")  # a full vocabulary names so the code later strings share
+    [bucket] = feed(buckets, np.array([[2.0], [2.0], [3.0], [3.0]]), np.arange(4.0), columns=columns)
+    assert bucket.inputs == {"workclass": {"kind": "categorical", "count": 7, "missing": 0,  # with the level beyond
+                                           "levels": {"gov": 2, "contract": 2, "__other__": 2 + 1}}}
+
+
+def census(rng: np.random.Generator, count: int, workclass: list[str]) -> list[dict[str, Any]]:
+    return [{"workclass": workclass[int(rng.integers(0, len(workclass)))], "city": f"c{int(rng.integers(0, 200))}",
+             "age": float(rng.normal(40.0, 10.0))} for _ in range(count)]
+
+
+def test_a_model_state_names_text_levels_and_leaves_out_what_the_analysis_excludes(tmp_path: Path) -> None:
+    """Strings through the real codec, time buckets of 10 s: `workclass` (4 levels) is analysed by its category code,
+    `city` (200 levels) by its text summary; a workclass first seen in the middle of a bucket is named."""
+    settings = replace(AnalysisSettings(reference_size=100, window_size=100), history_bucket_seconds=10.0)
+    state = AnalysisState(0, settings, tmp_path)
+    rng = np.random.default_rng(8)
+    old = ["gov", "private", "self", "never"]
+    batches = [census(rng, 10, old if n < 15 else [*old, "contract"]) for n in range(20)]
+    found: list[HistoryBucket] = []
+    statuses: list[ModelStatus] = []
+    for n, rows in enumerate([*batches, census(rng, 1, old)]):
+        out, _, _ = state.process([named_record("census", rows, prediction_id=f"id-{n}", captured=1000.0 + n)])
+        found.extend(result for result in out if isinstance(result, HistoryBucket))
+        statuses.extend(result for result in out if isinstance(result, ModelStatus))
+    first, second = found
+    assert set(first.inputs["city"]["levels"]) <= {f"c{n}" for n in range(200)} | {"__other__"}  # no reference yet
+    rows = [row for batch in batches[10:] for row in batch]
+    assert list(second.inputs) == ["age", "city#length", "city#letters", "city#digits", "city#spaces", "workclass"]
+    names, counts = np.unique([row["workclass"] for row in rows], return_counts=True)
+    assert second.inputs["workclass"]["levels"] == dict(zip(names.tolist(), counts.tolist(), strict=True))
+    assert "contract" in second.inputs["workclass"]["levels"]
+    lengths = np.array([len(row["city"]) for row in rows], dtype=np.float64)
+    assert_summary(second.inputs["city#length"], expected_numeric(lengths))
+    assert_summary(second.inputs["age"], expected_numeric(np.array([row["age"] for row in rows])))
+    excluded = statuses[-1].windows["history"]["excluded"]
+    assert excluded["count"] == 5 and excluded["columns"] == [
+        "city", "workclass#length", "workclass#letters", "workclass#digits", "workclass#spaces"]
+    assert "more than 20 levels" in excluded["reason"]

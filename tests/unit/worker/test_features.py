@@ -19,6 +19,7 @@ from sidecar.worker.features import (
     IMAGE,
     NUMERIC,
     PREDICTED_CLASS,
+    VOCABULARY_CAP,
     InputFeatures,
     choose_output,
     infer_kinds,
@@ -74,6 +75,19 @@ def test_strings_become_stable_category_codes_that_survive_a_round_trip() -> Non
     assert again is not None
     np.testing.assert_array_equal(again[:, 0], [1, 2])
     assert restored.vocabularies() == {"city": ["paris", "rome", "oslo"]}
+
+
+def test_the_codes_of_a_string_column_are_named_by_its_strings_and_the_shared_one_other() -> None:
+    names = np.array([f"v{n}" for n in range(VOCABULARY_CAP + 5)], dtype=object)
+    features = InputFeatures.from_arrays({"id": names[:3], "x": np.zeros(3)})
+    values = features.extract({"id": names[:3], "x": np.zeros(3)}, 3).values
+    assert values is not None
+    assert features.categories(0) == ["v0", "v1", "v2"] and features.categories(5) is None  # x is no string
+    values = features.extract({"id": names, "x": np.zeros(names.size)}, names.size).values
+    assert values is not None and values[-1, 0] == VOCABULARY_CAP  # later strings share one code
+    named = features.categories(0)
+    assert named is not None and len(named) == VOCABULARY_CAP + 1
+    assert [named[int(code)] for code in values[[0, 999, 1000, 1004], 0]] == ["v0", "v999", "__other__", "__other__"]
 
 
 def test_a_changed_shape_or_a_missing_input_makes_the_exchange_unusable() -> None:

@@ -25,7 +25,7 @@ from sidecar.messages.results import (
 )
 from sidecar.worker.settings import AnalysisSettings
 from sidecar.worker.state import AnalysisState
-from tests.support.traffic import FEATURES, rest_record, softmax_model, stream
+from tests.support.traffic import FEATURES, named_record, rest_record, softmax_model, stream
 
 
 def small(**overrides: Any) -> AnalysisSettings:
@@ -441,3 +441,57 @@ def test_rows_taken_into_the_reference_are_not_scored(tmp_path: Path) -> None:
     assert predictions.details is not None
     assert predictions.details.outliers == [""] * 10 + ["m"] * 10
     assert predictions.details.issues == [""] * 20
+
+
+WORKCLASSES = ["gov", "private", "self", "never"]
+
+
+def census_rows(rng: np.random.Generator, count: int, workclass: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of a scikit-learn pipeline's three inputs: a text of few levels, a text of 200 and a number."""
+    classes = workclass or WORKCLASSES
+    return [{"workclass": classes[int(rng.integers(0, len(classes)))], "city": f"c{int(rng.integers(0, 200))}",
+             "age": float(rng.normal(40.0, 10.0))} for _ in range(count)]
+
+
+def feed_rows(state: AnalysisState, rows: list[dict[str, Any]], per_record: int = 10) -> list[Result]:
+    return run(state, [named_record("census", rows[start:start + per_record], prediction_id=f"p{start}")
+                       for start in range(0, len(rows), per_record)])
+
+
+def shares(values: list[str]) -> dict[str, float]:
+    names, counts = np.unique(np.array(values), return_counts=True)
+    return {str(name): count / len(values) for name, count in zip(names, counts, strict=True)}
+
+
+def test_drift_windows_name_the_categories_of_a_text_by_their_strings_also_after_a_restart(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    reference = census_rows(rng, 200)
+    state = AnalysisState(0, small(), tmp_path)
+    feed_rows(state, reference)
+    moved = census_rows(rng, 100, ["gov", "gov", "gov", "contract"])
+    [window] = windows(feed_rows(state, moved), "feature_drift")
+    features = {feature.name: feature for feature in window.features.all()}
+    assert "city" not in features and "city#length" in features  # 200 levels: the summary is analysed
+    workclass = features["workclass"]
+    assert workclass.kind == "categorical" and workclass.drift
+    expected = shares([row["workclass"] for row in reference])
+    assert workclass.reference == pytest.approx({"count": 200.0, **expected})
+    current = shares([row["workclass"] for row in moved])
+    assert workclass.current == pytest.approx({"count": 100.0, "gov": current["gov"],
+                                               "__other__": current["contract"]})  # unknown to the reference
+    restarted = AnalysisState(0, small(), tmp_path)  # the saved reference and its vocabularies
+    [again] = windows(feed_rows(restarted, moved), "feature_drift")
+    assert next(f for f in again.features.all() if f.name == "workclass").reference == workclass.reference
+
+
+def test_the_code_strings_share_beyond_the_vocabulary_is_named_other_in_drift_windows(tmp_path: Path) -> None:
+    settings = replace(AnalysisSettings(reference_size=1100, window_size=100), categorical_max_values=2000)
+    state = AnalysisState(0, settings, tmp_path)
+    reference = [{"id": f"v{n}"} for n in range(1100)]  # the last 100 find the vocabulary (1000 strings) full
+    feed_rows(state, reference, per_record=100)
+    [window] = windows(feed_rows(state, [{"id": f"v{n}"} for n in range(100)]), "feature_drift")
+    [feature] = [f for f in window.features.all() if f.name == "id"]
+    assert feature.kind == "categorical"
+    assert feature.reference["__other__"] == pytest.approx(100 / 1100)  # the shared code, the most frequent
+    assert not any(key.isdigit() for key in [*feature.reference, *feature.current])
+    assert set(feature.current) <= {"count", *(f"v{n}" for n in range(100))}
