@@ -13,9 +13,9 @@ Analysis names that are not a served model's own are explained through the route
 reference and recent rows; a shadow's `model~shadow` through the shadow's REST address and its model name there,
 against the primary's rows (the shadow is asked the primary's requests), for every served model with a shadow
 configured. A shadow that cannot be asked so (gRPC only) is not explained, and says why: `outcome: "unsupported"` in
-`/v1/monitor/{name}` (and under the primary's `shadows`), in the runs metric and once in the log. So does a model
-whose inputs are not numbers (strings, encoded images: nothing to perturb), decided by its first run's failure: no
-later run is started for it.
+`/v1/monitor/{name}` (and under the primary's `shadows`), as one run in the runs metric and once in the log. So does
+a model whose inputs are not numbers (strings, encoded images: nothing to perturb), decided by its first run's
+failure: no later run is started for it.
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ class FeatureImportance:
         self._unsupported: dict[str, str] = {}  # model -> why it cannot be explained (decided once)
         self._task: asyncio.Task[None] | None = None
         self.runs = Counter("sidecar_feature_importance_runs", "Feature importance computations, by outcome (ok, "
-                            "budget: left for the next interval, unsupported: not reachable through a REST "
-                            "predict route or inputs that are not numbers, or the HTTP status of the error).",
-                            ["model", "outcome"], registry=registry)
+                            "budget: left for the next interval, unsupported: counted once when decided, not "
+                            "reachable through a REST predict route or inputs that are not numbers, or the HTTP "
+                            "status of the error).", ["model", "outcome"], registry=registry)
         self.model_calls = Counter("sidecar_feature_importance_model_calls", "Predict calls the feature importance "
                                    "made to the model (at most importance_max_model_calls per interval, all models "
                                    "together).", ["model"], registry=registry)
@@ -111,7 +111,8 @@ class FeatureImportance:
         for model in self.names(analysed):
             route = self._unsupported.get(model) or self.route(model, analysed)
             if isinstance(route, str):
-                self._record(model, UNSUPPORTED, None, route)
+                if not self._decided(model, route):  # a decision is one run; the intervals after it cost nothing
+                    self._record(model, UNSUPPORTED, None, route)
                 continue
             if budget <= 0:
                 spent = self.settings.importance_max_model_calls
@@ -134,6 +135,11 @@ class FeatureImportance:
                 if target is not None:
                     names.add(shadow_name(served, target.name))
         return sorted(names)
+
+    def _decided(self, model: str, reason: str) -> bool:
+        """Whether `model` was already recorded unsupported for this very reason."""
+        entry = self._found.get(model, {})
+        return entry.get("outcome") == UNSUPPORTED and entry.get("error") == reason
 
     def route(self, name: str, analysed: set[str]) -> PredictRoute | str:
         """How the model an analysis name watches is called, or why it cannot be."""
