@@ -14,7 +14,8 @@ reference and recent rows; a shadow's `model~shadow` through the shadow's REST a
 against the primary's rows (the shadow is asked the primary's requests), for every served model with a shadow
 configured. A shadow that cannot be asked so (gRPC only) is not explained, and says why: `outcome: "unsupported"` in
 `/v1/monitor/{name}` (and under the primary's `shadows`), as one run in the runs metric and once in the log. So does
-a model whose inputs are not numbers (strings, encoded images: nothing to perturb), decided by its first run's
+a model whose inputs are not numbers (strings, encoded images: nothing to perturb), or whose model server answers the
+TF Serving REST predict route with 404 or 405 (an Open Inference Protocol server), decided by its first run's
 failure: no later run is started for it.
 """
 
@@ -76,8 +77,8 @@ class FeatureImportance:
         self._task: asyncio.Task[None] | None = None
         self.runs = Counter("sidecar_feature_importance_runs", "Feature importance computations, by outcome (ok, "
                             "budget: left for the next interval, unsupported: counted once when decided, not "
-                            "reachable through a REST predict route or inputs that are not numbers, or the HTTP "
-                            "status of the error).", ["model", "outcome"], registry=registry)
+                            "reachable through a TF Serving REST predict route or inputs that are not numbers, or "
+                            "the HTTP status of the error).", ["model", "outcome"], registry=registry)
         self.model_calls = Counter("sidecar_feature_importance_model_calls", "Predict calls the feature importance "
                                    "made to the model (at most importance_max_model_calls per interval, all models "
                                    "together).", ["model"], registry=registry)
