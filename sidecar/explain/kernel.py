@@ -290,12 +290,14 @@ def importance(job: ImportanceJob) -> dict[str, Any]:
 
     from sidecar.codec import DEFAULT_INPUT
     from sidecar.explain.bodies import BodyShape, check_explainable
+    from sidecar.explain.unchanged import identities
     from sidecar.worker.features import InputFeatures, TensorSpec
     from sidecar.worker.recent import RECENT_FILE
-    from sidecar.worker.reference import model_dir
+    from sidecar.worker.reference import model_dir, saved_path
 
     files = job._replace(model=job.rows_of or job.model)
     directory = model_dir(Path(job.state_dir), files.model)
+    read = identities([str(saved_path(directory)), str(directory / RECENT_FILE)])  # before reading them
     model: _Model | None = None
     try:
         saved = _saved(files)
@@ -326,7 +328,7 @@ def importance(job: ImportanceJob) -> dict[str, Any]:
             "recent": [_finite(float(value)) for value in np.abs(found["recent"].values).mean(axis=0)],
             "rows": {"reference": int(explained.shape[0]), "recent": int(sample.shape[0]),
                      "background": int(background.shape[0])},
-            "recent_saved": recent_saved, "model_calls": model.calls}
+            "recent_saved": recent_saved, "model_calls": model.calls, "files": read}
 
 
 def _finite(value: float) -> float | None:

@@ -1,7 +1,7 @@
 """Which features drive the model now: a real sidecar in front of the numpy testbed explains a sample of recent
 traffic and of the reference every interval (KernelSHAP in its explainer processes) and shows both in
-/v1/monitor/{model} and /metrics; nothing of it runs when it is off, and a model that
-cannot be explained is decided once (in front of a loopback Open Inference Protocol server for a model
+/v1/monitor/{model} and /metrics; nothing of it runs when it is off, a model with no new rows is not explained again,
+and one that cannot be explained is decided once (in front of a loopback Open Inference Protocol server for a model
 server without the TF Serving REST predict route)."""
 
 from __future__ import annotations
@@ -284,6 +284,49 @@ def metric(text: str, prefix: str) -> float:
     lines = [line for line in text.splitlines() if line.startswith(prefix)]
     assert len(lines) <= 1, lines
     return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+@pytest.mark.slow
+async def test_a_model_with_no_new_rows_is_not_explained_again_until_new_rows_come(
+        start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="sidecar.explain.importance")
+    sidecar = await start_sidecar(importance_enabled="true", importance_interval="1", importance_rows="10")
+    calls_metric = 'sidecar_feature_importance_model_calls_total{model="regressor"}'
+    skipped_metric = 'sidecar_feature_importance_skipped_unchanged_total{model="regressor"}'
+    async with ClientSession() as session:
+        reference, _ = data.regressor_batch(REFERENCE + 20, seed=4)
+        await predict(session, sidecar, reference)
+
+        async def skipped() -> dict[str, Any] | None:
+            section = await section_of(session, sidecar, "regressor", "ok")
+            return section if section is not None and "skipped_unchanged" in section else None
+
+        first = await wait_for(skipped, "an interval skipped for unchanged rows")
+        calls = metric(await metrics(session, sidecar), calls_metric)
+        assert calls >= first["model_calls"] > 0
+        await asyncio.sleep(3.5)  # three more intervals on the same rows: no run, no model call
+        later = await section_of(session, sidecar, "regressor", "ok")
+        assert later is not None and later["computed"] == first["computed"]
+        assert later["features"] == first["features"] and later["recent_saved"] == first["recent_saved"]
+        assert later["skipped_unchanged"]["intervals"] >= first["skipped_unchanged"]["intervals"] + 2
+        assert later["skipped_unchanged"]["since"] == first["skipped_unchanged"]["since"]
+        assert "recent_saved" in later["skipped_unchanged"]["why"]
+        text = await metrics(session, sidecar)
+        assert metric(text, calls_metric) == calls
+        assert metric(text, skipped_metric) >= later["skipped_unchanged"]["intervals"]
+
+        await predict(session, sidecar, shifted_rows(20, seed=5))  # new rows: explained again, on them
+
+        async def explained_again() -> dict[str, Any] | None:
+            section = await section_of(session, sidecar, "regressor", "ok")
+            return section if section is not None and section["recent_saved"] > first["recent_saved"] else None
+
+        again = await wait_for(explained_again, "the feature importance of the new rows")
+        assert again["computed"] > first["computed"] and again["features"] != first["features"]
+        assert metric(await metrics(session, sidecar), calls_metric) > calls
+    said = [record for record in caplog.records if "regressor" in record.getMessage()
+            and "have not changed" in record.getMessage()]
+    assert len(said) == 1
 
 
 V2_WEIGHTS = np.array([1.5, -2.0, 0.5, 1.0])
