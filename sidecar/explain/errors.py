@@ -17,7 +17,8 @@ class ExplainError(Exception):
 
 class ImportanceError(ExplainError):
     """An importance run that failed after it had made `model_calls` predict calls (they count all the same);
-    `unsupported`: the model cannot be explained at all (inputs that are not numbers), so no later run can do better."""
+    `unsupported`: the model cannot be explained at all (inputs that are not numbers, no TF Serving REST predict
+    route), so no later run can do better."""
 
     def __init__(self, status: int, message: str, model_calls: int, unsupported: bool = False) -> None:
         super().__init__(status, message)
@@ -31,3 +32,9 @@ class ImportanceError(ExplainError):
 class UnexplainableError(ExplainError):
     """The model's inputs cannot be perturbed (strings, encoded images): a 400 for a request, and for the feature
     importance a decision that holds for the model."""
+
+
+class NoPredictRouteError(ExplainError):
+    """The model server answered the TF Serving REST predict route with 404 or 405: it does not serve the model there
+    (an Open Inference Protocol (V2) server, say): a 502 for a request, and for the feature importance a decision
+    that holds for the model."""

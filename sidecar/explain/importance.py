@@ -13,9 +13,13 @@ Analysis names that are not a served model's own are explained through the route
 reference and recent rows; a shadow's `model~shadow` through the shadow's REST address and its model name there,
 against the primary's rows (the shadow is asked the primary's requests), for every served model with a shadow
 configured. A shadow that cannot be asked so (gRPC only) is not explained, and says why: `outcome: "unsupported"` in
-`/v1/monitor/{name}` (and under the primary's `shadows`), in the runs metric and once in the log. So does a model
-whose inputs are not numbers (strings, encoded images: nothing to perturb), decided by its first run's failure: no
-later run is started for it.
+`/v1/monitor/{name}` (and under the primary's `shadows`), as one run in the runs metric and once in the log. So does
+a model whose inputs are not numbers (strings, encoded images: nothing to perturb), or whose model server answers the
+TF Serving REST predict route with 404 or 405 (an Open Inference Protocol server), decided by its first run's
+failure: no later run is started for it.
+
+A model whose saved rows (recent and reference) are the files its last successful run read has nothing new to
+explain: the interval skips it (no model calls), keeps that result and says so under `skipped_unchanged`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from sidecar.explain.kernel import ExplainError, ImportanceError, ImportanceJob, importance
 from sidecar.explain.service import ExplainService, predict_path
+from sidecar.explain.unchanged import identities
 from sidecar.messages.names import shadow_name, split_shadow
 from sidecar.telemetry.metrics import ModelLabels
 from sidecar.worker.settings import AnalysisSettings
@@ -73,11 +78,16 @@ class FeatureImportance:
         self._found: dict[str, dict[str, Any]] = {}  # model -> its latest importance (or why there is none)
         self._outcomes: dict[str, str] = {}  # model -> the latest outcome, to log changes only
         self._unsupported: dict[str, str] = {}  # model -> why it cannot be explained (decided once)
+        self._unchanged_said: set[str] = set()  # models whose first skip for unchanged rows was logged
         self._task: asyncio.Task[None] | None = None
         self.runs = Counter("sidecar_feature_importance_runs", "Feature importance computations, by outcome (ok, "
-                            "budget: left for the next interval, unsupported: not reachable through a REST "
-                            "predict route or inputs that are not numbers, or the HTTP status of the error).",
-                            ["model", "outcome"], registry=registry)
+                            "budget: left for the next interval, unsupported: counted once when decided, not "
+                            "reachable through a TF Serving REST predict route or inputs that are not numbers, or "
+                            "the HTTP status of the error).", ["model", "outcome"], registry=registry)
+        self.skipped_unchanged = Counter("sidecar_feature_importance_skipped_unchanged", "Intervals a model was not "
+                                         "explained again: its recent rows and reference were the files its last "
+                                         "successful run read (that result is kept; no model calls).", ["model"],
+                                         registry=registry)
         self.model_calls = Counter("sidecar_feature_importance_model_calls", "Predict calls the feature importance "
                                    "made to the model (at most importance_max_model_calls per interval, all models "
                                    "together).", ["model"], registry=registry)
@@ -111,7 +121,10 @@ class FeatureImportance:
         for model in self.names(analysed):
             route = self._unsupported.get(model) or self.route(model, analysed)
             if isinstance(route, str):
-                self._record(model, UNSUPPORTED, None, route)
+                if not self._decided(model, route):  # a decision is one run; the intervals after it cost nothing
+                    self._record(model, UNSUPPORTED, None, route)
+                continue
+            if await self._unchanged(model):
                 continue
             if budget <= 0:
                 spent = self.settings.importance_max_model_calls
@@ -134,6 +147,33 @@ class FeatureImportance:
                 if target is not None:
                     names.add(shadow_name(served, target.name))
         return sorted(names)
+
+    def _decided(self, model: str, reason: str) -> bool:
+        """Whether `model` was already recorded unsupported for this very reason."""
+        entry = self._found.get(model, {})
+        return entry.get("outcome") == UNSUPPORTED and entry.get("error") == reason
+
+    async def _unchanged(self, model: str) -> bool:
+        """Whether the files `model`'s last successful run read are still as they were; if so the interval skips the
+        model, keeps that result and says so (logged the first time)."""
+        entry = self._found.get(model)
+        if entry is None or entry["outcome"] != "ok" or not entry.get("files"):
+            return False
+        read: dict[str, Any] = entry["files"]
+        if await asyncio.to_thread(identities, read) != read:  # a stat per file, off the event loop
+            return False
+        self.skipped_unchanged.labels(self.labels(model)).inc()
+        now = time.time()
+        skipped = entry.get("skipped_unchanged") or {"since": now, "intervals": 0}
+        entry["skipped_unchanged"] = {
+            "since": skipped["since"], "checked": now, "intervals": skipped["intervals"] + 1,
+            "why": "its recent rows and reference are the files the result shown was computed on (recent rows saved "
+                   "at recent_saved): it is explained again once they change, with no model calls until then"}
+        if model not in self._unchanged_said:
+            self._unchanged_said.add(model)
+            log.info("feature importance: model %s: its recent rows have not changed since its last run; that result "
+                     "is kept and the model is explained again once they change (no model calls until then)", model)
+        return True
 
     def route(self, name: str, analysed: set[str]) -> PredictRoute | str:
         """How the model an analysis name watches is called, or why it cannot be."""
@@ -181,11 +221,13 @@ class FeatureImportance:
     def _record(self, model: str, outcome: str, answer: dict[str, Any] | None, error: str | None) -> None:
         self.runs.labels(self.labels(model), outcome).inc()
         entry = dict(self._found.get(model, {}))
+        entry.pop("skipped_unchanged", None)
         entry.update({"outcome": outcome, "error": error, "attempted": time.time()})
         if answer is not None:
             entry.update({"computed": entry["attempted"], "features": answer["features"],
                           "reference": answer["reference"], "recent": answer["recent"], "rows": answer["rows"],
-                          "recent_saved": answer["recent_saved"], "model_calls": answer["model_calls"]})
+                          "recent_saved": answer["recent_saved"], "model_calls": answer["model_calls"],
+                          "files": answer.get("files")})
         self._found[model] = entry
         if self._outcomes.get(model) != outcome:
             self._outcomes[model] = outcome
@@ -208,6 +250,8 @@ class FeatureImportance:
         if "features" in entry:
             snapshot.update({"rows": entry["rows"], "recent_saved": entry["recent_saved"],
                              "model_calls": entry["model_calls"], "features": ranked(entry)})
+        if "skipped_unchanged" in entry:
+            snapshot["skipped_unchanged"] = dict(entry["skipped_unchanged"])
         return snapshot
 
     def exported(self) -> Iterator[tuple[str, str, str, float]]:

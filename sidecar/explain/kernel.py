@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sidecar.explain.errors import ExplainError, ImportanceError, UnexplainableError
+from sidecar.explain.errors import ExplainError, ImportanceError, NoPredictRouteError, UnexplainableError
 
 if TYPE_CHECKING:
     from sidecar.explain.bodies import BodyShape
@@ -109,8 +109,7 @@ class _Model:
             status, answer = _post(self.job.upstream, self.path, body, self.job.timeout)
             self._busy = time.monotonic() - started
             if status != 200:
-                raise ExplainError(502, f"the model server answered the explanation's predict call with HTTP "
-                                        f"{status}: {answer[:200].decode('utf-8', 'replace')}")
+                raise _refused(self.job.upstream, self.path, status, answer)
             try:
                 document = json.loads(answer)
             except ValueError:
@@ -124,6 +123,23 @@ class _Model:
                                         "instances")
             parts.append(values)
         return np.concatenate(parts, axis=0)
+
+
+NO_ROUTE = (404, 405)  # the model server does not serve the model at the TF Serving REST predict route
+
+
+def _refused(upstream: tuple[str, int], path: str, status: int, answer: bytes) -> ExplainError:
+    """The error of a predict call the model server answered with `status`, naming the URL called."""
+    host, port = upstream
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+    said = answer[:200].decode("utf-8", "replace")
+    if status in NO_ROUTE:
+        return NoPredictRouteError(502, f"the model server answered the explanation's predict call POST {url} with "
+                                        f"HTTP {status} ({said}): the explainer speaks the TF Serving REST API "
+                                        "(/v1/models/{m}:predict) only, so a model the server does not serve there "
+                                        "(an Open Inference Protocol (V2) server, such as MLServer) is not explained")
+    return ExplainError(502, f"the model server answered the explanation's predict call POST {url} with HTTP "
+                             f"{status}: {said}")
 
 
 class _Saved(NamedTuple):
@@ -274,12 +290,14 @@ def importance(job: ImportanceJob) -> dict[str, Any]:
 
     from sidecar.codec import DEFAULT_INPUT
     from sidecar.explain.bodies import BodyShape, check_explainable
+    from sidecar.explain.unchanged import identities
     from sidecar.worker.features import InputFeatures, TensorSpec
     from sidecar.worker.recent import RECENT_FILE
-    from sidecar.worker.reference import model_dir
+    from sidecar.worker.reference import model_dir, saved_path
 
     files = job._replace(model=job.rows_of or job.model)
     directory = model_dir(Path(job.state_dir), files.model)
+    read = identities([str(saved_path(directory)), str(directory / RECENT_FILE)])  # before reading them
     model: _Model | None = None
     try:
         saved = _saved(files)
@@ -304,13 +322,13 @@ def importance(job: ImportanceJob) -> dict[str, Any]:
                  for side, rows in (("reference", explained), ("recent", sample))}
     except ExplainError as exc:
         raise ImportanceError(exc.status, str(exc), model.calls if model is not None else 0,
-                              unsupported=isinstance(exc, UnexplainableError)) from None
+                              unsupported=isinstance(exc, (UnexplainableError, NoPredictRouteError))) from None
     return {"features": list(features.names),
             "reference": [_finite(float(value)) for value in np.abs(found["reference"].values).mean(axis=0)],
             "recent": [_finite(float(value)) for value in np.abs(found["recent"].values).mean(axis=0)],
             "rows": {"reference": int(explained.shape[0]), "recent": int(sample.shape[0]),
                      "background": int(background.shape[0])},
-            "recent_saved": recent_saved, "model_calls": model.calls}
+            "recent_saved": recent_saved, "model_calls": model.calls, "files": read}
 
 
 def _finite(value: float) -> float | None:

@@ -1,10 +1,13 @@
 """Which features drive the model now: a real sidecar in front of the numpy testbed explains a sample of recent
 traffic and of the reference every interval (KernelSHAP in its explainer processes) and shows both in
-/v1/monitor/{model} and /metrics; nothing of it runs when it is off."""
+/v1/monitor/{model} and /metrics; nothing of it runs when it is off, a model with no new rows is not explained again,
+and one that cannot be explained is decided once (in front of a loopback Open Inference Protocol server for a model
+server without the TF Serving REST predict route)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,6 +21,7 @@ from sidecar.app import Sidecar
 from sidecar.testbed import data
 from sidecar.worker.recent import RECENT_FILE
 from sidecar.worker.reference import model_dir
+from tests.support.rest_upstreams import Received, Reply, ScriptedUpstream, json_reply
 from tests.support.sidecars import StartSidecar, rest_only, sidecar_factory
 from tests.support.testbed import TestbedProcess
 
@@ -227,11 +231,11 @@ async def test_a_shadow_is_explained_at_its_own_address_and_one_without_rest_say
             theirs = {item["feature"]: item["reference"] for item in shadow["features"]}
             assert set(ours) == set(theirs)
             assert not np.allclose([ours[name] for name in ours], [theirs[name] for name in ours], rtol=1e-7, atol=0)
-            await asyncio.sleep(2.5)  # more intervals: the reason is counted each time, logged once
+            await asyncio.sleep(2.5)  # more intervals: the decision is counted once, logged once
             text = await metrics(session, sidecar)
             runs = [line for line in text.splitlines() if line.startswith(
                 'sidecar_feature_importance_runs_total{model="classifier~grpconly",outcome="unsupported"}')]
-            assert runs and float(runs[0].rsplit(" ", 1)[1]) >= 2
+            assert runs and float(runs[0].rsplit(" ", 1)[1]) == 1
             said = [record for record in caplog.records if "grpconly" in record.getMessage()
                     and "no REST address" in record.getMessage()]
             assert len(said) == 1
@@ -262,14 +266,124 @@ async def test_a_model_whose_inputs_are_not_numbers_is_decided_unsupported_once(
         section = await wait_for(lambda: section_of(session, sidecar, "multi", "unsupported"),
                                  "the multi model decided unsupported", timeout=90)
         assert "input 'tag' holds strings" in section["error"] and "features" not in section
-        await asyncio.sleep(3.5)  # more intervals: counted each time, logged once, no more runs started
+        await asyncio.sleep(3.5)  # more intervals: counted once, logged once, no more runs started
         text = await metrics(session, sidecar)
     runs = [line for line in text.splitlines()
             if line.startswith('sidecar_feature_importance_runs_total{model="multi",outcome="unsupported"}')]
-    assert runs and float(runs[0].rsplit(" ", 1)[1]) >= 3
+    assert runs and float(runs[0].rsplit(" ", 1)[1]) == 1
     assert 'outcome="400"' not in text
     assert 'sidecar_feature_importance_model_calls_total{model="multi"}' not in text
     assert jobs.count("multi") == 1
     said = [record for record in caplog.records if "multi" in record.getMessage()
             and "holds strings" in record.getMessage()]
+    assert len(said) == 1
+
+
+def metric(text: str, prefix: str) -> float:
+    """The value of the one sample of `text` starting with `prefix` (0 when there is none)."""
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    assert len(lines) <= 1, lines
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+@pytest.mark.slow
+async def test_a_model_with_no_new_rows_is_not_explained_again_until_new_rows_come(
+        start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="sidecar.explain.importance")
+    sidecar = await start_sidecar(importance_enabled="true", importance_interval="1", importance_rows="10")
+    calls_metric = 'sidecar_feature_importance_model_calls_total{model="regressor"}'
+    skipped_metric = 'sidecar_feature_importance_skipped_unchanged_total{model="regressor"}'
+    async with ClientSession() as session:
+        reference, _ = data.regressor_batch(REFERENCE + 20, seed=4)
+        await predict(session, sidecar, reference)
+
+        async def skipped() -> dict[str, Any] | None:
+            section = await section_of(session, sidecar, "regressor", "ok")
+            return section if section is not None and "skipped_unchanged" in section else None
+
+        first = await wait_for(skipped, "an interval skipped for unchanged rows")
+        calls = metric(await metrics(session, sidecar), calls_metric)
+        assert calls >= first["model_calls"] > 0
+        await asyncio.sleep(3.5)  # three more intervals on the same rows: no run, no model call
+        later = await section_of(session, sidecar, "regressor", "ok")
+        assert later is not None and later["computed"] == first["computed"]
+        assert later["features"] == first["features"] and later["recent_saved"] == first["recent_saved"]
+        assert later["skipped_unchanged"]["intervals"] >= first["skipped_unchanged"]["intervals"] + 2
+        assert later["skipped_unchanged"]["since"] == first["skipped_unchanged"]["since"]
+        assert "recent_saved" in later["skipped_unchanged"]["why"]
+        text = await metrics(session, sidecar)
+        assert metric(text, calls_metric) == calls
+        assert metric(text, skipped_metric) >= later["skipped_unchanged"]["intervals"]
+
+        await predict(session, sidecar, shifted_rows(20, seed=5))  # new rows: explained again, on them
+
+        async def explained_again() -> dict[str, Any] | None:
+            section = await section_of(session, sidecar, "regressor", "ok")
+            return section if section is not None and section["recent_saved"] > first["recent_saved"] else None
+
+        again = await wait_for(explained_again, "the feature importance of the new rows")
+        assert again["computed"] > first["computed"] and again["features"] != first["features"]
+        assert metric(await metrics(session, sidecar), calls_metric) > calls
+    said = [record for record in caplog.records if "regressor" in record.getMessage()
+            and "have not changed" in record.getMessage()]
+    assert len(said) == 1
+
+
+V2_WEIGHTS = np.array([1.5, -2.0, 0.5, 1.0])
+
+
+def open_inference_only(request: Received) -> Reply:
+    """A model server that speaks only the Open Inference Protocol (as MLServer does): model `wine` answers
+    `/v2/models/wine/infer` (a linear model) and its metadata; anything else is FastAPI's 404."""
+    if request.method == "GET" and request.target == "/v2/models/wine":
+        return json_reply(json.dumps({"name": "wine", "platform": "", "inputs": [
+            {"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}], "outputs": [
+            {"name": "output-0", "datatype": "FP64", "shape": [-1, 1]}]}).encode())
+    if request.method == "POST" and request.target == "/v2/models/wine/infer":
+        tensor = json.loads(request.body)["inputs"][0]
+        rows = np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
+        return json_reply(json.dumps({"model_name": "wine", "outputs": [{
+            "name": "output-0", "datatype": "FP64", "shape": [len(rows), 1],
+            "data": (rows @ V2_WEIGHTS).tolist()}]}).encode())
+    return json_reply(b'{"detail":"Not Found"}', 404)
+
+
+@pytest.mark.slow
+async def test_a_model_server_without_the_tf_serving_predict_route_is_decided_unsupported_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with ScriptedUpstream(open_inference_only) as upstream, sidecar_factory(
+            rest_only(f"http://127.0.0.1:{upstream.port}", tmp_path / "state"), reference_size=str(REFERENCE),
+            window_size="40", result_interval="0", explain_background="30", explain_samples="100",
+            importance_enabled="true", importance_interval="1", importance_rows="10",
+            explain_models="wine") as start:
+        sidecar = await start()
+        predict_url = f"http://127.0.0.1:{upstream.port}/v1/models/wine:predict"
+        async with ClientSession() as session:
+            rows, _ = data.regressor_batch(REFERENCE + 20, seed=4)
+            url = f"http://127.0.0.1:{sidecar.rest_port}/v2/models/wine/infer"
+            for start_row in range(0, len(rows), 10):
+                chunk = rows[start_row:start_row + 10].astype(np.float64)
+                body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": list(chunk.shape),
+                                    "data": chunk.reshape(-1).tolist()}]}
+                async with session.post(url, json=body) as response:
+                    assert response.status == 200
+            section = await wait_for(lambda: section_of(session, sidecar, "wine", "unsupported"),
+                                     "the V2-only model decided unsupported", timeout=90)
+            assert f"POST {predict_url} with HTTP 404" in section["error"]
+            assert "TF Serving REST API (/v1/models/{m}:predict) only" in section["error"]
+            assert "features" not in section
+            await asyncio.sleep(3.5)  # more intervals: no more runs, no more predict calls, counted once
+            text = await metrics(session, sidecar)
+            asked = [request.target for request in upstream.received if request.target.endswith(":predict")]
+            assert asked == ["/v1/models/wine:predict"]  # the first run's first call, and none after it
+            assert metric(text, 'sidecar_feature_importance_runs_total{model="wine",outcome="unsupported"}') == 1
+            assert 'sidecar_feature_importance_runs_total{model="wine",outcome="502"}' not in text
+
+            explain_url = f"http://127.0.0.1:{sidecar.rest_port}/v1/models/wine:explain"
+            async with session.post(explain_url, json={"instances": rows[:1].tolist()}) as response:
+                assert response.status == 502
+                answer = await response.json()
+            assert f"POST {predict_url} with HTTP 404" in answer["error"] and "TF Serving REST API" in answer["error"]
+    said = [record for record in caplog.records if "wine" in record.getMessage()
+            and "TF Serving REST API" in record.getMessage()]
     assert len(said) == 1

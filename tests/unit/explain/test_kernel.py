@@ -1,4 +1,5 @@
-"""The explainer's model calls: batched by `batch_rows`, counted against the budget, and paced by `model_share`."""
+"""The explainer's model calls: batched by `batch_rows`, counted against the budget, paced by `model_share`, and
+their failures naming the URL called."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from sidecar.explain.bodies import ROWS, BodyShape
+from sidecar.explain.errors import NoPredictRouteError
 from sidecar.explain.kernel import ExplainError, Job, _Model
 from sidecar.worker.features import TensorSpec
 from tests.support.rest_upstreams import Received, Reply, ScriptedUpstream, json_reply
@@ -53,3 +55,22 @@ async def test_the_budget_stops_an_explanation_with_a_422() -> None:
         with pytest.raises(ExplainError) as caught:
             await asyncio.to_thread(_Model(job(upstream.port, 1.0, budget=2), ONE_COLUMN, None), np.zeros((12, 1)))
     assert caught.value.status == 422 and "explain_max_model_calls" in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [404, 405])
+async def test_a_server_without_the_tf_serving_predict_route_is_told_apart(status: int) -> None:
+    async with ScriptedUpstream(lambda _: json_reply(b'{"detail":"Not Found"}', status)) as upstream:
+        with pytest.raises(NoPredictRouteError) as caught:
+            await asyncio.to_thread(_Model(job(upstream.port, 1.0), ONE_COLUMN, None), np.zeros((2, 1)))
+    message = str(caught.value)
+    assert caught.value.status == 502
+    assert f"POST http://127.0.0.1:{upstream.port}/v1/models/m:predict with HTTP {status}" in message
+    assert "Not Found" in message and "TF Serving REST API (/v1/models/{m}:predict) only" in message
+
+
+async def test_another_error_of_the_model_server_names_the_url_and_decides_nothing() -> None:
+    async with ScriptedUpstream(lambda _: json_reply(b'{"error": "overloaded"}', 503)) as upstream:
+        with pytest.raises(ExplainError) as caught:
+            await asyncio.to_thread(_Model(job(upstream.port, 1.0), ONE_COLUMN, None), np.zeros((2, 1)))
+    assert not isinstance(caught.value, NoPredictRouteError) and caught.value.status == 502
+    assert f"POST http://127.0.0.1:{upstream.port}/v1/models/m:predict with HTTP 503: " in str(caught.value)
