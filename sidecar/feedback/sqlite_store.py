@@ -15,6 +15,7 @@ older file when it is opened; its rows read them as NULL, "not recorded".
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -64,7 +65,14 @@ ADDED_COLUMNS = {
 ROW_COLUMNS = ", ".join(("id", "instance", "model", "task", "predicted", "time", "version", "outliers", "issues",
                          *SCORE_COLUMNS))
 TRIM_INTERVAL = 2.0
+RECOUNT_INTERVAL = 60.0  # while workers write, `rows` is counted again this often (a worker can die between its
+# commit and its report)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another's transaction
+WORKER_BUSY_TIMEOUT = 1.0  # the same for a worker's row writer (the main process stores what it could not)
+_INSERT = f"INSERT OR REPLACE INTO predictions ({ROW_COLUMNS}) VALUES ({', '.join('?' * (9 + len(SCORE_COLUMNS)))})"
+_INSERT_JSON = (f"INSERT OR REPLACE INTO predictions ({ROW_COLUMNS}) SELECT "
+                + ", ".join(f"json_extract(value, '$[{index}]')" for index in range(9 + len(SCORE_COLUMNS)))
+                + " FROM json_each(?)")
 LOW_WATER = 0.95
 LOOKUP_CHUNK = 500  # ids per query (SQLite's default limit on bound parameters is 32766)
 
@@ -81,10 +89,11 @@ class _Writer:
         self.rows = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
         self.last_trim = 0.0
         self.counted_elsewhere = 0  # of the store's `written_elsewhere` rows, those added to `rows`
+        self.last_count = time.time()  # when `rows` was last counted
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT)
+def _connect(path: Path, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
@@ -155,8 +164,7 @@ def _insert_rows(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:
     """All `rows` in one transaction."""
     conn.execute("BEGIN")
     try:
-        conn.executemany(f"INSERT OR REPLACE INTO predictions ({ROW_COLUMNS}) "
-                         f"VALUES ({', '.join('?' * (9 + len(SCORE_COLUMNS)))})", rows)
+        conn.executemany(_INSERT, rows)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -166,7 +174,15 @@ def _insert_rows(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:
 class SqliteRowWriter:
     """The store's `row_writer`: an analysis worker's own connection to the file (opened on first use; the main
     process's writer thread has created the schema by then). Trimming stays with the main process, which counts
-    these rows as they arrive (`written_elsewhere`)."""
+    these rows as they arrive (`written_elsewhere`).
+
+    Each write is one statement, its own transaction (`INSERT ... SELECT ... FROM json_each(?)` of the rows as one
+    JSON text): SQLite's write lock is held only inside that one C call, which runs without the GIL, so a worker
+    thread that the CPU scheduler starves can never be caught holding the lock between statements while the main
+    process's feedback claims wait for it. Rows JSON cannot carry (non-finite numbers) go one statement each.
+    Another writer's lock is waited for at most `WORKER_BUSY_TIMEOUT`; then the write fails and the main process
+    stores the rows.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -174,8 +190,14 @@ class SqliteRowWriter:
 
     def write(self, predictions: Sequence[StoredPredictions]) -> None:
         if self._conn is None:
-            self._conn = _connect(self.path)
-        _insert_rows(self._conn, rows_of(predictions, time.time()))
+            self._conn = _connect(self.path, WORKER_BUSY_TIMEOUT)
+        rows = [row for stored in predictions for row in rows_of([stored], time.time())]  # a time per part
+        try:
+            text = json.dumps(rows, allow_nan=False)
+        except ValueError:  # NaN or infinity somewhere: JSON cannot carry them
+            self._conn.executemany(_INSERT, rows)
+            return
+        self._conn.execute(_INSERT_JSON, (text,))
 
     def close(self) -> None:
         if self._conn is not None:
@@ -209,11 +231,14 @@ def _claim_many(writer: _Writer, claim_lists: list[list[Claim]]) -> list[list[bo
 
 def _trim(writer: _Writer, force: bool = False) -> None:
     """Delete rows past retention, then the oldest beyond `max_rows` (at most every TRIM_INTERVAL seconds)."""
-    if writer.store is not None:  # the workers' rows since the last look
+    now = time.time()
+    if writer.store is not None and writer.store.rows_elsewhere:  # the workers' rows since the last look
         elsewhere = writer.store.rows_elsewhere
         writer.rows += elsewhere - writer.counted_elsewhere
         writer.counted_elsewhere = elsewhere
-    now = time.time()
+        if now - writer.last_count >= RECOUNT_INTERVAL:  # rows a worker wrote and never reported are counted too
+            writer.rows = writer.conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+            writer.last_count = now
     if not force and now - writer.last_trim < TRIM_INTERVAL:
         return
     writer.last_trim = now

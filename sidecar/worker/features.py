@@ -41,6 +41,7 @@ PREDICTED_CLASS = "predicted_class"
 VOCABULARY_CAP = 1000  # distinct strings per column; later ones share the code VOCABULARY_CAP, named OTHER
 TEXT_CELLS_KEPT = 20_000  # text values whose code and summary are kept, over all text columns of a model
 TEXT_CELL_KEY_LENGTH = 256  # longest value kept
+_NONE_KEY = ("none",)
 _STRING_KEY_LENGTH = 64  # long strings (binary payloads) are keyed by their prefix
 _PROBABILITY_TOLERANCE = 1e-3
 MAX_SENT_PROBABILITIES = 32
@@ -330,14 +331,13 @@ def _code(vocab: dict[str, int], value: Any) -> int:
 
 
 def _cache_key(value: Any) -> Any:
-    """The key under which a text cell's value is kept: values of different types never share one (1 and True
-    included); None for a value that cannot be a key."""
-    try:
-        key = (type(value), value)
-        hash(key)
-    except TypeError:
-        return None
-    return key
+    """The key under which a text cell's value is kept: bytes apart from str, None as itself; None (not kept) for
+    anything else: numbers in a string column are odd, and -0.0 equals 0.0 while NaN equals nothing."""
+    if isinstance(value, bytes):
+        return (bytes, value)
+    if value is None:
+        return _NONE_KEY
+    return None
 
 
 def _string_key(value: Any) -> str:

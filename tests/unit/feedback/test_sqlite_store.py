@@ -86,6 +86,27 @@ async def test_rows_the_workers_wrote_count_toward_max_rows(tmp_path: Path, monk
         await store.stop()
 
 
+async def test_rows_a_worker_wrote_and_never_reported_are_counted_again_in_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "TRIM_INTERVAL", 0.0)
+    monkeypatch.setattr(sqlite_store, "RECOUNT_INTERVAL", 0.0)  # count at every trim instead of every minute
+    store = SqliteStore(tmp_path / "p.sqlite3", retention=3600, max_rows=100)
+    await store.start()
+    writer = store.row_writer()
+    try:
+        lost = [f"lost{index:03d}" for index in range(150)]  # a worker died after its commit: never reported
+        writer.write([StoredPredictions("m", lost, [0] * 150, ["multiclass"] * 150, ["1"] * 150)])
+        time.sleep(0.01)
+        writer.write([StoredPredictions("m", ["told"], [0], ["multiclass"], ["1"])])
+        store.written_elsewhere(1)
+        await store.flush()
+        await store.flush()
+        assert sorted(await store.lookup([*lost, "told"])) == ["told"]  # the 150 unreported rows counted, oldest gone
+    finally:
+        writer.close()
+        await store.stop()
+
+
 async def test_a_replaced_prediction_id_keeps_only_the_latest_values(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "p.sqlite3", retention=3600, max_rows=100)
     await store.start()

@@ -189,3 +189,26 @@ async def test_a_row_writer_taken_elsewhere_writes_what_lookups_claims_and_descr
     record = await store.describe("w")
     assert record is not None and record.version == "2" and record.truths == {1: "dog"}
     assert record.instances[0] == StoredInstance("multiclass", "cat", "M", "", {"mahalanobis": 30.5})
+
+
+async def test_a_row_writer_keeps_every_value_s_type_with_and_without_non_finite_scores(
+        store: PredictionStore) -> None:
+    writer = store.row_writer()
+    try:
+        finite = PredictionDetails(["3", "3"], ["m", "A"], ["", "q"], {"mahalanobis": [1.5, 2.0],
+                                                                    "autoencoder": [0.25, 9.5]})
+        writer.write([StoredPredictions("r", ["y"], [0], ["regression"], [2.0]),
+                      StoredPredictions("m", ["z", "z"], [0, 1], ["multiclass"] * 2, ["1", "2"], finite)])
+        inf = PredictionDetails(["3"], ["m"], [""], {"mahalanobis": [float("inf")], "autoencoder": [1.0]})
+        writer.write([StoredPredictions("m", ["i"], [0], ["binary"], [0.5], inf)])
+    finally:
+        writer.close()
+    found = await store.lookup(["y", "z", "i"])
+    assert found["y"].instances == {0: 2.0} and isinstance(found["y"].instances[0], float)
+    assert found["z"].instances == {0: "1", 1: "2"} and found["i"].instances == {0: 0.5}
+    record = await store.describe("z")
+    assert record is not None and record.version == "3" and record.model == "m"
+    assert record.instances == {0: StoredInstance("multiclass", "1", "m", "", {"mahalanobis": 1.5}),
+                                1: StoredInstance("multiclass", "2", "A", "q", {"autoencoder": 9.5})}
+    described = await store.describe("i")
+    assert described is not None and described.instances[0].scores == {"mahalanobis": float("inf")}

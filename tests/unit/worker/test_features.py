@@ -195,6 +195,15 @@ def test_repeated_text_values_get_the_code_and_summary_each_one_gets_alone(kept:
     assert np.isnan(together[1, 1:]).all()
 
 
+def test_odd_values_in_a_text_column_are_coded_as_they_would_be_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    column = np.array(["z", -0.0, 0.0, float("nan"), float("nan"), 1, True, "z"], dtype=object)
+    kept = InputFeatures.from_arrays({"tag": column}).extract({"tag": column}, len(column)).values
+    monkeypatch.setattr(features_module, "TEXT_CELLS_KEPT", 0)
+    alone = InputFeatures.from_arrays({"tag": column}).extract({"tag": column}, len(column)).values
+    np.testing.assert_array_equal(kept, alone)
+    assert kept is not None and kept[1, 0] != kept[2, 0]  # -0.0 and 0.0 are different strings
+
+
 def test_encoded_images_become_pixel_columns() -> None:
     rng = np.random.default_rng(5)
     pixels = rng.integers(0, 256, size=(3, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
