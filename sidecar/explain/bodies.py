@@ -129,7 +129,7 @@ def answer_values(answer: dict[str, Any], output: str | None) -> np.ndarray:
         array = arrays[output]
     else:
         names = ", ".join(sorted(arrays))
-        raise ExplainError(400, f"the model has several outputs ({names}) and the analysis has not chosen one yet "
+        raise ExplainError(409, f"the model has several outputs ({names}) and the analysis has not chosen one yet "
                                 "to explain")
     if array.dtype.kind not in "fiub" or array.ndim == 0:
         name = next((name for name, value in arrays.items() if value is array), DEFAULT_OUTPUT)

@@ -77,5 +77,5 @@ def test_the_analysed_output_is_explained_when_the_model_has_several() -> None:
     assert answer_values(answer, "score").tolist() == [[0.25], [0.75]]
     with pytest.raises(ExplainError) as caught:
         answer_values(answer, None)
-    assert caught.value.status == 400 and "several outputs" in str(caught.value)
+    assert caught.value.status == 409 and "several outputs" in str(caught.value)
     assert answer_values({"outputs": [[0.1, 0.9]]}, None).tolist() == [[0.1, 0.9]]
