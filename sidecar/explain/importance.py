@@ -234,8 +234,9 @@ class FeatureImportance:
             if outcome == "ok":
                 log.info("feature importance: model %s explained (%d predict calls)", model, answer and
                          answer["model_calls"])
-            else:
-                log.warning("feature importance: model %s: %s", model, error)
+            else:  # a model still waiting for its reference or recent rows (409) is no fault
+                log.log(logging.INFO if outcome == "409" else logging.WARNING, "feature importance: model %s: %s",
+                        model, error)
 
     def snapshot(self, model: str) -> dict[str, Any] | None:
         """The model's latest importance for the drill-down: both vectors by feature, the most important first."""

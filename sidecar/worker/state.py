@@ -855,9 +855,14 @@ def _decision_line(decisions: Mapping[str, Any]) -> str:
                           for name, entry in decisions["detectors"].items())
     signature = decisions["signature"]
     return (f"task {task['value']} (from {task['source']}{', class ids' if task['class_ids'] else ''}); "
-            f"signature {signature['source'] or 'none: ' + str(signature['error'])}; inputs {inputs}; "
+            f"signature {signature['source'] or _no_signature(signature['error'])}; inputs {inputs}; "
             f"analysed {layout['mode']} ({layout['analysed_columns']} columns); reference rows set aside "
             f"{decisions['reference_rows_excluded']}; detectors {detectors}")
+
+
+def _no_signature(error: str | None) -> str:
+    """Why a model has no signature: the model server's answer, or not asked yet (a reference restored from disk)."""
+    return f"none: {error}" if error else "not asked yet"
 
 
 _QUALITY_FIELDS = (("missing", "nan"), ("inf", "inf"), ("below_min", "below_range"), ("above_max", "above_range"))
