@@ -35,11 +35,18 @@ def _switch_off(part: str) -> None:
         worker._process = skip  # type: ignore[assignment]
     elif part == "no-store":
         from sidecar.feedback.api import FeedbackService
+        from sidecar.feedback.redis_store import RedisStore
+        from sidecar.feedback.sqlite_store import SqliteStore
 
         def ignore(self: FeedbackService, stored: object) -> None:
             return None
 
+        def no_writer(self: object) -> None:  # the workers write nothing either
+            return None
+
         FeedbackService.add_stored = ignore  # type: ignore[method-assign,assignment]
+        SqliteStore.row_writer = no_writer  # type: ignore[method-assign,assignment]
+        RedisStore.row_writer = no_writer  # type: ignore[method-assign,assignment]
     elif part:
         raise SystemExit(f"SIDECAR_BENCH_PART must be one of {', '.join(PARTS)}, not {part!r}")
 
